@@ -1,0 +1,95 @@
+"""What the data loaders feed the network: random crops for training, whole utterances for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from stklia.data.kaldi import DataSet
+
+
+def normalise(feats: np.ndarray, cmn: bool) -> np.ndarray:
+    """Per-utterance cepstral mean normalisation, as Kaldi's apply-cmvn --norm-vars=false does."""
+    return feats - feats.mean(axis=0, keepdims=True) if cmn else feats
+
+
+def random_crop(feats: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A window of `length` frames; shorter utterances are first repeated until long enough."""
+    if len(feats) < length:
+        return np.resize(feats, (length, feats.shape[1]))  # repeats whole rows, in order
+    start = rng.integers(0, len(feats) - length + 1)
+    return feats[start : start + length]
+
+
+class TrainingCrops(Dataset):
+    """Item (utterance index, crop seed) -> (crop of max_seq_len frames, speaker label)."""
+
+    def __init__(self, data: DataSet, max_seq_len: int, cmn: bool):
+        self.data = data
+        self.labels = data.speaker_labels()
+        self.max_seq_len = max_seq_len
+        self.cmn = cmn
+
+    def __len__(self) -> int:
+        return len(self.data.utts)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, crop_seed = item
+        feats = normalise(self.data.load(self.data.utts[index]), self.cmn)
+        crop = random_crop(feats, self.max_seq_len, np.random.default_rng(crop_seed))
+        return torch.from_numpy(np.ascontiguousarray(crop)), int(self.labels[index])
+
+
+class BatchSchedule(Sampler[list[tuple[int, int]]]):
+    """The batches of steps start_step .. num_steps-1, each a pure function of (seed, step).
+
+    Because batch k never depends on earlier batches, resuming at step k replays exactly the
+    data an uninterrupted run would have seen. `sampling="speaker"` picks a speaker uniformly
+    then one of its utterances (balances speakers); `"utterance"` picks utterances uniformly.
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, num_steps: int, seed: int,
+                 sampling: str = "speaker", start_step: int = 0):
+        if sampling not in ("speaker", "utterance"):
+            raise ValueError(f"sampling must be 'speaker' or 'utterance', not {sampling!r}")
+        self.order = np.argsort(labels, kind="stable")  # utterance indices grouped by speaker
+        counts = np.bincount(labels)
+        self.counts = counts[counts > 0]
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+        self.batch_size, self.num_steps, self.seed = batch_size, num_steps, seed
+        self.sampling, self.start_step = sampling, start_step
+
+    def __len__(self) -> int:
+        return max(0, self.num_steps - self.start_step)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, step])
+        if self.sampling == "speaker":
+            speakers = rng.integers(0, len(self.counts), self.batch_size)
+            within = (rng.random(self.batch_size) * self.counts[speakers]).astype(np.int64)
+            utts = self.order[self.starts[speakers] + within]
+        else:
+            utts = rng.integers(0, len(self.order), self.batch_size)
+        crop_seeds = rng.integers(0, 2**63 - 1, self.batch_size)
+        return list(zip(utts.tolist(), crop_seeds.tolist()))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.num_steps):
+            yield self.batch(step)
+
+
+class Utterances(Dataset):
+    """Whole utterances (after normalisation), for embedding extraction."""
+
+    def __init__(self, data: DataSet, utts: list[str], cmn: bool):
+        self.data, self.utts, self.cmn = data, utts, cmn
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        feats = normalise(self.data.load(self.utts[index]), self.cmn)
+        return torch.from_numpy(np.ascontiguousarray(feats))

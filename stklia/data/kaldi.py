@@ -1,0 +1,203 @@
+"""Kaldi data directories (feats.scp, utt2spk, spk2utt) and trial lists, checked line by line.
+
+Every problem in a user's file is raised as an InputError naming the file and line, so a
+run fails at start-up with one clear line instead of deep inside training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+
+from stklia.errors import InputError
+
+PathLike = str | os.PathLike
+
+
+def read_table(path: PathLike, min_fields: int, max_fields: int | None = None) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, fields) of a whitespace-separated Kaldi table, skipping blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
+                expected = str(min_fields) if min_fields == max_fields else f"at least {min_fields}"
+                raise InputError(path, f"expected {expected} fields, found {len(fields)}", lineno)
+            yield lineno, fields
+
+
+def _read_mapping(path: Path, max_fields: int | None) -> tuple[dict[str, str], dict[str, int]]:
+    """key -> rest of line, and key -> line number; duplicate keys are an error."""
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for lineno, fields in read_table(path, 2, max_fields):
+        key = fields[0]
+        if key in values:
+            raise InputError(path, f"duplicate key '{key}' (first on line {lines[key]})", lineno)
+        values[key] = " ".join(fields[1:])
+        lines[key] = lineno
+    return values, lines
+
+
+def _ark_path(rxfilename: str) -> Path | None:
+    """The file an rxfilename reads from (None for pipes and stdin)."""
+    if rxfilename.endswith("|") or rxfilename == "-":
+        return None
+    path = rxfilename
+    if ":" in path and path.rsplit(":", 1)[1].isdigit():
+        path = path.rsplit(":", 1)[0]
+    return Path(path)
+
+
+@dataclass
+class DataSet:
+    """Utterances of one or several merged Kaldi data directories, sorted by utterance id."""
+
+    utts: list[str]
+    utt2spk: dict[str, str]
+    feats: dict[str, str]
+    # where each utterance's features are declared: (feats.scp path, line), for error messages
+    origin: dict[str, tuple[Path, int]] = field(repr=False)
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(set(self.utt2spk.values()))
+
+    def speaker_labels(self) -> np.ndarray:
+        """Index of each utterance's speaker in `speakers`, in `utts` order."""
+        index = {spk: i for i, spk in enumerate(self.speakers)}
+        return np.array([index[self.utt2spk[u]] for u in self.utts], dtype=np.int64)
+
+    def load(self, utt: str) -> np.ndarray:
+        """Features of one utterance as a float32 (frames, dims) matrix."""
+        try:
+            mat = kaldiio.load_mat(self.feats[utt])
+        except Exception as err:  # kaldiio raises many kinds for a broken ark
+            path, line = self.origin[utt]
+            raise InputError(path, f"cannot read features of '{utt}': {err}", line) from err
+        mat = np.asarray(mat, dtype=np.float32)
+        if mat.ndim != 2 or mat.shape[0] == 0:
+            path, line = self.origin[utt]
+            raise InputError(path, f"features of '{utt}' have shape {mat.shape}, expected (frames, dims)", line)
+        return mat
+
+
+def load_data_dir(path: PathLike) -> DataSet:
+    """Read and cross-check one Kaldi data directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(path, "no such data directory")
+    feats_scp, utt2spk_path, spk2utt_path = path / "feats.scp", path / "utt2spk", path / "spk2utt"
+    feats, feat_lines = _read_mapping(feats_scp, None)
+    utt2spk, spk_lines = _read_mapping(utt2spk_path, 2)
+    if not feats:
+        raise InputError(feats_scp, "empty: the data directory has no utterances")
+    for utt, lineno in spk_lines.items():
+        if utt not in feats:
+            raise InputError(utt2spk_path, f"utterance '{utt}' is not in {feats_scp}", lineno)
+    for utt, lineno in feat_lines.items():
+        if utt not in utt2spk:
+            raise InputError(feats_scp, f"utterance '{utt}' is not in {utt2spk_path}", lineno)
+    if spk2utt_path.exists():
+        seen = set()
+        for lineno, (spk, *utts) in read_table(spk2utt_path, 2):
+            for utt in utts:
+                if utt2spk.get(utt) != spk:
+                    message = f"utterance '{utt}' of speaker '{spk}' disagrees with {utt2spk_path}"
+                    raise InputError(spk2utt_path, message, lineno)
+                seen.add(utt)
+        if len(seen) != len(utt2spk):
+            missing = sorted(set(utt2spk) - seen)[0]
+            raise InputError(spk2utt_path, f"utterance '{missing}' of {utt2spk_path} is missing")
+    checked: set[Path] = set()
+    for utt, rx in feats.items():
+        ark = _ark_path(rx)
+        if ark is None or ark in checked:
+            continue
+        if not ark.is_absolute():
+            ark = Path.cwd() / ark
+        if not ark.is_file():
+            raise InputError(feats_scp, f"feature file '{ark}' does not exist", feat_lines[utt])
+        checked.add(ark)
+    origin = {utt: (feats_scp, lineno) for utt, lineno in feat_lines.items()}
+    return DataSet(sorted(feats), utt2spk, feats, origin)
+
+
+def load_data(paths: PathLike | Sequence[PathLike]) -> DataSet:
+    """Read one or several Kaldi data directories and merge them into one set."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if len(paths) == 0:
+        raise InputError("data", "no data directory given")
+    parts = [load_data_dir(p) for p in paths]
+    merged = DataSet([], {}, {}, {})
+    for part in parts:
+        for utt in part.utts:
+            if utt in merged.feats:
+                path, line = part.origin[utt]
+                raise InputError(path, f"utterance '{utt}' also appears in {merged.origin[utt][0]}", line)
+        merged.utt2spk.update(part.utt2spk)
+        merged.feats.update(part.feats)
+        merged.origin.update(part.origin)
+    merged.utts = sorted(merged.feats)
+    return merged
+
+
+def check_feature_dim(data: DataSet, features_per_frame: int) -> None:
+    """Compare the first utterance of each source file with the configured dimension."""
+    first: dict[Path, str] = {}
+    for utt in data.utts:
+        first.setdefault(data.origin[utt][0], utt)
+    for path, utt in first.items():
+        dims = data.load(utt).shape[1]
+        if dims != features_per_frame:
+            raise InputError(
+                path,
+                f"utterance '{utt}' has {dims} features per frame but the config says "
+                f"features_per_frame={features_per_frame}",
+                data.origin[utt][1],
+            )
+
+
+@dataclass
+class Trials:
+    """A verification trial list: labels[i] says whether enroll[i] and test[i] share a speaker."""
+
+    path: Path
+    labels: np.ndarray
+    enroll: list[str]
+    test: list[str]
+
+    @property
+    def name(self) -> str:
+        """A short name for tables: parent dir and file name."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
+
+def read_trials(path: PathLike, known_utts: set[str] | dict[str, object]) -> Trials:
+    """Read `<label> <utt_a> <utt_b>` lines, with label 1 (target) or 0 (non-target)."""
+    path = Path(path)
+    labels: list[int] = []
+    enroll: list[str] = []
+    test: list[str] = []
+    for lineno, (label, a, b) in read_table(path, 3, 3):
+        if label not in ("0", "1"):
+            raise InputError(path, f"label '{label}' is not 0 or 1", lineno)
+        for utt in (a, b):
+            if utt not in known_utts:
+                raise InputError(path, f"utterance '{utt}' is not in the evaluation data", lineno)
+        labels.append(int(label))
+        enroll.append(a)
+        test.append(b)
+    if not labels:
+        raise InputError(path, "empty: no trials")
+    return Trials(path, np.array(labels, dtype=np.int8), enroll, test)

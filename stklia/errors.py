@@ -1,0 +1,26 @@
+"""User-facing errors: bad input is reported as one line naming the file and line, then exit 1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+class InputError(Exception):
+    """A problem with the user's files or configuration (not a bug in stklia)."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
+        where = f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
+        super().__init__(f"{where}: {message}")
+
+
+@contextlib.contextmanager
+def exit_on_input_error() -> Iterator[None]:
+    """Turn an InputError into `stklia: error: <file>:<line>: <what>` on stderr and exit status 1."""
+    try:
+        yield
+    except InputError as err:
+        print(f"stklia: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,98 @@
+"""What train, test and extract share: devices, data splits of an experiment config, saved models."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from torch import nn
+
+from stklia.checkpoint import load_checkpoint, resolve_checkpoint
+from stklia.data.demo import default_demo_root
+from stklia.data.kaldi import DataSet, Trials, check_feature_dim, load_data, read_trials
+from stklia.errors import InputError
+from stklia.io import atomic_output, write_json
+from stklia.scoring import evaluate, format_results
+
+log = logging.getLogger(__name__)
+
+OmegaConf.register_new_resolver("stklia.demo_root", lambda: str(default_demo_root()), replace=True)
+
+CONFIG_NAME = "config.yaml"
+SPLITS = ("train", "eval", "test")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_complete(cfg: DictConfig) -> None:
+    """Fail at once, in one line, when a mandatory (`???`) value was not given."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise InputError("config", f"missing mandatory value '{err.full_key}': set it on the command line") from None
+
+
+def prepare_data(data_cfg: DictConfig) -> None:
+    """Run the data config's `prepare` step (e.g. generate the demo corpus on first use)."""
+    if data_cfg.get("prepare") is not None:
+        instantiate(data_cfg.prepare)
+
+
+def load_split(data_cfg: DictConfig, split: str) -> DataSet:
+    """The (merged) Kaldi data of split `train`, `eval` or `test`, checked against features_per_frame."""
+    dirs = data_cfg.get(split)
+    if dirs is None:
+        raise InputError("data", f"the experiment's data config has no '{split}' data")
+    data = load_data(list(dirs) if OmegaConf.is_list(dirs) else dirs)
+    check_feature_dim(data, data_cfg.features_per_frame)
+    return data
+
+
+def load_trial_split(data_cfg: DictConfig, split: str) -> tuple[DataSet, list[Trials]] | None:
+    """The data and trial lists of `eval` or `test`, or None when the config has none."""
+    if data_cfg.get(split) is None or not data_cfg.get(f"{split}_trials"):
+        return None
+    data = load_split(data_cfg, split)
+    return data, [read_trials(path, data.feats) for path in data_cfg[f"{split}_trials"]]
+
+
+def save_config(cfg: DictConfig, model_dir: Path) -> None:
+    """The resolved config, from which test and extract rebuild the generator and data."""
+    with atomic_output(model_dir / CONFIG_NAME) as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
+
+
+def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tuple[DictConfig, nn.Module, int]:
+    """The saved config and the generator of a checkpoint of a trained model directory."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise InputError(config_path, "not found: is this a model directory written by stklia.train?")
+    cfg = OmegaConf.load(config_path)
+    path = resolve_checkpoint(model_dir, checkpoint)
+    state = load_checkpoint(path)
+    generator = instantiate(cfg.model)
+    generator.load_state_dict(state["generator"])
+    log.info("loaded %s (step %d)", path, state["step"])
+    return cfg, generator, state["step"]
+
+
+def test_model(generator: nn.Module, cfg: DictConfig, model_dir: Path, step: int, device: torch.device,
+               p_targets: list[float], progress: bool = True) -> list[dict]:
+    """Score every test trial list of the experiment: print a table, write results/step_<N>.json."""
+    test = load_trial_split(cfg.data, "test")
+    if test is None:
+        raise InputError(model_dir / CONFIG_NAME, "the experiment has no test data / test_trials")
+    results = evaluate(generator, *test, cfg.data.cmn, device, p_targets, cfg.num_workers, progress)
+    print(f"Test results of {model_dir} at step {step}:\n{format_results(results)}", flush=True)
+    write_json(model_dir / "results" / f"step_{step:08d}.json", {"step": step, "results": results})
+    return results

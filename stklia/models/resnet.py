@@ -1,0 +1,103 @@
+"""ResNet x-vector generator over acoustic features, in the manner of torchvision's resnet.py.
+
+Input (batch, frames, features_per_frame) is treated as a one-channel image. Four stages of
+BasicBlocks (the first keeps the resolution, the others halve it), then the frequency axis is
+folded into channels, frames are pooled, and a linear layer + batch norm gives the embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from stklia.models.pooling import build_pooling
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet generator: features -> embedding of size `emb_size`."""
+
+    def __init__(
+        self,
+        features_per_frame: int,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        num_filters: Sequence[int] = (32, 64, 128, 256),
+        emb_size: int = 256,
+        pooling: str = "statistical",
+        zero_init_residual: bool = False,
+    ):
+        super().__init__()
+        if len(layers) != len(num_filters):
+            raise ValueError(f"layers {list(layers)} and num_filters {list(num_filters)} differ in length")
+        self.features_per_frame = features_per_frame
+        self.emb_size = emb_size
+        self.inplanes = num_filters[0]
+        self.conv1 = conv3x3(1, self.inplanes)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.stages = nn.Sequential(*(
+            self._make_stage(planes, blocks, stride=1 if i == 0 else 2)
+            for i, (planes, blocks) in enumerate(zip(num_filters, layers))
+        ))
+        out_freq = math.ceil(features_per_frame / 2 ** (len(layers) - 1))
+        self.pooling = build_pooling(pooling, num_filters[-1] * BasicBlock.expansion * out_freq)
+        self.fc = nn.Linear(self.pooling.out_channels, emb_size)
+        self.bn2 = nn.BatchNorm1d(emb_size)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:  # each block starts as the identity (Goyal et al., 2017)
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def _make_stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * BasicBlock.expansion, stride),
+                nn.BatchNorm2d(planes * BasicBlock.expansion),
+            )
+        stage = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * BasicBlock.expansion
+        stage += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*stage)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(feats.unsqueeze(1))))  # (B, 1, T, F) -> (B, C, T, F)
+        x = self.stages(x)  # (B, C', T', F')
+        x = x.permute(0, 1, 3, 2).flatten(1, 2)  # (B, C' * F', T')
+        return self.bn2(self.fc(self.pooling(x)))
