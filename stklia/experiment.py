@@ -86,13 +86,18 @@ def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tupl
     return cfg, generator, state["step"]
 
 
-def test_model(generator: nn.Module, cfg: DictConfig, model_dir: Path, step: int, device: torch.device,
-               p_targets: list[float], progress: bool = True) -> list[dict]:
-    """Score every test trial list of the experiment: print a table, write results/step_<N>.json."""
-    test = load_trial_split(cfg.data, "test")
+def load_test_set(data_cfg: DictConfig) -> tuple[DataSet, list[Trials]]:
+    """The experiment's test data and trial lists, which test_model requires."""
+    test = load_trial_split(data_cfg, "test")
     if test is None:
-        raise InputError(model_dir / CONFIG_NAME, "the experiment has no test data / test_trials")
-    results = evaluate(generator, *test, cfg.data.cmn, device, p_targets, cfg.num_workers, progress)
+        raise InputError("data", "the experiment has no test data / test_trials")
+    return test
+
+
+def test_model(generator: nn.Module, test_set: tuple[DataSet, list[Trials]], cfg: DictConfig, model_dir: Path,
+               step: int, device: torch.device, p_targets: list[float], progress: bool = True) -> list[dict]:
+    """Score every test trial list: print a table, write <model_dir>/results/step_<N>.json."""
+    results = evaluate(generator, *test_set, cfg.data.cmn, device, p_targets, cfg.num_workers, progress)
     print(f"Test results of {model_dir} at step {step}:\n{format_results(results)}", flush=True)
     write_json(model_dir / "results" / f"step_{step:08d}.json", {"step": step, "results": results})
     return results

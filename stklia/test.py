@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from stklia.errors import exit_on_input_error
-from stklia.experiment import load_experiment, prepare_data, resolve_device, test_model
+from stklia.experiment import load_experiment, load_test_set, prepare_data, resolve_device, test_model
 
 
 @hydra.main(version_base="1.3", config_path="../conf/saved_model", config_name="test")
@@ -17,9 +17,10 @@ def main(cfg: DictConfig) -> float:
             if cfg[key] is not None:
                 experiment.data[key] = cfg[key]
         prepare_data(experiment.data)
+        test_set = load_test_set(experiment.data)
         device = resolve_device(cfg.device)
-        results = test_model(generator.to(device), experiment, Path(cfg.model_dir), step, device, list(cfg.p_targets),
-                             cfg.progress)
+        results = test_model(generator.to(device), test_set, experiment, Path(cfg.model_dir), step, device,
+                             list(cfg.p_targets), cfg.progress)
         return results[0]["eer"]
 
 

@@ -43,6 +43,7 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
     prepare_data(cfg.data)
     train_data = load_split(cfg.data, "train")
     validation = load_trial_split(cfg.data, "eval")
+    test_set = load_trial_split(cfg.data, "test")  # read now: bad trials must not wait for the end
     speakers = train_data.speakers
     log.info("training data: %d utterances of %d speakers", len(train_data.utts), len(speakers))
 
@@ -125,8 +126,8 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
         writer.close()
 
     tested = None
-    if load_trial_split(cfg.data, "test") is not None:
-        tested = test_model(generator, cfg, model_dir, step, device, list(cfg.p_targets), cfg.progress)
+    if test_set is not None:
+        tested = test_model(generator, test_set, cfg, model_dir, step, device, list(cfg.p_targets), cfg.progress)
     if best["step"] is not None:
         return best["eer"]
     return tested[0]["eer"] if tested else last_loss

@@ -1,0 +1,98 @@
+"""Bad input of every kind: one line naming file and line, a non-zero exit, no output written."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stklia.data.kaldi import load_data, read_trials
+from stklia.errors import InputError
+
+from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+
+
+def _edit(path: Path, change: Callable[[list[str]], list[str]]) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("".join(f"{line}\n" for line in change(lines)))
+
+
+def _set_line(path: Path, index: int, new: Callable[[list[str]], str]) -> None:
+    """Replace line `index` (0-based) by new(all lines)."""
+    _edit(path, lambda ls: [*ls[:index], new(ls), *ls[index + 1:]])
+
+
+# name -> (how to break the copied test dir, file named in the error, its line or None, words of the message)
+BREAKAGES = {
+    "missing feats.scp": (lambda d: (d / "feats.scp").unlink(), "feats.scp", None, "no such file"),
+    "wrong field count": (lambda d: _set_line(d / "utt2spk", 2, lambda ls: ls[2] + " extra"),
+                          "utt2spk", 3, "expected 2 fields, found 3"),
+    "utt absent from feats.scp": (lambda d: _edit(d / "feats.scp", lambda ls: ls[1:]),
+                                  "utt2spk", 1, "is not in"),
+    "duplicate utterance": (lambda d: _edit(d / "feats.scp", lambda ls: ls + ls[:1]),
+                            "feats.scp", None, "duplicate key"),
+    "spk2utt disagrees": (lambda d: _set_line(d / "spk2utt", 0, lambda ls: f"{ls[1].split()[0]} {ls[0].split()[1]}"),
+                          "spk2utt", 1, "disagrees with"),
+    "missing ark": (lambda d: _set_line(d / "feats.scp", 1, lambda ls: f"{ls[1].split()[0]} {d}/gone.ark:9"),
+                    "feats.scp", 2, "does not exist"),
+    "empty data dir": (lambda d: [(d / f).write_text("") for f in ("feats.scp", "utt2spk", "spk2utt")],
+                       "feats.scp", None, "empty"),
+    "unknown trial utterance": (lambda d: _set_line(d / "trials", 4, lambda ls: ls[4].rsplit(" ", 1)[0] + " ghost"),
+                                "trials", 5, "utterance 'ghost' is not in"),
+    "bad label": (lambda d: _set_line(d / "trials", 1, lambda ls: "target" + ls[1][1:]),
+                  "trials", 2, "label 'target' is not 0 or 1"),
+    "short trial line": (lambda d: _set_line(d / "trials", 6, lambda ls: ls[6].rsplit(" ", 1)[0]),
+                         "trials", 7, "expected 3 fields, found 2"),
+    "empty trials": (lambda d: (d / "trials").write_text("\n"), "trials", None, "empty"),
+}
+
+
+@pytest.mark.parametrize("case", BREAKAGES)
+def test_train_rejects_bad_test_data_before_writing_anything(case: str, kaldi_dir: Path, demo_root: Path,
+                                                              tmp_path: Path) -> None:
+    breaks, filename, line, words = BREAKAGES[case]
+    breaks(kaldi_dir)
+    model_dir = tmp_path / "model"
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={model_dir}",
+                      f"data.test={kaldi_dir}", f"data.test_trials=[{kaldi_dir / 'trials'}]", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    error = proc.stderr.strip().splitlines()[-1]
+    where = re.escape(str(kaldi_dir / filename)) + (f":{line}" if line else r"(:\d+)?")
+    assert re.fullmatch(rf"stklia: error: {where}: .*{re.escape(words)}.*", error), error
+    assert "Traceback" not in proc.stderr
+    written = {p.name for p in model_dir.iterdir()} if model_dir.exists() else set()
+    assert not written & {"config.yaml", "checkpoints", "tensorboard", "results"}
+
+
+def test_feature_dimension_mismatch_names_the_scp(demo_root: Path, tmp_path: Path) -> None:
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, "data.features_per_frame=30",
+                      f"model_dir={tmp_path / 'model'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    scp = re.escape(str(demo_root / "train" / "feats.scp"))
+    assert re.fullmatch(rf"stklia: error: {scp}:1: utterance '\S+' has 40 features per frame but the config says "
+                        r"features_per_frame=30", proc.stderr.strip().splitlines()[-1])
+
+
+def test_missing_mandatory_value_and_typos_fail(tmp_path: Path) -> None:
+    proc = run_stklia("train", "data=voxceleb", f"model_dir={tmp_path / 'm'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "missing mandatory value 'data.train'" in proc.stderr
+    proc = run_stklia("train", "model.emb_sise=3", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Could not override 'model.emb_sise'" in proc.stderr
+
+
+def test_test_and_extract_reject_bad_input(kaldi_dir: Path, tmp_path: Path) -> None:
+    proc = run_stklia("test", f"model_dir={tmp_path / 'nothing'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("config.yaml: not found: is this a model directory "
+                                                                 "written by stklia.train?")
+    proc = run_stklia("extract", f"model_dir={tmp_path / 'nothing'}", "format=npy", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "'npy' is not one of ark, txt, pt" in proc.stderr
+
+
+def test_merging_dirs_with_a_shared_utterance_fails(kaldi_dir: Path, demo_root: Path) -> None:
+    with pytest.raises(InputError, match=rf"{re.escape(str(kaldi_dir / 'feats.scp'))}:1: utterance '\S+' also appears"):
+        load_data([demo_root / "test", kaldi_dir])
+    merged = load_data([demo_root / "train", demo_root / "test"])
+    assert len(merged.speakers) == len(load_data(demo_root / "train").speakers) + len(load_data(kaldi_dir).speakers)
+    assert read_trials(kaldi_dir / "trials", merged.feats).labels.dtype.kind == "i"

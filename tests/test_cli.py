@@ -1,0 +1,117 @@
+"""The real command lines on a tiny generated corpus: train -> test -> extract, sweeps, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from stklia.checkpoint import list_checkpoints, load_checkpoint
+from stklia.data.kaldi import load_data_dir, read_trials
+
+from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory from one tiny training run (6 steps, checkpoints at 3 and 6)."""
+    model_dir = tmp_path_factory.mktemp("run") / "model"
+    run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={model_dir}",
+               cwd=model_dir.parent)
+    return model_dir
+
+
+def test_train_writes_a_complete_model_dir(trained: Path, demo_root: Path) -> None:
+    assert sorted(list_checkpoints(trained)) == [3, 6]
+    state = load_checkpoint(trained / "checkpoints" / "step_00000006.pt")
+    assert state["step"] == 6 and set(state) >= {"generator", "head", "optimizer", "scheduler"}
+    cfg = OmegaConf.load(trained / "config.yaml")
+    assert cfg.model_dir == str(trained) and cfg.model.emb_size == 16
+    best = json.loads((trained / "checkpoints" / "best.json").read_text())
+    assert best["step"] in (3, 6)
+    assert any((trained / "tensorboard").iterdir())
+    results = json.loads((trained / "results" / "step_00000006.json").read_text())["results"]
+    trials = read_trials(demo_root / "test" / "trials", load_data_dir(demo_root / "test").feats)
+    assert results[0]["num_trials"] == len(trials.labels)
+    assert 0 <= results[0]["eer"] <= 100
+
+
+def test_tensorboard_has_the_training_curves(trained: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/accuracy", "train/lr", "eval/eer/trials"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]
+
+
+def test_test_command_prints_and_saves_results(trained: Path) -> None:
+    proc = run_stklia("test", f"model_dir={trained}", "checkpoint=3", "progress=false", cwd=trained.parent)
+    assert "eer" in proc.stdout and "min_dcf@0.01" in proc.stdout and "min_dcf@0.001" in proc.stdout
+    saved = json.loads((trained / "results" / "step_00000003.json").read_text())
+    assert saved["step"] == 3
+    row = saved["results"][0]
+    assert {"eer", "min_dcf@0.01", "min_dcf@0.001"} <= set(row)
+    assert f"{row['eer']:.2f}" in proc.stdout
+
+
+@pytest.mark.parametrize("fmt", ["ark", "txt", "pt"])
+def test_extract_every_format(trained: Path, demo_root: Path, tmp_path: Path, fmt: str) -> None:
+    run_stklia("extract", f"model_dir={trained}", "data=test", f"format={fmt}", f"out_dir={tmp_path}",
+               "progress=false", cwd=tmp_path)
+    if fmt == "ark":
+        emb = dict(kaldiio.load_scp(str(tmp_path / "embeddings.scp")))
+        assert dict(kaldiio.load_ark(str(tmp_path / "embeddings.ark"))).keys() == emb.keys()
+    elif fmt == "txt":
+        emb = dict(kaldiio.load_ark(str(tmp_path / "embeddings.txt")))
+    else:
+        emb = {k: v.numpy() for k, v in torch.load(tmp_path / "embeddings.pt", weights_only=True).items()}
+    assert sorted(emb) == load_data_dir(demo_root / "test").utts
+    assert all(np.asarray(v).shape == (16,) and np.isfinite(v).all() for v in emb.values())
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    if fmt != "ark":  # all formats hold the same numbers
+        run_stklia("extract", f"model_dir={trained}", "format=ark", f"out_dir={tmp_path / 'ref'}", "progress=false",
+                   cwd=tmp_path)
+        ref = dict(kaldiio.load_scp(str(tmp_path / "ref" / "embeddings.scp")))
+        for utt, vec in ref.items():
+            np.testing.assert_allclose(emb[utt], vec, rtol=1e-5, atol=1e-6)
+
+
+def test_extract_any_kaldi_dir(trained: Path, demo_root: Path) -> None:
+    run_stklia("extract", f"model_dir={trained}", f"data={demo_root / 'eval'}", "format=pt", "progress=false",
+               cwd=trained.parent)
+    emb = torch.load(trained / "embeddings" / "eval" / "embeddings.pt", weights_only=True)
+    assert sorted(emb) == load_data_dir(demo_root / "eval").utts
+
+
+def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_stklia("train", "-m", "head=softmax,adacos", *demo_data_overrides(demo_root), *TINY_TRAINING,
+                      "num_iterations=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "#0 : head=softmax" in proc.stdout and "#1 : head=adacos" in proc.stdout
+    for job, head in (("0", "Softmax"), ("1", "AdaCos")):
+        cfg = OmegaConf.load(sweep / job / "config.yaml")
+        assert cfg.head._target_ == f"stklia.heads.{head}" and cfg.model_dir == str(sweep / job)
+        assert list(list_checkpoints(sweep / job)) == [3]
+
+
+def test_resume_continues_from_the_checkpoint(demo_root: Path, tmp_path: Path) -> None:
+    common = [*demo_data_overrides(demo_root), *TINY_TRAINING]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_stklia("train", *common, f"model_dir={straight}", cwd=tmp_path)
+    run_stklia("train", *common, "num_iterations=3", f"model_dir={resumed}", cwd=tmp_path)
+    assert list(list_checkpoints(resumed)) == [3]
+    again = run_stklia("train", *common, f"model_dir={resumed}", cwd=tmp_path, check=False)
+    assert again.returncode != 0 and "checkpoint=last" in again.stderr  # refuses to overwrite silently
+    run_stklia("train", *common, f"model_dir={resumed}", "checkpoint=last", cwd=tmp_path)
+    a = load_checkpoint(straight / "checkpoints" / "step_00000006.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "step_00000006.pt")
+    for part in ("generator", "head"):
+        for name, tensor in a[part].items():
+            torch.testing.assert_close(b[part][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{part}.{name}")
