@@ -1,6 +1,8 @@
 """Temporal pooling: (batch, channels, frames) -> (batch, out_channels), one class per mode.
 
 Each layer exposes `out_channels` so the ResNet can size its embedding layer for any mode.
+`forward(x, mask)` takes an optional (batch, frames) bool mask of the valid frames, so that
+padded batches of utterances of different lengths pool exactly like one utterance at a time.
 Register new modes in POOLINGS.
 """
 
@@ -10,9 +12,23 @@ import torch
 from torch import nn
 
 
-def _std(x: torch.Tensor) -> torch.Tensor:
-    """Unbiased standard deviation over frames (as torch.std), floored so its gradient stays finite."""
-    return x.var(dim=-1).clamp(min=1e-10).sqrt()
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over valid frames."""
+    if mask is None:
+        return x.mean(dim=-1)
+    m = mask[:, None, :].to(x.dtype)
+    return (x * m).sum(dim=-1) / m.sum(dim=-1)
+
+
+def masked_std(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Unbiased standard deviation over valid frames (as torch.std), floored so its gradient stays finite."""
+    if mask is None:
+        var = x.var(dim=-1)
+    else:
+        m = mask[:, None, :].to(x.dtype)
+        n = m.sum(dim=-1)
+        var = (((x - masked_mean(x, mask)[..., None]) * m) ** 2).sum(dim=-1) / (n - 1).clamp(min=1)
+    return var.clamp(min=1e-10).sqrt()
 
 
 class Pooling(nn.Module):
@@ -26,23 +42,23 @@ class Pooling(nn.Module):
 
 
 class MinPooling(Pooling):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amin(dim=-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return (x if mask is None else x.masked_fill(~mask[:, None, :], torch.inf)).amin(dim=-1)
 
 
 class MaxPooling(Pooling):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amax(dim=-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return (x if mask is None else x.masked_fill(~mask[:, None, :], -torch.inf)).amax(dim=-1)
 
 
 class MeanPooling(Pooling):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_mean(x, mask)
 
 
 class StdPooling(Pooling):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _std(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_std(x, mask)
 
 
 class StatisticalPooling(Pooling):
@@ -50,8 +66,8 @@ class StatisticalPooling(Pooling):
 
     expansion = 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean(dim=-1), _std(x)], dim=1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([masked_mean(x, mask), masked_std(x, mask)], dim=1)
 
 
 POOLINGS: dict[str, type[Pooling]] = {
