@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -94,7 +95,7 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
     writer = SummaryWriter(model_dir / "tensorboard", purge_step=step + 1)
     generator.train()
     head.train()
-    loss_sum, correct, seen, last_loss = 0.0, 0, 0, math.nan
+    loss_sum, correct, seen, last_loss, since = 0.0, 0, 0, math.nan, time.perf_counter()
     progress = tqdm(loader, total=len(schedule), initial=0, desc="train", dynamic_ncols=True,
                     disable=not cfg.progress)
     try:
@@ -114,12 +115,16 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
             seen += len(labels)
             if step % cfg.log_interval == 0 or step == cfg.num_iterations:
                 lr = optimizer.param_groups[0]["lr"]
+                speed = seen / (time.perf_counter() - since)
                 writer.add_scalar("train/loss", loss_sum / seen, step)
                 writer.add_scalar("train/accuracy", correct / seen, step)
                 writer.add_scalar("train/lr", lr, step)
+                writer.add_scalar("train/samples_per_s", speed, step)
                 progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
-                log.info("step %d: loss %.4f accuracy %.3f lr %.4g", step, loss_sum / seen, correct / seen, lr)
+                log.info("step %d: loss %.4f accuracy %.3f lr %.4g, %.0f samples/s", step, loss_sum / seen,
+                         correct / seen, lr, speed)
                 last_loss, loss_sum, correct, seen = loss_sum / seen, 0.0, 0, 0
+                since = time.perf_counter()
             if step % cfg.checkpoint_interval == 0 or step == cfg.num_iterations:
                 checkpoint(step)
     finally:
