@@ -76,10 +76,10 @@ def trial_indices(index: Mapping[str, int], ids: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
 
 
-def cosine_scores(table: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def cosine_scores(table: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Dot products of table rows left[i] and right[i] (cosines when the rows are unit vectors)."""
     scores = np.empty(len(left), dtype=np.float64)
-    for start in range(0, len(left), chunk):  # bounded memory: chunk x dim gathered rows at a time
+    for start in range(0, len(left), chunk):  # chunk x dim gathered rows at a time: they stay in cache
         stop = start + chunk
         scores[start:stop] = np.einsum("ij,ij->i", table[left[start:stop]], table[right[start:stop]])
     return scores
@@ -92,8 +92,9 @@ def asnorm_stats(table: np.ndarray, cohort: np.ndarray, top_n: int, chunk: int =
     if top_n < 2:
         raise ValueError(f"AS-norm needs a top-N of at least 2 cohort models, got {top_n}")
     mean, std = np.empty(len(table)), np.empty(len(table))
+    cohort_t = cohort.T.astype(table.dtype)
     for start in range(0, len(table), chunk):
-        s = table[start : start + chunk] @ cohort.T.astype(table.dtype)
+        s = table[start : start + chunk] @ cohort_t
         top = np.partition(s, len(cohort) - top_n, axis=1)[:, len(cohort) - top_n :].astype(np.float64)
         mean[start : start + chunk] = top.mean(axis=1)
         std[start : start + chunk] = top.std(axis=1)
