@@ -14,10 +14,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from scipy.special import ndtri
 
 from stklia.data.datasets import normalise
 from stklia.data.kaldi import Trials, load_data, read_trials
-from stklia.det import det_curve
+from stklia.det import MAX_POINTS, det_curve, det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
 from stklia.metrics import compute_eer, compute_min_dcf
@@ -127,6 +128,25 @@ def test_det_curve_matches_brute_force(ties: bool) -> None:
     tar, non = scores[labels == 1], scores[labels == 0]
     np.testing.assert_allclose(false_alarm, [np.mean(non >= t) for t in thresholds], atol=1e-12)
     np.testing.assert_allclose(miss, [np.mean(tar < t) for t in thresholds], atol=1e-12)
+
+
+def test_det_figure_of_many_trials_is_thinned_and_marks_the_eer() -> None:
+    rng = np.random.default_rng(2)
+    labels = (rng.random(100_000) < 0.1).astype(int)
+    systems = {"a": rng.normal(size=100_000) + 2 * labels, "b": rng.normal(size=100_000) + 3 * labels}
+    ax = det_figure(systems, labels, "title").axes[0]
+    curves = [line for line in ax.lines if "EER" in line.get_label()]
+    assert len(curves) == 2
+    for line, (name, scores) in zip(curves, systems.items()):
+        eer = compute_eer(scores, labels)[0]
+        assert line.get_label() == f"{name} (EER {100 * eer:.2f}%)"
+        x, y = line.get_data()
+        assert 100 < len(x) <= MAX_POINTS + 1  # of ~100,000 operating points
+        assert np.all(np.diff(x) <= 0) and np.all(np.diff(y) >= 0)  # false alarms fall as misses rise
+    points = [line for line in ax.lines if line.get_marker() == "o"]
+    expected = [ndtri(compute_eer(s, labels)[0]) for s in systems.values()]
+    np.testing.assert_allclose([p.get_xdata()[0] for p in points], expected)
+    np.testing.assert_allclose([p.get_ydata()[0] for p in points], expected)
 
 
 # --------------------------------------------------------------------------
