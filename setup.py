@@ -16,6 +16,7 @@ setup(
         "kaldi-native-fbank>=1.18",
         "tensorboard>=2.14",
         "tqdm>=4.60",
+        "matplotlib>=3.5",
     ],
     extras_require={
         "slurm": ["hydra-submitit-launcher>=1.2"],

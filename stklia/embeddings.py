@@ -1,14 +1,27 @@
-"""Embeddings of utterances: one code path for validation, test and extraction, plus writers."""
+"""Embeddings of utterances: one code path for validation, test and extraction, plus writers.
+
+Extraction is batched with length bucketing: utterances are read in order into a pool of about
+SORT_POOL_BATCHES batches, the pool is sorted by length, and consecutive utterances form
+batches of at most `batch_frames` padded frames. The generator gets the valid lengths
+(`generator(feats, lengths)`) and ignores the padding, so every embedding equals the one the
+utterance gets alone, up to float rounding (tested to 1e-5). Utterances longer than
+`max_frames` (if set) are cut into near-equal chunks of at most `max_frames` frames whose
+embeddings are averaged: that bounds memory on very long recordings, but the result is then
+not the whole-utterance embedding.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import kaldiio
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -17,22 +30,81 @@ from stklia.data.kaldi import DataSet
 from stklia.io import atomic_output
 
 FORMATS = ("ark", "txt", "pt")
+SORT_POOL_BATCHES = 32  # batches' worth of frames sorted together: enough for little padding
+
+
+def split_chunks(feats: torch.Tensor, max_frames: int | None) -> list[torch.Tensor]:
+    """The utterance itself, or near-equal chunks of at most max_frames frames."""
+    if max_frames is None or len(feats) <= max_frames:
+        return [feats]
+    return list(torch.tensor_split(feats, math.ceil(len(feats) / max_frames)))
+
+
+def length_batches(pieces: Iterable[tuple[int, torch.Tensor]], batch_frames: int
+                   ) -> Iterator[list[tuple[int, torch.Tensor]]]:
+    """Batches of (index, feats) pieces of similar length, each at most batch_frames padded frames.
+
+    A piece longer than batch_frames makes a batch of its own.
+    """
+    pool: list[tuple[int, torch.Tensor]] = []
+    pool_frames = 0
+
+    def flush() -> Iterator[list[tuple[int, torch.Tensor]]]:
+        pool.sort(key=lambda piece: len(piece[1]), reverse=True)
+        start = 0
+        while start < len(pool):
+            longest = len(pool[start][1])  # the batch's padded length
+            size = max(1, batch_frames // longest)
+            yield pool[start : start + size]
+            start += size
+
+    for piece in pieces:
+        pool.append(piece)
+        pool_frames += len(piece[1])
+        if pool_frames >= SORT_POOL_BATCHES * batch_frames:
+            yield from flush()
+            pool, pool_frames = [], 0
+    yield from flush()
 
 
 @torch.inference_mode()
 def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: bool,
-                     device: torch.device, num_workers: int = 0, progress: bool = True) -> np.ndarray:
-    """Embeddings (len(utts), emb_size) of whole utterances, with the generator in eval mode."""
+                     device: torch.device, num_workers: int = 0, progress: bool = True, *,
+                     batch_frames: int = 20000, max_frames: int | None = None) -> np.ndarray:
+    """Embeddings (len(utts), emb_size) of whole utterances, with the generator in eval mode.
+
+    `batch_frames` bounds the padded frames per forward pass (memory); `max_frames` chunks
+    longer utterances (see the module docstring).
+    """
+    if batch_frames < 1 or (max_frames is not None and max_frames < 1):
+        raise ValueError(f"batch_frames ({batch_frames}) and max_frames ({max_frames}) must be positive")
     loader = DataLoader(Utterances(data, utts, cmn), batch_size=None, num_workers=num_workers)
+    num_chunks = np.zeros(len(utts), dtype=np.int64)  # filled as the utterances are read
+
+    def pieces() -> Iterator[tuple[int, torch.Tensor]]:
+        for i, feats in enumerate(loader):
+            chunks = split_chunks(feats, max_frames)
+            num_chunks[i] = len(chunks)
+            yield from ((i, chunk) for chunk in chunks)
+
+    sums = np.zeros((len(utts), generator.emb_size), dtype=np.float64)
+    counts = np.zeros(len(utts), dtype=np.int64)
     was_training = generator.training
     generator.eval()
-    out = np.empty((len(utts), generator.emb_size), dtype=np.float32)
     try:
-        for i, feats in enumerate(tqdm(loader, desc="embeddings", disable=not progress, leave=False)):
-            out[i] = generator(feats[None].to(device)).float().cpu().numpy()
+        with tqdm(total=len(utts), desc="embeddings", unit="utt", disable=not progress, leave=False) as bar:
+            for batch in length_batches(pieces(), batch_frames):
+                index = np.array([i for i, _ in batch])
+                lengths = torch.tensor([len(feats) for _, feats in batch])
+                feats = pad_sequence([feats for _, feats in batch], batch_first=True)
+                emb = generator(feats.to(device), lengths.to(device)).float().cpu().numpy()
+                np.add.at(sums, index, emb)
+                np.add.at(counts, index, 1)
+                touched = np.unique(index)
+                bar.update(int(np.count_nonzero(counts[touched] == num_chunks[touched])))
     finally:
         generator.train(was_training)
-    return out
+    return (sums / counts[:, None]).astype(np.float32)
 
 
 def write_embeddings(out_dir: str | os.PathLike, utts: list[str], emb: np.ndarray, fmt: str) -> list[Path]:

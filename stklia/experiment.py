@@ -11,13 +11,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from stklia.checkpoint import load_checkpoint, resolve_checkpoint
 from stklia.data.demo import default_demo_root
-from stklia.data.kaldi import DataSet, Trials, check_feature_dim, load_data, read_trials
+from stklia.data.kaldi import DataSet, check_feature_dim, load_data, read_trials
 from stklia.errors import InputError
 from stklia.io import atomic_output, write_json
-from stklia.scoring import evaluate, format_results
+from stklia.scoring import EvalData, evaluate, format_results, write_results
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def prepare_data(data_cfg: DictConfig) -> None:
 
 
 def load_split(data_cfg: DictConfig, split: str) -> DataSet:
-    """The (merged) Kaldi data of split `train`, `eval` or `test`, checked against features_per_frame."""
+    """The (merged) Kaldi data of data entry `split` (train, eval, test, test_enroll, cohort, ...), checked
+    against features_per_frame."""
     dirs = data_cfg.get(split)
     if dirs is None:
         raise InputError("data", f"the experiment's data config has no '{split}' data")
@@ -57,12 +59,31 @@ def load_split(data_cfg: DictConfig, split: str) -> DataSet:
     return data
 
 
-def load_trial_split(data_cfg: DictConfig, split: str) -> tuple[DataSet, list[Trials]] | None:
-    """The data and trial lists of `eval` or `test`, or None when the config has none."""
+def load_trial_split(data_cfg: DictConfig, split: str) -> EvalData | None:
+    """The data, trial lists and enrollment speakers of `eval` or `test`, or None when the config has none.
+
+    The test split also gets the AS-norm cohort when one is configured; validation scores stay
+    raw, since AS-norm would re-embed the whole cohort at every checkpoint.
+    """
     if data_cfg.get(split) is None or not data_cfg.get(f"{split}_trials"):
         return None
     data = load_split(data_cfg, split)
-    return data, [read_trials(path, data.feats) for path in data_cfg[f"{split}_trials"]]
+    enroll = load_split(data_cfg, f"{split}_enroll") if data_cfg.get(f"{split}_enroll") is not None else None
+    speakers = set(enroll.utt2spk.values()) if enroll is not None else None
+    trial_lists = [read_trials(path, data.feats, speakers) for path in data_cfg[f"{split}_trials"]]
+    return EvalData(data, trial_lists, enroll, load_cohort(data_cfg) if split == "test" else None)
+
+
+def load_cohort(data_cfg: DictConfig) -> DataSet | None:
+    """The AS-norm cohort data, or None when AS-norm is off (no `cohort` or `asnorm_top_n` 0)."""
+    if data_cfg.get("cohort") is None or not data_cfg.get("asnorm_top_n"):
+        return None
+    if data_cfg.asnorm_top_n < 2:
+        raise InputError("data.asnorm_top_n", f"must be 0 (off) or at least 2, not {data_cfg.asnorm_top_n}")
+    cohort = load_split(data_cfg, "cohort")
+    if len(cohort.speakers) < 2:
+        raise InputError("data.cohort", "an AS-norm cohort needs at least 2 speakers")
+    return cohort
 
 
 def save_config(cfg: DictConfig, model_dir: Path) -> None:
@@ -86,7 +107,7 @@ def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tupl
     return cfg, generator, state["step"]
 
 
-def load_test_set(data_cfg: DictConfig) -> tuple[DataSet, list[Trials]]:
+def load_test_set(data_cfg: DictConfig) -> EvalData:
     """The experiment's test data and trial lists, which test_model requires."""
     test = load_trial_split(data_cfg, "test")
     if test is None:
@@ -94,10 +115,18 @@ def load_test_set(data_cfg: DictConfig) -> tuple[DataSet, list[Trials]]:
     return test
 
 
-def test_model(generator: nn.Module, test_set: tuple[DataSet, list[Trials]], cfg: DictConfig, model_dir: Path,
-               step: int, device: torch.device, p_targets: list[float], progress: bool = True) -> list[dict]:
-    """Score every test trial list: print a table, write <model_dir>/results/step_<N>.json."""
-    results = evaluate(generator, *test_set, cfg.data.cmn, device, p_targets, cfg.num_workers, progress)
-    print(f"Test results of {model_dir} at step {step}:\n{format_results(results)}", flush=True)
-    write_json(model_dir / "results" / f"step_{step:08d}.json", {"step": step, "results": results})
-    return results
+def test_model(generator: nn.Module, test_set: EvalData, cfg: DictConfig, model_dir: Path, step: int,
+               device: torch.device, p_targets: list[float], progress: bool = True,
+               writer: SummaryWriter | None = None) -> list[dict]:
+    """Score every test trial list: print a table; write scores, DET plots and results JSON under
+    <model_dir>/results/step_<N>/ and a summary in <model_dir>/results/step_<N>.json; DET plots to
+    TensorBoard when a writer is given."""
+    results = evaluate(generator, test_set, cfg.data.cmn, device, p_targets, cfg.num_workers, progress,
+                       extraction=cfg.extraction, asnorm_top_n=cfg.data.get("asnorm_top_n") or 0)
+    summaries = write_results(model_dir / "results" / f"step_{step:08d}", results)
+    print(f"Test results of {model_dir} at step {step}:\n{format_results(summaries)}", flush=True)
+    write_json(model_dir / "results" / f"step_{step:08d}.json", {"step": step, "results": summaries})
+    if writer is not None:
+        for result in results:
+            writer.add_figure(f"test/det/{result.trials.path.name}", result.figure(), step)
+    return summaries

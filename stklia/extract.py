@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
         data = load_split(experiment.data, split)
         device = resolve_device(cfg.device)
         emb = embed_utterances(generator.to(device), data, data.utts, experiment.data.cmn, device, cfg.num_workers,
-                               cfg.progress)
+                               cfg.progress, **cfg.extraction)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model_dir) / "embeddings" / name
         for path in write_embeddings(out_dir, data.utts, emb, cfg.format):
             print(f"wrote {path}")

@@ -13,9 +13,10 @@ from stklia.experiment import load_experiment, load_test_set, prepare_data, reso
 def main(cfg: DictConfig) -> float:
     with exit_on_input_error():
         experiment, generator, step = load_experiment(cfg.model_dir, cfg.checkpoint)
-        for key in ("test", "test_trials"):  # optional replacements of the experiment's test set
+        for key in ("test", "test_trials", "test_enroll", "cohort", "asnorm_top_n"):  # optional replacements
             if cfg[key] is not None:
                 experiment.data[key] = cfg[key]
+        experiment.extraction = cfg.extraction
         prepare_data(experiment.data)
         test_set = load_test_set(experiment.data)
         device = resolve_device(cfg.device)

@@ -72,11 +72,12 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
 
     def checkpoint(step: int) -> None:
         if validation is not None:
-            results = evaluate(generator, *validation, cfg.data.cmn, device, num_workers=cfg.num_workers,
-                               progress=False)
-            eer = results[0]["eer"]
+            results = evaluate(generator, validation, cfg.data.cmn, device, num_workers=cfg.num_workers,
+                               progress=False, extraction=cfg.extraction)
+            eer = results[0].metrics["eer"]
             for r in results:
-                writer.add_scalar(f"eval/eer/{Path(r['trials']).name}", r["eer"], step)
+                writer.add_scalar(f"eval/eer/{r.trials.path.name}", r.metrics["eer"], step)
+                writer.add_figure(f"eval/det/{r.trials.path.name}", r.figure(), step)
             log.info("step %d: validation EER %.2f%%", step, eer)
             if eer < best["eer"]:
                 best.update(step=step, eer=eer)
@@ -127,12 +128,13 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
                 since = time.perf_counter()
             if step % cfg.checkpoint_interval == 0 or step == cfg.num_iterations:
                 checkpoint(step)
+        tested = None
+        if test_set is not None:
+            tested = test_model(generator, test_set, cfg, model_dir, step, device, list(cfg.p_targets),
+                                cfg.progress, writer)
     finally:
         writer.close()
 
-    tested = None
-    if test_set is not None:
-        tested = test_model(generator, test_set, cfg, model_dir, step, device, list(cfg.p_targets), cfg.progress)
     if best["step"] is not None:
         return best["eer"]
     return tested[0]["eer"] if tested else last_loss

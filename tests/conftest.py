@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from stklia.data.demo import SMALL_DEMO, make_demo
+from stklia.models.resnet import ResNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,3 +50,40 @@ def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True) -> 
 def demo_data_overrides(root: Path) -> list[str]:
     """Point the demo data config at a given corpus, without regenerating it."""
     return [f"data.root={root}", "data.prepare=null"]
+
+
+def make_enrollment(data_dir: Path, out: Path, per_speaker: int = 2) -> Path:
+    """A Kaldi dir `out` enrolling each speaker of data_dir with its first `per_speaker` utterances, and
+    `out/trials`: every enrolled speaker against every other utterance of data_dir (`<label> <speaker> <utt>`)."""
+    out.mkdir(parents=True)
+    feats = dict(line.split(maxsplit=1) for line in (data_dir / "feats.scp").read_text().splitlines())
+    spk2utt = [line.split() for line in (data_dir / "spk2utt").read_text().splitlines()]
+    enrolled = {spk: utts[:per_speaker] for spk, *utts in spk2utt}
+    (out / "feats.scp").write_text("".join(f"{u} {feats[u]}\n" for us in enrolled.values() for u in us))
+    (out / "utt2spk").write_text("".join(f"{u} {spk}\n" for spk, us in enrolled.items() for u in us))
+    (out / "spk2utt").write_text("".join(f"{spk} {' '.join(us)}\n" for spk, us in enrolled.items()))
+    tests = [(spk, u) for spk, *utts in spk2utt for u in utts[per_speaker:]]
+    (out / "trials").write_text("".join(f"{int(spk == s)} {spk} {u}\n" for spk in enrolled for s, u in tests))
+    return out
+
+
+def tiny_resnet(pooling: str, seed: int = 0) -> ResNet:
+    """A small ResNet in eval mode whose 2-D batch norms have non-trivial statistics and biases.
+
+    With the default ones (mean 0, var 1, bias 0) padded zeros would stay zero through every
+    layer, and forgetting to re-zero them would go unnoticed.
+    """
+    torch.manual_seed(seed)
+    model = ResNet(40, layers=[1, 2, 1, 1], num_filters=[4, 8, 8, 8], emb_size=16, pooling=pooling)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.normal_(0, 0.5)
+    return model.eval()
+
+
+def alone(model: ResNet, feats: np.ndarray) -> np.ndarray:
+    """The embedding of one utterance by itself: no padding, no lengths."""
+    with torch.inference_mode():
+        return model(torch.from_numpy(feats)[None]).numpy()[0]

@@ -11,7 +11,7 @@ import pytest
 from stklia.data.kaldi import load_data, read_trials
 from stklia.errors import InputError
 
-from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import TINY_TRAINING, demo_data_overrides, make_enrollment, run_stklia
 
 
 def _edit(path: Path, change: Callable[[list[str]], list[str]]) -> None:
@@ -96,3 +96,33 @@ def test_merging_dirs_with_a_shared_utterance_fails(kaldi_dir: Path, demo_root: 
     merged = load_data([demo_root / "train", demo_root / "test"])
     assert len(merged.speakers) == len(load_data(demo_root / "train").speakers) + len(load_data(kaldi_dir).speakers)
     assert read_trials(kaldi_dir / "trials", merged.feats).labels.dtype.kind == "i"
+
+
+# name -> (how to break an enrollment dir + its trials, extra overrides, file named in the error, line, words)
+ENROLLMENT_BREAKAGES = {
+    "unknown enrolled speaker": (lambda d: _set_line(d / "trials", 2, lambda ls: ls[2].replace(ls[2].split()[1], "x")),
+                                 [], "trials", 3, "'x' is neither an enrollment speaker nor an utterance"),
+    "enrollment spk2utt disagrees": (lambda d: _set_line(d / "spk2utt", 0, lambda ls: f"{ls[1].split()[0]} "
+                                                                                    f"{ls[0].split()[1]}"),
+                                     [], "spk2utt", 1, "disagrees with"),
+    "missing cohort": (lambda d: None, ["data.cohort=/nonexistent/cohort"], "/nonexistent/cohort", None,
+                       "no such data directory"),
+    "top-N of one": (lambda d: None, ["data.asnorm_top_n=1"], "data.asnorm_top_n", None, "at least 2"),
+}
+
+
+@pytest.mark.parametrize("case", ENROLLMENT_BREAKAGES)
+def test_train_rejects_bad_enrollment_and_cohort(case: str, demo_root: Path, tmp_path: Path) -> None:
+    breaks, overrides, filename, line, words = ENROLLMENT_BREAKAGES[case]
+    enroll = make_enrollment(demo_root / "test", tmp_path / "enroll")
+    breaks(enroll)
+    model_dir = tmp_path / "model"
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={model_dir}",
+                      f"data.test_enroll={enroll}", f"data.test_trials=[{enroll / 'trials'}]", *overrides,
+                      cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    error = proc.stderr.strip().splitlines()[-1]
+    where = re.escape(filename if filename.startswith(("/", "data.")) else str(enroll / filename))
+    where += f":{line}" if line else ""
+    assert re.fullmatch(rf"stklia: error: {where}: .*{re.escape(words)}.*", error), error
+    assert not model_dir.exists() or not {p.name for p in model_dir.iterdir()} & {"config.yaml", "results"}

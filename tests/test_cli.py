@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.kaldi import load_data_dir, read_trials
 
-from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import TINY_TRAINING, demo_data_overrides, make_enrollment, run_stklia
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,9 @@ def test_tensorboard_has_the_training_curves(trained: Path) -> None:
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/accuracy", "train/lr", "eval/eer/trials"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]
+    images = events.Tags()["images"]
+    assert {"eval/det/trials", "test/det/trials"} <= set(images)  # DET plots of validation and test
+    assert [e.step for e in events.Images("eval/det/trials")] == [3, 6]
 
 
 def test_test_command_prints_and_saves_results(trained: Path) -> None:
@@ -59,6 +62,28 @@ def test_test_command_prints_and_saves_results(trained: Path) -> None:
     row = saved["results"][0]
     assert {"eer", "min_dcf@0.01", "min_dcf@0.001"} <= set(row)
     assert f"{row['eer']:.2f}" in proc.stdout
+
+
+def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_root: Path, tmp_path: Path) -> None:
+    enroll = make_enrollment(demo_root / "test", tmp_path / "enroll")
+    lists = [demo_root / "test" / "trials", enroll / "trials"]
+    proc = run_stklia("test", f"model_dir={trained}", "checkpoint=3", f"test_enroll={enroll}",
+                      f"test_trials=[{','.join(map(str, lists))}]", f"cohort={demo_root / 'train'}", "asnorm_top_n=3",
+                      "extraction.batch_frames=500", "progress=false", cwd=tmp_path)
+    header, *rows = proc.stdout.strip().splitlines()[-3:]
+    assert header.split()[2:] == ["eer", "min_dcf@0.01", "min_dcf@0.001", "asnorm_eer", "asnorm_min_dcf@0.01",
+                                  "asnorm_min_dcf@0.001"]
+    saved = json.loads((trained / "results" / "step_00000003.json").read_text())["results"]
+    assert [r["trials"] for r in saved] == [r.split()[0] for r in rows] == [str(p) for p in lists]
+    out = trained / "results" / "step_00000003"
+    for summary, stem, path in zip(saved, ("test_trials", "enroll_trials"), lists):
+        assert Path(summary["files"]["det"]) == out / f"{stem}.det.png" and (out / f"{stem}.det.png").stat().st_size
+        trial_lines = [line.split()[1:] for line in path.read_text().splitlines()]
+        for kind in ("raw", "asnorm"):
+            scores = [line.split() for line in Path(summary["files"][f"{kind}_scores"]).read_text().splitlines()]
+            assert [s[:2] for s in scores] == trial_lines
+        assert json.loads((out / f"{stem}.json").read_text()) == summary
+        assert 0 <= summary["asnorm_eer"] <= 100
 
 
 @pytest.mark.parametrize("fmt", ["ark", "txt", "pt"])

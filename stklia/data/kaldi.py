@@ -183,8 +183,14 @@ class Trials:
         return f"{self.path.parent.name}/{self.path.name}"
 
 
-def read_trials(path: PathLike, known_utts: set[str] | dict[str, object]) -> Trials:
-    """Read `<label> <utt_a> <utt_b>` lines, with label 1 (target) or 0 (non-target)."""
+def read_trials(path: PathLike, known_utts: set[str] | dict[str, object],
+                speakers: set[str] | dict[str, object] | None = None) -> Trials:
+    """Read `<label> <a> <b>` lines, with label 1 (target) or 0 (non-target).
+
+    `b` is an utterance of the evaluation data; `a` is one too, or, when enrollment `speakers`
+    are given, one of those speakers (scored by their speaker model). An id that is both is
+    ambiguous and rejected.
+    """
     path = Path(path)
     labels: list[int] = []
     enroll: list[str] = []
@@ -192,9 +198,15 @@ def read_trials(path: PathLike, known_utts: set[str] | dict[str, object]) -> Tri
     for lineno, (label, a, b) in read_table(path, 3, 3):
         if label not in ("0", "1"):
             raise InputError(path, f"label '{label}' is not 0 or 1", lineno)
-        for utt in (a, b):
-            if utt not in known_utts:
-                raise InputError(path, f"utterance '{utt}' is not in the evaluation data", lineno)
+        if speakers is not None and a in speakers:
+            if a in known_utts:
+                raise InputError(path, f"'{a}' is ambiguous: both an enrollment speaker and an utterance", lineno)
+        elif a not in known_utts:
+            message = (f"'{a}' is neither an enrollment speaker nor an utterance of the evaluation data"
+                       if speakers is not None else f"utterance '{a}' is not in the evaluation data")
+            raise InputError(path, message, lineno)
+        if b not in known_utts:
+            raise InputError(path, f"utterance '{b}' is not in the evaluation data", lineno)
         labels.append(int(label))
         enroll.append(a)
         test.append(b)

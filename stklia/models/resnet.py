@@ -3,6 +3,14 @@
 Input (batch, frames, features_per_frame) is treated as a one-channel image. Four stages of
 BasicBlocks (the first keeps the resolution, the others halve it), then the frequency axis is
 folded into channels, frames are pooled, and a linear layer + batch norm gives the embedding.
+
+Padded batches: `forward(feats, lengths)` embeds utterances of different lengths padded to one
+tensor exactly as each would be embedded alone. Alone, every 3x3 convolution sees zeros beyond
+the utterance's end (its zero padding); in a batch it sees whatever the previous layer made of
+the padded frames (batch norm adds its bias there). So the padded frames are zeroed again before
+every convolution, the valid length follows each stride (L -> ceil(L / 2)), and the pooling
+ignores them through its mask. This holds in eval mode; in training mode batch norm statistics
+would include the padded frames.
 """
 
 from __future__ import annotations
@@ -20,6 +28,23 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+def strided_length(lengths: torch.Tensor, stride: int) -> torch.Tensor:
+    """Valid frames after a convolution of this stride (kernel 3 padding 1, or kernel 1 padding 0)."""
+    return (lengths - 1) // stride + 1
+
+
+def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """(batch, frames) bool mask of the valid frames."""
+    return torch.arange(frames, device=lengths.device) < lengths[:, None]
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """x (B, C, T, F) with the frames at and beyond each utterance's length set to zero."""
+    if lengths is None:
+        return x
+    return x * frame_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+
+
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
@@ -35,12 +60,14 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: valid frames of each output (after this block's stride), None if unpadded."""
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return zero_padding(self.relu(out + identity), lengths)
 
 
 class ResNet(nn.Module):
@@ -96,8 +123,14 @@ class ResNet(nn.Module):
         stage += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(feats.unsqueeze(1))))  # (B, 1, T, F) -> (B, C, T, F)
-        x = self.stages(x)  # (B, C', T', F')
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """feats (B, T, F) -> (B, emb_size); `lengths` (B,): valid frames of each padded utterance."""
+        x = zero_padding(feats.unsqueeze(1), lengths)  # (B, 1, T, F), padded frames as the conv padding
+        x = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # (B, C, T, F)
+        for stage in self.stages:
+            for block in stage:
+                lengths = None if lengths is None else strided_length(lengths, block.stride)
+                x = block(x, lengths)  # (B, C', T', F')
+        mask = None if lengths is None else frame_mask(lengths, x.shape[2])
         x = x.permute(0, 1, 3, 2).flatten(1, 2)  # (B, C' * F', T')
-        return self.bn2(self.fc(self.pooling(x)))
+        return self.bn2(self.fc(self.pooling(x, mask)))

@@ -1,0 +1,165 @@
+"""Benchmark the evaluation engine against the naive way, each measured in the same run.
+
+* metrics: EER + minDCF(0.01) + minDCF(0.001) on --num-trials random trials (bench_metrics.py's
+  vectorised vs naive code, the naive one on a --naive-trials subset);
+* cosine scoring of --num-trials trials (random string ids) from a --table-size x --dim embedding
+  table: stklia.scoring (ids -> rows once, chunked row-wise dot products) vs a per-trial Python
+  loop, compared on a --naive-trials subset; plus AS-norm of all trials against a --cohort-size
+  cohort (top --top-n);
+* extraction of a Kaldi data dir (default: the demo corpus' test set) with the default model
+  config (random weights: speed does not depend on them): embed_utterances (length-sorted
+  padded batches) vs the generator called on one utterance at a time; embeddings compared.
+
+Prints a Markdown table. Example: python scripts/bench_scoring.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
+
+from bench_metrics import best_of, estimate_naive_full, make_trials, naive, vectorised  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from stklia.data.datasets import Utterances  # noqa: E402
+from stklia.data.demo import ensure_demo  # noqa: E402
+from stklia.data.kaldi import load_data, read_trials  # noqa: E402
+from stklia.embeddings import embed_utterances  # noqa: E402
+from stklia.scoring import asnorm, asnorm_stats, cosine_scores, trial_indices, unit, write_scores  # noqa: E402
+
+
+def naive_cosine(emb: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
+    """One trial at a time: look both ids up, cosine of the two rows."""
+    out = []
+    for a, b in zip(left, right):
+        x, y = emb[index[a]], emb[index[b]]
+        out.append(float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y))))
+    return np.array(out)
+
+
+def fast_cosine(table: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
+    """What stklia.scoring.evaluate does per trial list, given the unit-normalised table."""
+    return cosine_scores(table, trial_indices(index, left), trial_indices(index, right))
+
+
+def bench_metrics(args: argparse.Namespace, rng: np.random.Generator) -> tuple[list[str], float]:
+    scores, labels = make_trials(rng, args.num_trials, 0.01, "float32")
+    t_full, _ = best_of(functools.partial(vectorised, scores, labels), args.repeats)
+    sub = scores[: args.naive_trials], labels[: args.naive_trials]
+    t_sub, fast = best_of(functools.partial(vectorised, *sub), args.repeats)
+    t_naive, slow = best_of(functools.partial(naive, *sub), 1)
+    assert fast[0] == slow[0] and np.allclose(fast[1], slow[1], rtol=1e-9), (fast, slow)
+    estimate = estimate_naive_full(scores, labels, 200, rng)
+    return [f"| EER + minDCF 0.01 + minDCF 0.001 | {args.num_trials:,} trials | {t_full:.3f} s | "
+            f"{t_sub * 1e3:.1f} ms at {args.naive_trials:,} | {t_naive:.2f} s at {args.naive_trials:,} "
+            f"(~{estimate:,.0f} s at {args.num_trials:,}, estimated) | {t_naive / t_sub:,.0f}x "
+            f"(~{estimate / t_full:,.0f}x) |"], t_full
+
+
+def bench_cosine(args: argparse.Namespace, rng: np.random.Generator) -> tuple[list[str], float]:
+    ids = [f"id{i:07d}-utterance" for i in range(args.table_size)]
+    emb = rng.normal(size=(args.table_size, args.dim)).astype(np.float32)
+    index = {u: i for i, u in enumerate(ids)}
+    left = [ids[i] for i in rng.integers(0, args.table_size, args.num_trials)]
+    right = [ids[i] for i in rng.integers(0, args.table_size, args.num_trials)]
+    table = unit(emb).astype(np.float32)
+    t_full, scores = best_of(functools.partial(fast_cosine, table, index, left, right), args.repeats)
+    m = args.naive_trials * 5
+    t_sub, fast = best_of(functools.partial(fast_cosine, table, index, left[:m], right[:m]), args.repeats)
+    t_naive, slow = best_of(functools.partial(naive_cosine, emb, index, left[:m], right[:m]), 1)
+    assert np.allclose(fast, slow, atol=1e-5)
+    cohort = unit(rng.normal(size=(args.cohort_size, args.dim))).astype(np.float32)
+    left_i, right_i = trial_indices(index, left), trial_indices(index, right)
+
+    def normalise() -> np.ndarray:
+        return asnorm(scores, asnorm_stats(table, cohort, args.top_n), left_i, right_i)
+
+    t_asnorm, _ = best_of(normalise, args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials"
+        path.write_text("".join(f"{int(s > 0)} {a} {b}\n" for s, a, b in zip(scores.tolist(), left, right)))
+        t_read, trials = best_of(functools.partial(read_trials, path, index), 1)
+        t_write, _ = best_of(functools.partial(write_scores, Path(tmp) / "scores", trials, scores), 1)
+    return [f"| cosine scoring, {args.table_size:,} x {args.dim} table | {args.num_trials:,} trials | {t_full:.3f} s |"
+            f" {t_sub * 1e3:.1f} ms at {m:,} | {t_naive:.2f} s at {m:,} | {t_naive / t_sub:,.0f}x |",
+            f"| AS-norm, {args.cohort_size:,} cohort models, top {args.top_n} | {args.num_trials:,} trials | "
+            f"{t_asnorm:.3f} s | | | |",
+            f"| reading the trial list / writing the score file (text I/O) | {args.num_trials:,} lines | "
+            f"{t_read:.2f} s / {t_write:.2f} s | | | |"], t_full
+
+
+def bench_extraction(args: argparse.Namespace) -> list[str]:
+    data_dir = Path(args.data) if args.data else ensure_demo() / "test"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={args.model}", "data.prepare=null"])
+    generator = instantiate(cfg.model).eval()
+    data = load_data(data_dir)
+    utts = data.utts
+    frames = [len(data.load(u)) for u in utts]
+    device = torch.device("cpu")
+    embed_utterances(generator, data, utts[:4], cfg.data.cmn, device, progress=False)  # warm-up
+
+    def batched() -> np.ndarray:
+        return embed_utterances(generator, data, utts, cfg.data.cmn, device, progress=False,
+                                batch_frames=args.batch_frames)
+
+    def one_by_one() -> np.ndarray:
+        dataset = Utterances(data, utts, cfg.data.cmn)
+        with torch.inference_mode():
+            return np.stack([generator(dataset[i][None])[0].numpy() for i in range(len(utts))])
+
+    t_batched = t_single = np.inf
+    for _ in range(args.extract_repeats):  # interleaved: both see the same machine load
+        t, emb = best_of(batched, 1)
+        t_batched = min(t, t_batched)
+        t, ref = best_of(one_by_one, 1)
+        t_single = min(t, t_single)
+    diff = np.abs(emb - ref).max() / np.abs(ref).max()
+    return [f"| extraction, `model={args.model}`, batch_frames={args.batch_frames} | {len(utts)} utterances "
+            f"({min(frames)}-{max(frames)} frames) | {len(utts) / t_batched:.1f} utt/s | | "
+            f"{len(utts) / t_single:.1f} utt/s one by one | {t_single / t_batched:.1f}x (max rel. diff {diff:.1e}) |"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num-trials", type=int, default=1_000_000)
+    ap.add_argument("--naive-trials", type=int, default=20_000, help="subset for the naive metrics (x5 for cosine)")
+    ap.add_argument("--table-size", type=int, default=5_000, help="utterances in the embedding table")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--cohort-size", type=int, default=6_000)
+    ap.add_argument("--top-n", type=int, default=300)
+    ap.add_argument("--data", help="Kaldi data dir to extract (default: the demo test set, built if needed)")
+    ap.add_argument("--model", default="resnet_small", help="model config (conf/model)")
+    ap.add_argument("--batch-frames", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--extract-repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    metric_rows, t_metrics = bench_metrics(args, rng)
+    cosine_rows, t_cosine = bench_cosine(args, rng)
+    total = (f"| **scoring total** (cosine + metrics) | {args.num_trials:,} trials | **{t_cosine + t_metrics:.3f} s** "
+             f"| | | |")
+    rows = [*metric_rows, cosine_rows[0], total, *cosine_rows[1:], *bench_extraction(args)]
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f}; best of {args.repeats} (naive: once; "
+          f"extraction: best of {args.extract_repeats}, interleaved)\n")
+    print("| task | size | stklia | stklia, naive's size | naive | speed-up at equal size |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
