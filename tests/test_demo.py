@@ -1,0 +1,133 @@
+"""The synthetic demo corpus: valid Kaldi data, deterministic, built once, features match the wavs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import kaldi_native_fbank as knf
+import kaldiio
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from stklia.data.demo import SMALL_DEMO, baseline_eer, default_demo_root, main, make_demo
+
+SPLITS = ("train", "eval", "test")
+TINY = {**SMALL_DEMO, "num_train_speakers": 2, "num_eval_speakers": 2, "num_test_speakers": 2,
+        "utts_per_speaker": 2, "test_utts_per_speaker": 3}
+
+
+def read_map(path: Path) -> dict[str, list[str]]:
+    lines = path.read_text().splitlines()
+    keys = [line.split()[0] for line in lines]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys), f"{path} must be sorted and unique"
+    return {line.split()[0]: line.split()[1:] for line in lines}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_demo(tmp_path_factory.mktemp("demo") / "corpus", **SMALL_DEMO)
+
+
+def test_kaldi_dirs_are_consistent(corpus: Path) -> None:
+    speakers = {}
+    for split in SPLITS:
+        d = corpus / split
+        utt2spk = {utt: spk for utt, (spk,) in read_map(d / "utt2spk").items()}
+        spk2utt = read_map(d / "spk2utt")
+        assert {utt: spk for spk, utts in spk2utt.items() for utt in utts} == utt2spk
+        assert all(utt.startswith(f"{spk}-") for utt, spk in utt2spk.items())
+        assert sorted(read_map(d / "feats.scp")) == sorted(utt2spk)
+        wavs = read_map(d / "wav.scp")
+        assert sorted(wavs) == sorted(utt2spk)
+        assert all(Path(path).is_file() and Path(path).is_relative_to(corpus) for (path,) in wavs.values())
+        speakers[split] = set(spk2utt)
+        if split != "train":
+            trials = [line.split() for line in (d / "trials").read_text().splitlines()]
+            pairs = [tuple(t[1:]) for t in trials]
+            assert len(set(pairs)) == len(pairs) and all(a != b for a, b in pairs)
+            assert all(label == str(int(utt2spk[a] == utt2spk[b])) for label, a, b in trials)
+            assert 0.3 < np.mean([label == "1" for label, _, _ in trials]) < 0.7
+    assert not speakers["train"] & speakers["eval"] and not speakers["train"] & speakers["test"]
+    assert not speakers["eval"] & speakers["test"]
+
+
+def test_features_have_the_right_shape(corpus: Path) -> None:
+    for split in SPLITS:
+        for utt, feats in kaldiio.load_scp_sequential(str(corpus / split / "feats.scp")):
+            assert feats.dtype == np.float32 and feats.ndim == 2 and feats.shape[1] == 40, utt
+            assert feats.shape[0] > 50 and np.isfinite(feats).all(), utt
+
+
+def kaldi_fbank(wav: str) -> np.ndarray:
+    """What Kaldi's compute-fbank-feats --num-mel-bins=40 --dither=0 gives for a wav file."""
+    sr, samples = wavfile.read(wav)
+    assert sr == 16000 and samples.dtype == np.int16
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0
+    opts.mel_opts.num_bins = 40
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(sr, samples.astype(np.float32))
+    fbank.input_finished()
+    return np.array([fbank.get_frame(i) for i in range(fbank.num_frames_ready)])
+
+
+def test_features_can_be_recomputed_from_the_wav(corpus: Path) -> None:
+    feats = kaldiio.load_scp(str(corpus / "test" / "feats.scp"))
+    for utt, (path,) in list(read_map(corpus / "test" / "wav.scp").items())[:3]:
+        np.testing.assert_allclose(kaldi_fbank(path), feats[utt], rtol=1e-5, atol=1e-4)
+
+
+def test_same_arguments_give_the_same_corpus(corpus: Path, tmp_path: Path) -> None:
+    other = make_demo(tmp_path / "again", **SMALL_DEMO)
+    for split in SPLITS:
+        a, b = (dict(kaldiio.load_scp_sequential(str(root / split / "feats.scp"))) for root in (corpus, other))
+        assert a.keys() == b.keys()
+        assert all(np.array_equal(a[utt], b[utt]) for utt in a)
+        assert (corpus / split / "feats.ark").read_bytes() == (other / split / "feats.ark").read_bytes()
+    for split in ("eval", "test"):
+        assert (corpus / split / "trials").read_text() == (other / split / "trials").read_text()
+    a, b = (make_demo(tmp_path / f"seed{seed}", **{**TINY, "seed": seed}) for seed in (0, 1))
+    assert (a / "test" / "feats.ark").read_bytes() != (b / "test" / "feats.ark").read_bytes()
+
+
+def test_second_call_reuses_the_corpus(corpus: Path) -> None:
+    marker = corpus / "params.json"
+    before = marker.stat().st_mtime_ns
+    assert make_demo(corpus, **SMALL_DEMO) == corpus
+    assert marker.stat().st_mtime_ns == before
+    assert not list(corpus.parent.glob("corpus.*")), "no temporary directories left behind"
+
+
+def test_other_parameters_rebuild_in_place(tmp_path: Path) -> None:
+    root = make_demo(tmp_path / "c", **{**TINY, "num_mel_bins": 24})
+    root = make_demo(root, **TINY)
+    _, feats = next(kaldiio.load_scp_sequential(str(root / "train" / "feats.scp")))
+    assert feats.shape[1] == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        make_demo(tmp_path, **TINY)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_baseline_eer_is_imperfect_but_better_than_nothing(corpus: Path) -> None:
+    for split in ("eval", "test"):
+        assert 0 < baseline_eer(corpus / split) < 50
+
+
+def test_default_root_follows_stklia_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STKLIA_CACHE", str(tmp_path))
+    assert default_demo_root() == tmp_path / "demo-v1"
+    monkeypatch.delenv("STKLIA_CACHE")
+    assert default_demo_root() == Path(os.path.expanduser("~")) / ".cache" / "stklia" / "demo-v1"
+
+
+def test_script_prints_where_it_wrote(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main([str(corpus), "--small", "--baseline"])
+    out = capsys.readouterr().out
+    assert str(corpus) in out and "EER on test" in out
