@@ -48,11 +48,15 @@ def prepare_data(data_cfg: DictConfig) -> None:
 
 
 def load_split(data_cfg: DictConfig, split: str) -> DataSet:
-    """The (merged) Kaldi data of split `train`, `eval` or `test`, checked against features_per_frame."""
+    """The (merged) Kaldi data of split `train`, `eval` or `test`, checked against features_per_frame.
+
+    Directories without feats.scp are read as audio, with features computed as `data.features` says.
+    """
     dirs = data_cfg.get(split)
     if dirs is None:
         raise InputError("data", f"the experiment's data config has no '{split}' data")
-    data = load_data(list(dirs) if OmegaConf.is_list(dirs) else dirs)
+    features = instantiate(data_cfg.features) if data_cfg.get("features") else None
+    data = load_data(list(dirs) if OmegaConf.is_list(dirs) else dirs, features)
     check_feature_dim(data, data_cfg.features_per_frame)
     return data
 

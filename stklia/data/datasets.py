@@ -38,8 +38,9 @@ class TrainingCrops(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, crop_seed = item
-        feats = normalise(self.data.load(self.data.utts[index]), self.cmn)
-        crop = random_crop(feats, self.max_seq_len, np.random.default_rng(crop_seed))
+        rng = np.random.default_rng(crop_seed)
+        feats = normalise(self.data.load(self.data.utts[index], rng), self.cmn)
+        crop = random_crop(feats, self.max_seq_len, rng)
         return torch.from_numpy(np.ascontiguousarray(crop)), int(self.labels[index])
 
 
