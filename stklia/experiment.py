@@ -75,8 +75,9 @@ def save_config(cfg: DictConfig, model_dir: Path) -> None:
         OmegaConf.save(cfg, tmp, resolve=True)
 
 
-def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tuple[DictConfig, nn.Module, int]:
-    """The saved config and the generator of a checkpoint of a trained model directory."""
+def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tuple[DictConfig, nn.Module, int | str]:
+    """The saved config, the generator of a checkpoint of a trained model directory, and its step
+    (or its name, for an averaged checkpoint)."""
     model_dir = Path(model_dir)
     config_path = model_dir / CONFIG_NAME
     if not config_path.is_file():
@@ -87,7 +88,7 @@ def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tupl
     generator = instantiate(cfg.model)
     generator.load_state_dict(state["generator"])
     log.info("loaded %s (step %d)", path, state["step"])
-    return cfg, generator, state["step"]
+    return cfg, generator, state.get("name", state["step"])
 
 
 def load_test_set(data_cfg: DictConfig) -> tuple[DataSet, list[Trials]]:
@@ -99,9 +100,11 @@ def load_test_set(data_cfg: DictConfig) -> tuple[DataSet, list[Trials]]:
 
 
 def test_model(generator: nn.Module, test_set: tuple[DataSet, list[Trials]], cfg: DictConfig, model_dir: Path,
-               step: int, device: torch.device, p_targets: list[float], progress: bool = True) -> list[dict]:
-    """Score every test trial list: print a table, write <model_dir>/results/step_<N>.json."""
+               step: int | str, device: torch.device, p_targets: list[float], progress: bool = True) -> list[dict]:
+    """Score every test trial list: print a table, write <model_dir>/results/step_<N>.json (<name>.json
+    for a named checkpoint)."""
     results = evaluate(generator, *test_set, cfg.data.cmn, device, p_targets, cfg.num_workers, progress)
     print(f"Test results of {model_dir} at step {step}:\n{format_results(results)}", flush=True)
-    write_json(model_dir / "results" / f"step_{step:08d}.json", {"step": step, "results": results})
+    name = f"step_{step:08d}" if isinstance(step, int) else step
+    write_json(model_dir / "results" / f"{name}.json", {"step": step, "results": results})
     return results
