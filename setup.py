@@ -16,9 +16,11 @@ setup(
         "kaldi-native-fbank>=1.18",
         "tensorboard>=2.14",
         "tqdm>=4.60",
+        "soundfile>=0.12",
     ],
     extras_require={
         "slurm": ["hydra-submitit-launcher>=1.2"],
         "dev": ["pytest>=7.4", "ruff>=0.4"],
+        "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
 )

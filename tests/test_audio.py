@@ -98,7 +98,7 @@ def test_cli_trains_tests_and_extracts_on_wav_only_dirs(demo_root: Path, tmp_pat
     for split in ("train", "eval", "test"):
         wav_only_copy(demo_root / split, root / split)
     model_dir = tmp_path / "model"
-    proc = run_stklia("train", f"data.root={root}", "data.prepare=null", "features=fbank40", *TINY_TRAINING,
+    proc = run_stklia("train", f"data.root={root}", "data.prepare=null", *TINY_TRAINING,
                       f"model_dir={model_dir}", cwd=tmp_path)
     assert "Test results" in proc.stdout
     out = tmp_path / "emb"
@@ -106,7 +106,7 @@ def test_cli_trains_tests_and_extracts_on_wav_only_dirs(demo_root: Path, tmp_pat
                "progress=false", "num_workers=0", cwd=tmp_path)
     emb = dict(kaldiio.load_ark(str(out / "embeddings.txt")))
     assert set(emb) == set(load_data_dir(root / "test", Fbank(num_mel_bins=40)).utts)
-    bad = run_stklia("train", f"data.root={root}", "data.prepare=null", *TINY_TRAINING,
+    bad = run_stklia("train", f"data.root={root}", "data.prepare=null", "data.features.num_mel_bins=80", *TINY_TRAINING,
                      f"model_dir={tmp_path / 'other'}", cwd=tmp_path, check=False)
     assert bad.returncode == 1
     assert re.search(r"stklia: error: .*wav.scp:1: utterance '\S+' has 80 features per frame", bad.stderr)

@@ -15,6 +15,12 @@ from stklia.checkpoint import load_checkpoint
 from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
 
 
+def assert_close(got: np.ndarray, expected: np.ndarray, tol: float) -> None:
+    """Equal to `tol` relative to the embedding's scale (the BatchNorm statistics of a 6-step model make
+    embedding values large)."""
+    assert np.abs(got - expected).max() <= tol * np.abs(expected).max()
+
+
 @pytest.fixture(scope="module")
 def trained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory from one tiny training run (6 steps, checkpoints at 3 and 6)."""
@@ -66,3 +72,42 @@ def test_average_rejects_bad_requests(trained: Path, tmp_path: Path, args: list[
     proc = run_stklia("average", f"model_dir={trained}", *args, cwd=tmp_path, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("stklia: error: ") and message in proc.stderr
     assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_generator_matches_pytorch_for_any_length(trained: Path, tmp_path: Path, fmt: str) -> None:
+    import stklia
+
+    out = tmp_path / f"generator.{fmt}"
+    run_stklia("export", f"model_dir={trained}", f"format={fmt}", f"out={out}", cwd=tmp_path)
+    model = stklia.load(trained)
+    rng = np.random.default_rng(0)
+    for frames in (37, 200, 513):
+        feats = rng.normal(size=(frames, 40)).astype(np.float32) * 3 + 5
+        expected = model.embed(feats)
+        if fmt == "torchscript":
+            got = torch.jit.load(str(out))(torch.from_numpy(feats)[None]).detach().numpy()[0]
+        else:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(out))
+            got = session.run(None, {"feats": feats[None]})[0][0]
+        assert_close(got, expected, 1e-4)
+
+
+def test_python_api_embeds_audio_and_features_and_scores(trained: Path, demo_root: Path) -> None:
+    import stklia
+    from stklia.data.kaldi import load_data_dir
+    from stklia.embeddings import embed_utterances
+
+    model = stklia.load(trained, checkpoint=6)
+    data = load_data_dir(demo_root / "test")
+    wavs = dict(line.split() for line in (demo_root / "test" / "wav.scp").read_text().splitlines())
+    a, b = data.utts[:2]
+    reference = embed_utterances(model.embedder.generator, data, [a, b], True, torch.device("cpu"), progress=False)
+    assert_close(model.embed(data.load(a)), reference[0], 1e-5)
+    assert_close(model.embed(wavs[a]), reference[0], 1e-4)
+    cosine = reference[0].astype(np.float64) @ reference[1] / np.linalg.norm(reference, axis=1).prod()
+    assert model.score(wavs[a], data.load(b)) == pytest.approx(cosine, abs=1e-5)
+    with pytest.raises(ValueError, match=r"expected \(frames, 40\)"):
+        model.embed(np.zeros((50, 80), dtype=np.float32))
