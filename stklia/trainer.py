@@ -48,8 +48,10 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
     speakers = train_data.speakers
     log.info("training data: %d utterances of %d speakers", len(train_data.utts), len(speakers))
 
+    augment = instantiate(cfg.augment) if cfg.get("augment") else None
+    crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn, augment)
     generator = instantiate(cfg.model).to(device)
-    head = instantiate(cfg.head, in_features=generator.emb_size, num_classes=len(speakers)).to(device)
+    head = instantiate(cfg.head, in_features=generator.emb_size, num_classes=crops.num_classes).to(device)
     optimizer = instantiate(cfg.optim)(params=[*generator.parameters(), *head.parameters()])
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
 
@@ -88,7 +90,6 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
         if best["step"] == step:
             save_best(model_dir, step, best["eer"])
 
-    crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn)
     schedule = BatchSchedule(crops.labels, cfg.batch_size, cfg.num_iterations, cfg.seed, cfg.sampling, step)
     loader = DataLoader(crops, batch_sampler=schedule, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)

@@ -100,13 +100,16 @@ class DataSet:
                              f"expects {self.features.sample_rate}", line)
         return samples
 
-    def load(self, utt: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    def load(self, utt: str, rng: np.random.Generator | None = None,
+             transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Features of one utterance as a float32 (frames, dims) matrix.
 
-        With a random generator (training), features computed from audio are dithered.
+        With a random generator (training), features computed from audio are dithered, and
+        `transform` (augmentation) changes the audio first.
         """
         if utt in self.audio:
-            mat = self.features(self.read_audio(utt), rng)
+            samples = self.read_audio(utt)
+            mat = self.features(transform(samples) if transform else samples, rng)
         else:
             try:
                 mat = kaldiio.load_mat(self.feats[utt])
