@@ -55,6 +55,14 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
     optimizer = instantiate(cfg.optim)(params=[*generator.parameters(), *head.parameters()])
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
 
+    if cfg.init_from is not None:  # a fine-tuning stage: weights only, a fresh optimizer and schedule
+        path = resolve_checkpoint(cfg.init_from, cfg.init_checkpoint)
+        state = load_checkpoint(path)
+        if state["speakers"] != speakers:
+            raise InputError(path, "was trained on other speakers than the configured training data")
+        generator.load_state_dict(state["generator"])
+        head.load_state_dict(state["head"])
+        log.info("initialised from %s", path)
     step, best = 0, {"step": None, "eer": math.inf}
     if cfg.checkpoint is not None:
         path = resolve_checkpoint(model_dir, cfg.checkpoint)
