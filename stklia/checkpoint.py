@@ -47,9 +47,12 @@ def save_best(model_dir: str | os.PathLike, step: int, eer: float) -> None:
 
 
 def resolve_checkpoint(model_dir: str | os.PathLike, which: str | int) -> Path:
-    """The checkpoint file for `last`, `best` or a step number."""
+    """The checkpoint file for `last`, `best`, a step number, or the name of an averaged checkpoint."""
     available = list_checkpoints(model_dir)
     folder = checkpoint_dir(model_dir)
+    named = folder / f"{which}.pt"
+    if isinstance(which, str) and not _NAME.match(named.name) and named.is_file():
+        return named
     if not available:
         raise InputError(folder, "no checkpoint found")
     if which == "last":
@@ -62,7 +65,8 @@ def resolve_checkpoint(model_dir: str | os.PathLike, which: str | int) -> Path:
     try:
         step = int(which)
     except ValueError:
-        raise InputError(folder, f"checkpoint '{which}' is not 'last', 'best' or a step number") from None
+        raise InputError(folder, f"checkpoint '{which}' is not 'last', 'best', a step number or a saved "
+                         "name") from None
     if step not in available:
         raise InputError(folder, f"no checkpoint for step {step} (available: {', '.join(map(str, available))})")
     return available[step]

@@ -48,11 +48,21 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
     speakers = train_data.speakers
     log.info("training data: %d utterances of %d speakers", len(train_data.utts), len(speakers))
 
+    augment = instantiate(cfg.augment) if cfg.get("augment") else None
+    crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn, augment)
     generator = instantiate(cfg.model).to(device)
-    head = instantiate(cfg.head, in_features=generator.emb_size, num_classes=len(speakers)).to(device)
+    head = instantiate(cfg.head, in_features=generator.emb_size, num_classes=crops.num_classes).to(device)
     optimizer = instantiate(cfg.optim)(params=[*generator.parameters(), *head.parameters()])
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
 
+    if cfg.init_from is not None:  # a fine-tuning stage: weights only, a fresh optimizer and schedule
+        path = resolve_checkpoint(cfg.init_from, cfg.init_checkpoint)
+        state = load_checkpoint(path)
+        if state["speakers"] != speakers:
+            raise InputError(path, "was trained on other speakers than the configured training data")
+        generator.load_state_dict(state["generator"])
+        head.load_state_dict(state["head"])
+        log.info("initialised from %s", path)
     step, best = 0, {"step": None, "eer": math.inf}
     if cfg.checkpoint is not None:
         path = resolve_checkpoint(model_dir, cfg.checkpoint)
@@ -89,7 +99,6 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
         if best["step"] == step:
             save_best(model_dir, step, best["eer"])
 
-    crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn)
     schedule = BatchSchedule(crops.labels, cfg.batch_size, cfg.num_iterations, cfg.seed, cfg.sampling, step)
     loader = DataLoader(crops, batch_sampler=schedule, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from stklia.augment import Augment
 from stklia.data.kaldi import DataSet
 
 
@@ -25,22 +26,37 @@ def random_crop(feats: np.ndarray, length: int, rng: np.random.Generator) -> np.
 
 
 class TrainingCrops(Dataset):
-    """Item (utterance index, crop seed) -> (crop of max_seq_len frames, speaker label)."""
+    """Item (utterance index, crop seed) -> (crop of max_seq_len frames, class label), optionally augmented.
 
-    def __init__(self, data: DataSet, max_seq_len: int, cmn: bool):
+    The class is the speaker's, or with speed perturbation as new speakers, speaker + k * num_speakers.
+    """
+
+    def __init__(self, data: DataSet, max_seq_len: int, cmn: bool, augment: Augment | None = None):
         self.data = data
         self.labels = data.speaker_labels()
         self.max_seq_len = max_seq_len
         self.cmn = cmn
+        self.augment = augment
+        self.num_classes = len(data.speakers) * (augment.num_label_copies if augment else 1)
 
     def __len__(self) -> int:
         return len(self.data.utts)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, crop_seed = item
-        feats = normalise(self.data.load(self.data.utts[index]), self.cmn)
-        crop = random_crop(feats, self.max_seq_len, np.random.default_rng(crop_seed))
-        return torch.from_numpy(np.ascontiguousarray(crop)), int(self.labels[index])
+        rng = np.random.default_rng(crop_seed)
+        label = int(self.labels[index])
+        if self.augment is None:
+            feats = self.data.load(self.data.utts[index], rng)
+        else:
+            speed = self.augment.choose_speed(rng)
+            feats = self.data.load(self.data.utts[index], rng, lambda x: self.augment.audio(x, rng, speed))
+            if self.augment.num_label_copies > 1:
+                label += speed * len(self.data.speakers)
+        crop = random_crop(normalise(feats, self.cmn), self.max_seq_len, rng)
+        if self.augment is not None:
+            crop = self.augment.spectral(crop, rng)
+        return torch.from_numpy(np.ascontiguousarray(crop)), label
 
 
 class BatchSchedule(Sampler[list[tuple[int, int]]]):

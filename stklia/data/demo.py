@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import kaldi_native_fbank as knf
 import kaldiio
 import numpy as np
 from scipy import signal
 from scipy.io import wavfile
+
+from stklia.features import Fbank
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
 _VERSION = 1
@@ -60,7 +61,8 @@ _FRICATIVES = np.array([
     [600, 1500, 2500, 3500, 300, 300, 400, 500],  # h
 ], dtype=float)
 _VOWEL, _FRICATIVE, _SILENCE = 0, 1, 2
-HIGH = np.array([5500., 6500, 7500]); HIGHB = np.array([500., 600, 700])
+HIGH = np.array([5500., 6500, 7500])
+HIGHB = np.array([500., 600, 700])
 _FRICATIVE_GAIN = 0.3  # fricative excitation level relative to the voiced source
 
 SMALL_DEMO = {
@@ -115,7 +117,8 @@ def _resonators(freqs: np.ndarray, bandwidths: np.ndarray, sr: int) -> np.ndarra
 def _vowel_filter(spk: _Speaker, idx: int, rng: np.random.Generator, sr: int) -> np.ndarray:
     freqs = _VOWELS[idx, :4] * spk.vtl * spk.vowel_shift[idx] * np.exp(rng.normal(0, 0.02, size=4))
     bandwidths = _VOWELS[idx, 4:] * spk.bandwidth
-    return _resonators(np.concatenate([freqs, [spk.f5], HIGH * spk.vtl]), np.concatenate([bandwidths, [400], HIGHB]), sr)
+    return _resonators(np.concatenate([freqs, [spk.f5], HIGH * spk.vtl]),
+                       np.concatenate([bandwidths, [400], HIGHB]), sr)
 
 
 def _glottal_source(spk: _Speaker, rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
@@ -222,18 +225,6 @@ def _session(speech: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarra
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
 
 
-def _fbank(samples: np.ndarray, sr: int, num_mel_bins: int) -> np.ndarray:
-    """Kaldi log-mel filterbank (no dither) of int16-scaled samples, as Kaldi computes from a wav."""
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = sr
-    opts.frame_opts.dither = 0
-    opts.mel_opts.num_bins = num_mel_bins
-    fbank = knf.OnlineFbank(opts)
-    fbank.accept_waveform(sr, samples.astype(np.float32))
-    fbank.input_finished()
-    return np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
-
-
 def _trials(utts: list[str], spks: np.ndarray, num: int, rng: np.random.Generator) -> list[str]:
     """About half target pairs, the rest non-target, sampled without replacement."""
     i, j = np.triu_indices(len(utts), k=1)
@@ -270,7 +261,7 @@ def _build(tmp: Path, root: Path, p: dict) -> None:
                     utt = f"{spk_id}-{u:04d}"
                     rel = Path("wav", split, spk_id, f"{utt}.wav")
                     wavfile.write(tmp / rel, sr, samples)
-                    writer(utt, _fbank(samples, sr, p["num_mel_bins"]))
+                    writer(utt, Fbank(sr, p["num_mel_bins"], dither=0)(samples))
                     wav_scp.append(f"{utt} {root / rel}\n")
                     utt2spk.append(f"{utt} {spk_id}\n")
         first += count
