@@ -34,10 +34,16 @@ def kaldi_dir(demo_root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo_root / "test", tmp_path / "data"))
 
 
-def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m stklia.<command> overrides...` as a user would, in `cwd`."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", f"stklia.{command}", *overrides], cwd=cwd, env=env,
+def stklia_env(**extra: str) -> dict[str, str]:
+    """The environment of the commands under test: this checkout's stklia, and tests/optim_hooks.py."""
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+            **extra}
+
+
+def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m stklia.<command> overrides...` as a user would, in `cwd` (extra `env` variables)."""
+    proc = subprocess.run([sys.executable, "-m", f"stklia.{command}", *overrides], cwd=cwd, env=stklia_env(**env or {}),
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"stklia.{command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -1,4 +1,4 @@
-"""The real command lines on a tiny generated corpus: train -> test -> extract, sweeps, resume."""
+"""The real command lines on a tiny generated corpus: train -> test -> extract, sweeps (resume: test_resume.py)."""
 
 from __future__ import annotations
 
@@ -99,19 +99,3 @@ def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Pa
         cfg = OmegaConf.load(sweep / job / "config.yaml")
         assert cfg.head._target_ == f"stklia.heads.{head}" and cfg.model_dir == str(sweep / job)
         assert list(list_checkpoints(sweep / job)) == [3]
-
-
-def test_resume_continues_from_the_checkpoint(demo_root: Path, tmp_path: Path) -> None:
-    common = [*demo_data_overrides(demo_root), *TINY_TRAINING]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_stklia("train", *common, f"model_dir={straight}", cwd=tmp_path)
-    run_stklia("train", *common, "num_iterations=3", f"model_dir={resumed}", cwd=tmp_path)
-    assert list(list_checkpoints(resumed)) == [3]
-    again = run_stklia("train", *common, f"model_dir={resumed}", cwd=tmp_path, check=False)
-    assert again.returncode != 0 and "checkpoint=last" in again.stderr  # refuses to overwrite silently
-    run_stklia("train", *common, f"model_dir={resumed}", "checkpoint=last", cwd=tmp_path)
-    a = load_checkpoint(straight / "checkpoints" / "step_00000006.pt")
-    b = load_checkpoint(resumed / "checkpoints" / "step_00000006.pt")
-    for part in ("generator", "head"):
-        for name, tensor in a[part].items():
-            torch.testing.assert_close(b[part][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{part}.{name}")

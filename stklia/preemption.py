@@ -1,0 +1,82 @@
+"""Stop cleanly on the signals a cluster sends before it kills or requeues a job.
+
+Slurm sends SIGTERM when a job is cancelled, pre-empted or reaches its time limit (then SIGKILL
+after KillWait), and `--signal=USR1@<s>` (submitit: SIGUSR2) some time before the limit. While
+a `Preemption` is active these signals are only recorded; the trainer finishes its current step,
+writes a checkpoint and calls `hand_over`, which lets the handler that was installed before
+(submitit's checkpoint-and-requeue) act, then exits with status 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NoReturn
+
+from stklia.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def exit_status(signum: int) -> int:
+    """The status of a run stopped by signal `signum`: 128 + signum, as a shell reports a killed process."""
+    return 128 + signum
+
+
+class Preemption:
+    """Records the configured signals (names such as SIGTERM) while active, as a context manager.
+
+    `forward` gives the pids to pass each signal on to (processes this one started itself).
+    """
+
+    def __init__(self, names: Sequence[str], forward: Callable[[], Iterable[int]] | None = None):
+        try:
+            self.signals = [signal.Signals[name] for name in names]
+        except KeyError as err:
+            raise InputError("config", f"preempt_signals: unknown signal {err} (use names like SIGTERM)") from None
+        self.forward = forward
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    def __enter__(self) -> Preemption:
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _record(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum)
+            log.warning("got %s: stopping after the current step, with a checkpoint", self.received.name)
+        for pid in self.forward() if self.forward else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    @contextlib.contextmanager
+    def sheltering_children(self) -> Iterator[None]:
+        """Child processes started inside (data loader workers) have the signals blocked.
+
+        Slurm signals every process of a job step: a worker killed by SIGTERM would make the data
+        loader raise in the middle of the step that is to be finished. Workers end with the loader.
+        """
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def hand_over(self, signum: int) -> NoReturn:
+        """After the checkpoint: run the handler that was there before (e.g. submitit's requeue), then exit."""
+        previous = self._previous.get(signal.Signals(signum))
+        self.__exit__()
+        if callable(previous):
+            previous(signum, None)
+        log.warning("stopped by %s (exit status %d)", signal.Signals(signum).name, exit_status(signum))
+        raise SystemExit(exit_status(signum))
