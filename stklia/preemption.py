@@ -76,7 +76,7 @@ class Preemption:
         """After the checkpoint: run the handler that was there before (e.g. submitit's requeue), then exit."""
         previous = self._previous.get(signal.Signals(signum))
         self.__exit__()
+        log.warning("stopped by %s", signal.Signals(signum).name)
         if callable(previous):
             previous(signum, None)
-        log.warning("stopped by %s (exit status %d)", signal.Signals(signum).name, exit_status(signum))
         raise SystemExit(exit_status(signum))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from stklia.data.demo import SMALL_DEMO, make_demo
 
@@ -53,3 +54,17 @@ def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True,
 def demo_data_overrides(root: Path) -> list[str]:
     """Point the demo data config at a given corpus, without regenerating it."""
     return [f"data.root={root}", "data.prepare=null"]
+
+
+def assert_same_run(state: dict, reference: dict) -> None:
+    """Bitwise the same weights, buffers and optimizer state."""
+    assert state["step"] == reference["step"]
+    for part in ("generator", "head"):
+        assert state[part].keys() == reference[part].keys()
+        for name, tensor in reference[part].items():
+            assert torch.equal(state[part][name], tensor), f"{part}.{name} differs"
+    for index, buffers in reference["optimizer"]["state"].items():
+        for name, tensor in buffers.items():
+            assert torch.equal(state["optimizer"]["state"][index][name], tensor), f"optimizer {index}.{name} differs"
+    assert state["scheduler"] == reference["scheduler"]
+    assert state["best"] == reference["best"]

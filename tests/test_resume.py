@@ -16,7 +16,7 @@ import torch
 
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 
-from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import TINY_TRAINING, assert_same_run, demo_data_overrides, run_stklia
 
 N = 4  # checkpoint interval; full runs are 2N steps
 CKPT = "step_{:08d}.pt"
@@ -38,20 +38,6 @@ def straight(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     model_dir = tmp_path_factory.mktemp("straight") / "model"
     run_stklia("train", *common(demo_root), f"model_dir={model_dir}", cwd=model_dir.parent)
     return load_checkpoint(model_dir / "checkpoints" / CKPT.format(2 * N))
-
-
-def assert_same_run(state: dict, reference: dict) -> None:
-    """Bitwise the same weights, buffers and optimizer state."""
-    assert state["step"] == reference["step"]
-    for part in ("generator", "head"):
-        assert state[part].keys() == reference[part].keys()
-        for name, tensor in reference[part].items():
-            assert torch.equal(state[part][name], tensor), f"{part}.{name} differs"
-    for index, buffers in reference["optimizer"]["state"].items():
-        for name, tensor in buffers.items():
-            assert torch.equal(state["optimizer"]["state"][index][name], tensor), f"optimizer {index}.{name} differs"
-    assert state["scheduler"] == reference["scheduler"]
-    assert state["best"] == reference["best"]
 
 
 def test_sigkill_then_resume_is_bitwise_identical(demo_root: Path, tmp_path: Path, straight: dict) -> None:
@@ -82,7 +68,7 @@ def test_preemption_signal_checkpoints_stops_and_a_requeue_resumes(demo_root: Pa
     stopped = run_stklia("train", *common(demo_root), *interrupted_at(N + 1, "SIGTERM"), f"model_dir={model_dir}",
                          cwd=tmp_path, check=False)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
-    assert "stopped by SIGTERM (exit status 143)" in (model_dir / "train.log").read_text()
+    assert "stopped by SIGTERM" in (model_dir / "train.log").read_text()
     assert list(list_checkpoints(model_dir)) == [N, N + 1]  # the step that was running, finished
     assert load_checkpoint(model_dir / "checkpoints" / CKPT.format(N + 1))["step"] == N + 1
 
