@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -16,38 +12,11 @@ from omegaconf import OmegaConf
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.datasets import BatchSchedule
 
-from conftest import TINY_TRAINING, assert_same_run, demo_data_overrides, run_stklia, stklia_env
-
-N = 4
-CKPT = "step_{:08d}.pt"
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores (torchrun's default too)
-
-
-def common(demo_root: Path) -> list[str]:
-    return [*demo_data_overrides(demo_root), *TINY_TRAINING, f"num_iterations={2 * N}", f"checkpoint_interval={N}"]
-
-
-def torchrun(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "stklia.train", *overrides], cwd=cwd, env=stklia_env(**ONE_THREAD),
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def ddp_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-process run of 2N steps; each rank also dumps its parameters after the last step."""
-    model_dir = tmp_path_factory.mktemp("ddp") / "model"
-    model_dir.mkdir()
-    start = time.perf_counter()
-    proc = torchrun(*common(demo_root), f"model_dir={model_dir}", "optim._target_=optim_hooks.sgd_then",
-                    f"+optim.at_step={2 * N}", "+optim.action=dump", f"+optim.out_dir={model_dir}", cwd=model_dir)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    print(f"2-process gloo run of {2 * N} steps: {time.perf_counter() - start:.1f} s")
-    return model_dir
+from conftest import ONE_THREAD, N, assert_same_run, checkpoint_path, run_stklia, short_run, torchrun
 
 
 def test_both_ranks_hold_identical_weights(ddp_run: Path) -> None:
-    state = load_checkpoint(ddp_run / "checkpoints" / CKPT.format(2 * N))
+    state = load_checkpoint(checkpoint_path(ddp_run, 2 * N))
     cfg = OmegaConf.load(ddp_run / "config.yaml")
     generator = instantiate(cfg.model)
     head = instantiate(cfg.head, in_features=generator.emb_size, num_classes=len(state["speakers"]))
@@ -67,15 +36,15 @@ def test_both_ranks_hold_identical_weights(ddp_run: Path) -> None:
 def test_preempted_rank_stops_all_and_multi_gpu_resumes_exactly(demo_root: Path, tmp_path: Path,
                                                                  ddp_run: Path) -> None:
     model_dir = tmp_path / "model"
-    stopped = torchrun(*common(demo_root), f"model_dir={model_dir}", "optim._target_=optim_hooks.sgd_then",
+    stopped = torchrun(*short_run(demo_root), f"model_dir={model_dir}", "optim._target_=optim_hooks.sgd_then",
                        f"+optim.at_step={N + 1}", "+optim.action=SIGTERM", "+optim.rank=1", cwd=tmp_path)
     assert stopped.returncode != 0  # torchrun reports the workers' status 143 as a failure
     assert list(list_checkpoints(model_dir)) == [N, N + 1]  # the signal reached rank 1 only: both stopped there
-    run_stklia("train", *common(demo_root), f"model_dir={model_dir}", "checkpoint=last", "multi_gpu=2", cwd=tmp_path,
+    run_stklia("train", *short_run(demo_root), f"model_dir={model_dir}", "checkpoint=last", "multi_gpu=2", cwd=tmp_path,
                env=ONE_THREAD)
     assert "multi_gpu: starting 2 processes" in (model_dir / "train.log").read_text()
-    reference = load_checkpoint(ddp_run / "checkpoints" / CKPT.format(2 * N))
-    assert_same_run(load_checkpoint(model_dir / "checkpoints" / CKPT.format(2 * N)), reference)
+    reference = load_checkpoint(checkpoint_path(ddp_run, 2 * N))
+    assert_same_run(load_checkpoint(checkpoint_path(model_dir, 2 * N)), reference)
 
 
 def test_ranks_share_each_global_batch() -> None:

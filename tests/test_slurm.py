@@ -18,14 +18,23 @@ import pytest
 
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 
-from conftest import REPO, TINY_TRAINING, assert_same_run, demo_data_overrides, run_stklia, stklia_env
+from conftest import (
+    ONE_THREAD,
+    REPO,
+    TINY_TRAINING,
+    N,
+    assert_same_run,
+    checkpoint_path,
+    demo_data_overrides,
+    run_stklia,
+    short_run,
+    stklia_env,
+)
 
 pytestmark = pytest.mark.slurm
 
 SLURM_SCRIPTS = Path(os.environ.get("STKLIA_SHARED", REPO.parent / "shared")) / "slurm"
 STEPS, INTERVAL = 600, 50  # long enough for the pre-emption signal to arrive mid-run
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same kernels in the Slurm jobs and the local reference run
-CKPT = "step_{:08d}.pt"
 
 
 def training(demo_root: Path) -> list[str]:
@@ -62,19 +71,24 @@ def sacct(job: str) -> list[dict[str, str]]:
     raise AssertionError(f"sacct has no final record of job {job}: {rows}")
 
 
+def slurm_sweep(partition: str, out: Path, *overrides: str) -> subprocess.Popen:
+    """Start `python -m stklia.train -m hydra/launcher=submitit_slurm ...`; it returns when all jobs have ended."""
+    command = [sys.executable, "-m", "stklia.train", "-m", "hydra/launcher=submitit_slurm",
+               f"hydra.launcher.partition={partition}", "hydra.launcher.timeout_min=5", *overrides,
+               f"hydra.sweep.dir={out}"]
+    return subprocess.Popen(command, cwd=out.parent, env=stklia_env(**ONE_THREAD), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture(scope="module")
 def sweep(partition: str, demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 2-point sweep (softmax, adacos) as a Slurm job array; job 0 is sent submitit's SIGUSR2 mid-run."""
     out = tmp_path_factory.mktemp("slurm") / "sweep"
-    command = [sys.executable, "-m", "stklia.train", "-m", "hydra/launcher=submitit_slurm",
-               f"hydra.launcher.partition={partition}", "hydra.launcher.timeout_min=5",
-               "hydra.launcher.max_num_timeout=1",  # submitit counts a signal to a job this short as a time-out
-               "head=softmax,adacos", *training(demo_root), f"hydra.sweep.dir={out}"]
     start = time.monotonic()
-    hydra = subprocess.Popen(command, cwd=out.parent, env=stklia_env(**ONE_THREAD), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    hydra = slurm_sweep(partition, out, "hydra.launcher.max_num_timeout=1",  # submitit: a short job timed out
+                        "head=softmax,adacos", *training(demo_root))
     try:
-        first = out / "0" / "checkpoints" / CKPT.format(INTERVAL)
+        first = checkpoint_path(out / "0", INTERVAL)
         while not first.exists():
             assert hydra.poll() is None, hydra.stdout.read()
             assert time.monotonic() - start < 300, "job 0 wrote no checkpoint"
@@ -95,8 +109,7 @@ def test_sweep_runs_one_slurm_job_per_point(sweep: dict) -> None:
     for task, head in ((0, "Softmax"), (1, "AdaCos")):
         job_dir = sweep["dir"] / str(task)
         assert f"_target_: stklia.heads.{head}" in (job_dir / "config.yaml").read_text()
-        assert STEPS in list_checkpoints(job_dir) and (job_dir / "results" / CKPT.format(STEPS)[:-3]).with_suffix(
-            ".json").is_file()
+        assert STEPS in list_checkpoints(job_dir) and (job_dir / "results" / f"step_{STEPS:08d}.json").is_file()
         runs = sweep["jobs"][task]
         for run in runs:
             print(f"  job {run['JobID']}: {run['State']}, {run['Elapsed']} ({run['Start']} .. {run['End']})")
@@ -112,9 +125,20 @@ def test_preempted_job_checkpoints_is_requeued_and_resumes_exactly(sweep: dict, 
     assert "got SIGUSR2" in log and "stopped by SIGUSR2" in log
     stopped_at = int(re.search(r"step (\d+): checkpoint written, stopping", log).group(1))
     assert INTERVAL <= stopped_at < STEPS
-    assert f"resumed from {job_dir / 'checkpoints' / CKPT.format(stopped_at)} at step {stopped_at}" in log
+    assert f"resumed from {checkpoint_path(job_dir, stopped_at)} at step {stopped_at}" in log
 
     reference = tmp_path / "straight"  # the same training, uninterrupted and without Slurm
     run_stklia("train", *training(demo_root), "head=softmax", f"model_dir={reference}", cwd=tmp_path, env=ONE_THREAD)
-    assert_same_run(load_checkpoint(job_dir / "checkpoints" / CKPT.format(STEPS)),
-                    load_checkpoint(reference / "checkpoints" / CKPT.format(STEPS)))
+    assert_same_run(load_checkpoint(checkpoint_path(job_dir, STEPS)),
+                    load_checkpoint(checkpoint_path(reference, STEPS)))
+
+
+def test_ddp_over_the_tasks_of_a_slurm_job(partition: str, demo_root: Path, tmp_path: Path, ddp_run: Path) -> None:
+    """tasks_per_node=2: two Slurm tasks train as one DDP run, exactly as torchrun's 2 processes do."""
+    out = tmp_path / "sweep"
+    hydra = slurm_sweep(partition, out, "hydra.launcher.tasks_per_node=2", *short_run(demo_root))
+    output, _ = hydra.communicate(timeout=400)
+    assert hydra.returncode == 0, output
+    assert "distributed run: 2 processes (gloo)" in (out / "0" / "train.log").read_text()
+    assert_same_run(load_checkpoint(checkpoint_path(out / "0", 2 * N)),
+                    load_checkpoint(checkpoint_path(ddp_run, 2 * N)))
