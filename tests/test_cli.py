@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.kaldi import load_data_dir, read_trials
 
-from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_stklia
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,16 @@ def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Pa
         cfg = OmegaConf.load(sweep / job / "config.yaml")
         assert cfg.head._target_ == f"stklia.heads.{head}" and cfg.model_dir == str(sweep / job)
         assert list(list_checkpoints(sweep / job)) == [3]
+
+
+def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm_gpu", "hydra.launcher.tasks_per_node=4"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.mem_gb) == (1, 4, 16)
+    assert launcher.max_num_timeout > 0  # pre-empted and timed-out jobs are requeued
