@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from stklia.errors import InputError, exit_on_input_error
 from stklia.experiment import resolve_device
-from stklia.preemption import Preemption
+from stklia.preemption import Preemption, hand_over
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +167,20 @@ def _spawn(cfg: DictConfig, fn: Callable[[World], float], processes: int, loggin
     results = mp.get_context("spawn").SimpleQueue()
     port = _free_port()
     log.info("multi_gpu: starting %d processes", processes)
-    context = None
+    context, status = None, 0
     with Preemption(cfg.preempt_signals, forward=lambda: context.pids() if context else ()) as preemption:
         context = mp.start_processes(_spawned, args=(processes, port, cfg.device, fn, logging_config, results),
                                      nprocs=processes, join=False, start_method="spawn")
         try:
             while not context.join():
                 pass
-        except mp.ProcessExitedException as err:
-            if preemption.received is not None:
-                preemption.hand_over(preemption.received)
-            raise SystemExit(err.exit_code or 1) from None  # the process has reported its error
-    return results.get() if not results.empty() else float("nan")
+        except mp.ProcessExitedException as err:  # a process killed by signal N has exit code -N
+            status = err.exit_code if err.exit_code > 0 else 128 - err.exit_code
+    if status:
+        if preemption.received is not None:
+            hand_over(preemption.received)
+        raise SystemExit(status)  # the process has reported its error
+    return results.get()
 
 
 def _spawned(rank: int, size: int, port: int, device_setting: str, fn: Callable[[World], float],

@@ -2,9 +2,10 @@
 
 Slurm sends SIGTERM when a job is cancelled, pre-empted or reaches its time limit (then SIGKILL
 after KillWait), and `--signal=USR1@<s>` (submitit: SIGUSR2) some time before the limit. While
-a `Preemption` is active these signals are only recorded; the trainer finishes its current step,
-writes a checkpoint and calls `hand_over`, which lets the handler that was installed before
-(submitit's checkpoint-and-requeue) act, then exits with status 128 + the signal number.
+a `Preemption` is installed these signals are only recorded; the trainer finishes its current
+step, writes a checkpoint, restores the previous handlers and calls `hand_over`, which lets the
+handler of the signal (submitit's checkpoint-and-requeue) act, then exits with status 128 + the
+signal number.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def exit_status(signum: int) -> int:
 
 
 class Preemption:
-    """Records the configured signals (names such as SIGTERM) while active, as a context manager.
+    """Records the configured signals (names such as SIGTERM) while installed (or used as a context manager).
 
     `forward` gives the pids to pass each signal on to (processes this one started itself).
     """
@@ -41,15 +42,22 @@ class Preemption:
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
 
-    def __enter__(self) -> Preemption:
+    def install(self) -> None:
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._record)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
+        """Put back the handlers that were there before install()."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+    def __enter__(self) -> Preemption:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
 
     def _record(self, signum: int, frame: object) -> None:
         if self.received is None:
@@ -72,11 +80,11 @@ class Preemption:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def hand_over(self, signum: int) -> NoReturn:
-        """After the checkpoint: run the handler that was there before (e.g. submitit's requeue), then exit."""
-        previous = self._previous.get(signal.Signals(signum))
-        self.__exit__()
-        log.warning("stopped by %s", signal.Signals(signum).name)
-        if callable(previous):
-            previous(signum, None)
-        raise SystemExit(exit_status(signum))
+
+def hand_over(signum: int) -> NoReturn:
+    """After the checkpoint, handlers restored: run the one for `signum` (e.g. submitit's requeue), then exit."""
+    handler = signal.getsignal(signum)
+    log.warning("stopped by %s", signal.Signals(signum).name)
+    if callable(handler):
+        handler(signum, None)
+    raise SystemExit(exit_status(signum))

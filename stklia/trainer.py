@@ -39,7 +39,7 @@ from stklia.data.datasets import BatchSchedule, TrainingCrops
 from stklia.distributed import RandomStates, World
 from stklia.errors import InputError
 from stklia.experiment import load_split, load_trial_split, prepare_data, save_config, test_model
-from stklia.preemption import Preemption
+from stklia.preemption import Preemption, hand_over
 from stklia.scoring import evaluate
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float:
         raise InputError("config", f"batch_size {cfg.batch_size} is not a multiple of the {world.size} processes")
     if cfg.keep_last is not None and cfg.keep_last < 1:
         raise InputError("config", f"keep_last must be null (keep all) or at least 1, not {cfg.keep_last}")
+    preemption = Preemption(cfg.preempt_signals)
     set_deterministic(cfg.deterministic)
     torch.manual_seed(cfg.seed)
     if world.main:
@@ -144,56 +145,56 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float:
     autocast = torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp), enabled=cfg.amp is not None)
     ddp.train()
     loss_sum, correct, seen, last_loss, since, stop = 0.0, 0, 0, math.nan, time.perf_counter(), 0
-    with Preemption(cfg.preempt_signals) as preemption:
-        with preemption.sheltering_children():
-            batches = iter(loader)
-        progress = tqdm(batches, total=len(schedule), initial=0, desc="train", dynamic_ncols=True,
-                        disable=not (cfg.progress and world.main))
-        try:
-            for feats, labels in progress:
-                feats = feats.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with autocast:
-                    logits = ddp(feats, labels)
-                loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
+    with preemption.sheltering_children():
+        batches = iter(loader)
+    progress = tqdm(batches, total=len(schedule), initial=0, desc="train", dynamic_ncols=True,
+                    disable=not (cfg.progress and world.main))
+    preemption.install()
+    try:
+        for feats, labels in progress:
+            feats = feats.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast:
+                logits = ddp(feats, labels)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
 
-                loss_sum += loss.item() * len(labels)
-                correct += (logits.argmax(dim=1) == labels).sum().item()
-                seen += len(labels)
-                if step % cfg.log_interval == 0 or step == cfg.num_iterations:
-                    loss_sum, correct, seen = world.sum([loss_sum, correct, seen])  # over all ranks
-                    if world.main:
-                        lr = optimizer.param_groups[0]["lr"]
-                        speed = seen / (time.perf_counter() - since)
-                        writer.add_scalar("train/loss", loss_sum / seen, step)
-                        writer.add_scalar("train/accuracy", correct / seen, step)
-                        writer.add_scalar("train/lr", lr, step)
-                        writer.add_scalar("train/samples_per_s", speed, step)
-                        progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                             lr=f"{lr:.3g}")
-                        log.info("step %d: loss %.4f accuracy %.3f lr %.4g, %.0f samples/s", step, loss_sum / seen,
-                                 correct / seen, lr, speed)
-                    last_loss, loss_sum, correct, seen = loss_sum / seen, 0.0, 0, 0
-                    since = time.perf_counter()
-                stop = world.max(preemption.received or 0)  # a signal to any rank stops all at this step
-                if step % cfg.checkpoint_interval == 0 or step == cfg.num_iterations:
-                    checkpoint(step)
-                elif stop:
-                    checkpoint(step, validate=False)
-                if stop:
-                    break
-        finally:
-            if writer is not None:
-                writer.close()
-        if stop:
-            log.info("step %d: checkpoint written, stopping", step)
-            preemption.hand_over(stop)
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum().item()
+            seen += len(labels)
+            if step % cfg.log_interval == 0 or step == cfg.num_iterations:
+                loss_sum, correct, seen = world.sum([loss_sum, correct, seen])  # over all ranks
+                lr = optimizer.param_groups[0]["lr"]
+                speed = seen / (time.perf_counter() - since)
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss_sum / seen, step)
+                    writer.add_scalar("train/accuracy", correct / seen, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/samples_per_s", speed, step)
+                progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
+                log.info("step %d: loss %.4f accuracy %.3f lr %.4g, %.0f samples/s", step, loss_sum / seen,
+                         correct / seen, lr, speed)
+                last_loss, loss_sum, correct, seen = loss_sum / seen, 0.0, 0, 0
+                since = time.perf_counter()
+            stop = world.max(preemption.received or 0)  # a signal to any rank stops all after this step
+            if step % cfg.checkpoint_interval == 0 or step == cfg.num_iterations:
+                checkpoint(step)
+            elif stop:
+                checkpoint(step, validate=False)
+            if stop:
+                break
+    finally:
+        preemption.restore()
+        if writer is not None:
+            writer.close()
+    if stop:
+        log.info("step %d: checkpoint written, stopping", step)
+        hand_over(stop)
 
     if not world.main:
         return math.nan
