@@ -65,10 +65,12 @@ class BatchSchedule(Sampler[list[tuple[int, int]]]):
     Because batch k never depends on earlier batches, resuming at step k replays exactly the
     data an uninterrupted run would have seen. `sampling="speaker"` picks a speaker uniformly
     then one of its utterances (balances speakers); `"utterance"` picks utterances uniformly.
+    In a distributed run, `batch_size` is the global batch: rank r of n gets items r, r+n, ...
+    of it, so the data seen does not depend on the number of processes.
     """
 
     def __init__(self, labels: np.ndarray, batch_size: int, num_steps: int, seed: int,
-                 sampling: str = "speaker", start_step: int = 0):
+                 sampling: str = "speaker", start_step: int = 0, rank: int = 0, world_size: int = 1):
         if sampling not in ("speaker", "utterance"):
             raise ValueError(f"sampling must be 'speaker' or 'utterance', not {sampling!r}")
         self.order = np.argsort(labels, kind="stable")  # utterance indices grouped by speaker
@@ -77,6 +79,7 @@ class BatchSchedule(Sampler[list[tuple[int, int]]]):
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         self.batch_size, self.num_steps, self.seed = batch_size, num_steps, seed
         self.sampling, self.start_step = sampling, start_step
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return max(0, self.num_steps - self.start_step)
@@ -94,7 +97,7 @@ class BatchSchedule(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.num_steps):
-            yield self.batch(step)
+            yield self.batch(step)[self.rank :: self.world_size]
 
 
 class Utterances(Dataset):
