@@ -17,9 +17,11 @@ setup(
         "tensorboard>=2.14",
         "tqdm>=4.60",
         "matplotlib>=3.5",
+        "soundfile>=0.12",
     ],
     extras_require={
         "slurm": ["hydra-submitit-launcher>=1.2"],
         "dev": ["pytest>=7.4", "ruff>=0.4"],
+        "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
 )

@@ -1,14 +1,20 @@
 """Checkpoints of a model directory: `<model_dir>/checkpoints/step_<N>.pt`, written atomically.
 
-A checkpoint is a plain dict of tensors and numbers, so it loads with weights_only=True.
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+weights_only=True. The objects a run depends on ("recoverables": modules, optimizer, scheduler,
+grad scaler, random generators) are saved and restored through their state_dict/load_state_dict.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -16,6 +22,16 @@ from stklia.errors import InputError
 from stklia.io import atomic_output, write_json
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")  # left by a save that was killed (see io.atomic_output)
+_RESTART_COUNTS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+
+log = logging.getLogger(__name__)
+
+
+class Recoverable(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> object: ...
 
 
 def checkpoint_dir(model_dir: str | os.PathLike) -> Path:
@@ -41,15 +57,40 @@ def save_checkpoint(model_dir: str | os.PathLike, step: int, state: dict) -> Pat
     return path
 
 
+def remove_partial_saves(model_dir: str | os.PathLike) -> None:
+    """Delete the temporary files of checkpoint saves that were killed (they may be large)."""
+    folder = checkpoint_dir(model_dir)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if _PARTIAL.match(path.name):
+                log.info("removing %s, left by an interrupted save", path)
+                path.unlink(missing_ok=True)
+
+
+def prune_checkpoints(model_dir: str | os.PathLike, keep_last: int | None) -> None:
+    """Keep the `keep_last` most recent checkpoints and the best one; None keeps all."""
+    if keep_last is None:
+        return
+    found = list_checkpoints(model_dir)
+    best = checkpoint_dir(model_dir) / "best.json"
+    best_step = json.loads(best.read_text())["step"] if best.is_file() else None
+    for step in list(found)[: max(0, len(found) - keep_last)]:
+        if step != best_step:
+            found[step].unlink(missing_ok=True)
+
+
 def save_best(model_dir: str | os.PathLike, step: int, eer: float) -> None:
     """Remember which checkpoint had the best validation EER (`checkpoint=best`)."""
     write_json(checkpoint_dir(model_dir) / "best.json", {"step": step, "eer": eer})
 
 
 def resolve_checkpoint(model_dir: str | os.PathLike, which: str | int) -> Path:
-    """The checkpoint file for `last`, `best` or a step number."""
+    """The checkpoint file for `last`, `best`, a step number, or the name of an averaged checkpoint."""
     available = list_checkpoints(model_dir)
     folder = checkpoint_dir(model_dir)
+    named = folder / f"{which}.pt"
+    if isinstance(which, str) and not _NAME.match(named.name) and named.is_file():
+        return named
     if not available:
         raise InputError(folder, "no checkpoint found")
     if which == "last":
@@ -62,11 +103,52 @@ def resolve_checkpoint(model_dir: str | os.PathLike, which: str | int) -> Path:
     try:
         step = int(which)
     except ValueError:
-        raise InputError(folder, f"checkpoint '{which}' is not 'last', 'best' or a step number") from None
+        raise InputError(folder, f"checkpoint '{which}' is not 'last', 'best', a step number or a saved "
+                         "name") from None
     if step not in available:
         raise InputError(folder, f"no checkpoint for step {step} (available: {', '.join(map(str, available))})")
     return available[step]
 
 
+def restarted() -> bool:
+    """Whether this process restarts an interrupted job: a Slurm requeue or a torchrun restart."""
+    return any(int(os.environ.get(name) or 0) > 0 for name in _RESTART_COUNTS)
+
+
+def checkpoint_to_resume(model_dir: str | os.PathLike, which: str | int | None) -> Path | None:
+    """The checkpoint a training run starts from, or None to start from scratch.
+
+    A restarted job (requeued by Slurm, restarted by torchrun) continues from the last checkpoint of
+    its model_dir whatever `which` says; otherwise a model_dir holding checkpoints is only resumed
+    when asked, never overwritten.
+    """
+    if restarted() and list_checkpoints(model_dir):
+        return resolve_checkpoint(model_dir, "last")
+    if which is not None:
+        return resolve_checkpoint(model_dir, which)
+    if list_checkpoints(model_dir):
+        raise InputError(model_dir, "already holds checkpoints: resume with checkpoint=last, or set another model_dir")
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise InputError(path, f"not a readable checkpoint ({str(err).splitlines()[0]})") from None
+
+
+def snapshot(recoverables: Mapping[str, Recoverable]) -> dict:
+    return {name: obj.state_dict() for name, obj in recoverables.items()}
+
+
+def restore(recoverables: Mapping[str, Recoverable], state: dict, path: str | os.PathLike) -> None:
+    """Load every recoverable from a checkpoint's state; a mismatch is the user's (config) error."""
+    for name, obj in recoverables.items():
+        if name not in state:
+            raise InputError(path, f"holds no '{name}' state")
+        try:
+            obj.load_state_dict(state[name])
+        except (RuntimeError, KeyError, ValueError) as err:
+            first_line = str(err).splitlines()[0]
+            raise InputError(path, f"its '{name}' does not match the configuration: {first_line}") from None

@@ -50,11 +50,15 @@ def prepare_data(data_cfg: DictConfig) -> None:
 
 def load_split(data_cfg: DictConfig, split: str) -> DataSet:
     """The (merged) Kaldi data of data entry `split` (train, eval, test, test_enroll, cohort, ...), checked
-    against features_per_frame."""
+    against features_per_frame.
+
+    Directories without feats.scp are read as audio, with features computed as `data.features` says.
+    """
     dirs = data_cfg.get(split)
     if dirs is None:
         raise InputError("data", f"the experiment's data config has no '{split}' data")
-    data = load_data(list(dirs) if OmegaConf.is_list(dirs) else dirs)
+    features = instantiate(data_cfg.features) if data_cfg.get("features") else None
+    data = load_data(list(dirs) if OmegaConf.is_list(dirs) else dirs, features)
     check_feature_dim(data, data_cfg.features_per_frame)
     return data
 
@@ -92,8 +96,9 @@ def save_config(cfg: DictConfig, model_dir: Path) -> None:
         OmegaConf.save(cfg, tmp, resolve=True)
 
 
-def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tuple[DictConfig, nn.Module, int]:
-    """The saved config and the generator of a checkpoint of a trained model directory."""
+def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tuple[DictConfig, nn.Module, int | str]:
+    """The saved config, the generator of a checkpoint of a trained model directory, and its step
+    (or its name, for an averaged checkpoint)."""
     model_dir = Path(model_dir)
     config_path = model_dir / CONFIG_NAME
     if not config_path.is_file():
@@ -104,7 +109,7 @@ def load_experiment(model_dir: str | os.PathLike, checkpoint: str | int) -> tupl
     generator = instantiate(cfg.model)
     generator.load_state_dict(state["generator"])
     log.info("loaded %s (step %d)", path, state["step"])
-    return cfg, generator, state["step"]
+    return cfg, generator, state.get("name", state["step"])
 
 
 def load_test_set(data_cfg: DictConfig) -> EvalData:
@@ -115,17 +120,18 @@ def load_test_set(data_cfg: DictConfig) -> EvalData:
     return test
 
 
-def test_model(generator: nn.Module, test_set: EvalData, cfg: DictConfig, model_dir: Path, step: int,
+def test_model(generator: nn.Module, test_set: EvalData, cfg: DictConfig, model_dir: Path, step: int | str,
                device: torch.device, p_targets: list[float], progress: bool = True,
                writer: SummaryWriter | None = None) -> list[dict]:
     """Score every test trial list: print a table; write scores, DET plots and results JSON under
-    <model_dir>/results/step_<N>/ and a summary in <model_dir>/results/step_<N>.json; DET plots to
-    TensorBoard when a writer is given."""
+    <model_dir>/results/<name>/ and a summary in <model_dir>/results/<name>.json, where name is step_<N>
+    (or the name of an averaged checkpoint); DET plots to TensorBoard when a writer is given."""
     results = evaluate(generator, test_set, cfg.data.cmn, device, p_targets, cfg.num_workers, progress,
                        extraction=cfg.extraction, asnorm_top_n=cfg.data.get("asnorm_top_n") or 0)
-    summaries = write_results(model_dir / "results" / f"step_{step:08d}", results)
-    print(f"Test results of {model_dir} at step {step}:\n{format_results(summaries)}", flush=True)
-    write_json(model_dir / "results" / f"step_{step:08d}.json", {"step": step, "results": summaries})
+    name = f"step_{step:08d}" if isinstance(step, int) else step
+    summaries = write_results(model_dir / "results" / name, results)
+    print(f"Test results of {model_dir} at {name}:\n{format_results(summaries)}", flush=True)
+    write_json(model_dir / "results" / f"{name}.json", {"step": step, "results": summaries})
     if writer is not None:
         for result in results:
             writer.add_figure(f"test/det/{result.trials.path.name}", result.figure(), step)

@@ -1,22 +1,31 @@
-"""`python -m stklia.train [overrides]`: train a generator as composed from conf/train.yaml."""
+"""`python -m stklia.train [overrides]`: train a generator as composed from conf/train.yaml.
 
+Also `torchrun --nproc_per_node=N -m stklia.train [overrides]` for DistributedDataParallel.
+"""
+
+from functools import partial
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from stklia.distributed import launch
 from stklia.errors import exit_on_input_error
+from stklia.experiment import check_complete
 from stklia.trainer import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    model_dir = Path(HydraConfig.get().runtime.output_dir)  # in a sweep, each job's own directory
+    hydra_cfg = HydraConfig.get()
+    model_dir = Path(hydra_cfg.runtime.output_dir)  # in a sweep, each job's own directory
     with open_dict(cfg):
         cfg.model_dir = str(model_dir)
     with exit_on_input_error():
-        return train(cfg, model_dir)
+        check_complete(cfg)
+        logging_config = OmegaConf.to_container(hydra_cfg.job_logging, resolve=True) if hydra_cfg.job_logging else None
+        return launch(cfg, partial(train, cfg, model_dir), logging_config)
 
 
 if __name__ == "__main__":

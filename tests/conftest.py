@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ TINY_TRAINING = [
     "batch_size=8", "max_seq_len=40", "num_iterations=6", "checkpoint_interval=3", "log_interval=2",
     "num_workers=0", "progress=false",
 ]
+N = 4  # checkpoint interval of the short runs of the resume and distributed tests, which train 2N steps
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # processes that share 2 cores (torchrun's default too); same kernels
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +40,16 @@ def kaldi_dir(demo_root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo_root / "test", tmp_path / "data"))
 
 
-def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m stklia.<command> overrides...` as a user would, in `cwd`."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", f"stklia.{command}", *overrides], cwd=cwd, env=env,
+def stklia_env(**extra: str) -> dict[str, str]:
+    """The environment of the commands under test: this checkout's stklia, and tests/optim_hooks.py."""
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+            **extra}
+
+
+def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m stklia.<command> overrides...` as a user would, in `cwd` (extra `env` variables)."""
+    proc = subprocess.run([sys.executable, "-m", f"stklia.{command}", *overrides], cwd=cwd, env=stklia_env(**env or {}),
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"stklia.{command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -87,3 +96,46 @@ def alone(model: ResNet, feats: np.ndarray) -> np.ndarray:
     """The embedding of one utterance by itself: no padding, no lengths."""
     with torch.inference_mode():
         return model(torch.from_numpy(feats)[None]).numpy()[0]
+
+
+def assert_same_run(state: dict, reference: dict) -> None:
+    """Bitwise the same weights, buffers and optimizer state."""
+    assert state["step"] == reference["step"]
+    for part in ("generator", "head"):
+        assert state[part].keys() == reference[part].keys()
+        for name, tensor in reference[part].items():
+            assert torch.equal(state[part][name], tensor), f"{part}.{name} differs"
+    for index, buffers in reference["optimizer"]["state"].items():
+        for name, tensor in buffers.items():
+            assert torch.equal(state["optimizer"]["state"][index][name], tensor), f"optimizer {index}.{name} differs"
+    assert state["scheduler"] == reference["scheduler"]
+    assert state["best"] == reference["best"]
+
+
+def short_run(demo_root: Path) -> list[str]:
+    """Overrides of a tiny run of 2N steps with checkpoints at N and 2N."""
+    return [*demo_data_overrides(demo_root), *TINY_TRAINING, f"num_iterations={2 * N}", f"checkpoint_interval={N}"]
+
+
+def checkpoint_path(model_dir: Path, step: int) -> Path:
+    return model_dir / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def torchrun(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 -m stklia.train overrides...` (gloo on CPU)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "stklia.train", *overrides], cwd=cwd, env=stklia_env(**ONE_THREAD),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-process torchrun run of 2N steps; each rank also dumps its parameters after the last step."""
+    model_dir = tmp_path_factory.mktemp("ddp") / "model"
+    model_dir.mkdir()
+    start = time.perf_counter()
+    proc = torchrun(*short_run(demo_root), f"model_dir={model_dir}", "optim._target_=optim_hooks.sgd_then",
+                    f"+optim.at_step={2 * N}", "+optim.action=dump", f"+optim.out_dir={model_dir}", cwd=model_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"\n2-process gloo run of {2 * N} steps (torchrun): {time.perf_counter() - start:.1f} s")
+    return model_dir

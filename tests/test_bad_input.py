@@ -26,7 +26,8 @@ def _set_line(path: Path, index: int, new: Callable[[list[str]], str]) -> None:
 
 # name -> (how to break the copied test dir, file named in the error, its line or None, words of the message)
 BREAKAGES = {
-    "missing feats.scp": (lambda d: (d / "feats.scp").unlink(), "feats.scp", None, "no such file"),
+    "missing feats.scp": (lambda d: [(d / f).unlink() for f in ("feats.scp", "wav.scp")], "feats.scp", None,
+                          "no such file"),
     "wrong field count": (lambda d: _set_line(d / "utt2spk", 2, lambda ls: ls[2] + " extra"),
                           "utt2spk", 3, "expected 2 fields, found 3"),
     "utt absent from feats.scp": (lambda d: _edit(d / "feats.scp", lambda ls: ls[1:]),

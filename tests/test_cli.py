@@ -1,4 +1,4 @@
-"""The real command lines on a tiny generated corpus: train -> test -> extract, sweeps, resume."""
+"""The real command lines on a tiny generated corpus: train -> test -> extract, sweeps (resume: test_resume.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.kaldi import load_data_dir, read_trials
 
-from conftest import TINY_TRAINING, demo_data_overrides, make_enrollment, run_stklia
+from conftest import REPO, TINY_TRAINING, demo_data_overrides, make_enrollment, run_stklia
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +126,14 @@ def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Pa
         assert list(list_checkpoints(sweep / job)) == [3]
 
 
-def test_resume_continues_from_the_checkpoint(demo_root: Path, tmp_path: Path) -> None:
-    common = [*demo_data_overrides(demo_root), *TINY_TRAINING]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_stklia("train", *common, f"model_dir={straight}", cwd=tmp_path)
-    run_stklia("train", *common, "num_iterations=3", f"model_dir={resumed}", cwd=tmp_path)
-    assert list(list_checkpoints(resumed)) == [3]
-    again = run_stklia("train", *common, f"model_dir={resumed}", cwd=tmp_path, check=False)
-    assert again.returncode != 0 and "checkpoint=last" in again.stderr  # refuses to overwrite silently
-    run_stklia("train", *common, f"model_dir={resumed}", "checkpoint=last", cwd=tmp_path)
-    a = load_checkpoint(straight / "checkpoints" / "step_00000006.pt")
-    b = load_checkpoint(resumed / "checkpoints" / "step_00000006.pt")
-    for part in ("generator", "head"):
-        for name, tensor in a[part].items():
-            torch.testing.assert_close(b[part][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{part}.{name}")
+def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm_gpu", "hydra.launcher.tasks_per_node=4"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.mem_gb) == (1, 4, 16)
+    assert launcher.max_num_timeout > 0  # pre-empted and timed-out jobs are requeued

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from stklia.augment import Augment
 from stklia.data.kaldi import DataSet
 
 
@@ -25,22 +26,37 @@ def random_crop(feats: np.ndarray, length: int, rng: np.random.Generator) -> np.
 
 
 class TrainingCrops(Dataset):
-    """Item (utterance index, crop seed) -> (crop of max_seq_len frames, speaker label)."""
+    """Item (utterance index, crop seed) -> (crop of max_seq_len frames, class label), optionally augmented.
 
-    def __init__(self, data: DataSet, max_seq_len: int, cmn: bool):
+    The class is the speaker's, or with speed perturbation as new speakers, speaker + k * num_speakers.
+    """
+
+    def __init__(self, data: DataSet, max_seq_len: int, cmn: bool, augment: Augment | None = None):
         self.data = data
         self.labels = data.speaker_labels()
         self.max_seq_len = max_seq_len
         self.cmn = cmn
+        self.augment = augment
+        self.num_classes = len(data.speakers) * (augment.num_label_copies if augment else 1)
 
     def __len__(self) -> int:
         return len(self.data.utts)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, crop_seed = item
-        feats = normalise(self.data.load(self.data.utts[index]), self.cmn)
-        crop = random_crop(feats, self.max_seq_len, np.random.default_rng(crop_seed))
-        return torch.from_numpy(np.ascontiguousarray(crop)), int(self.labels[index])
+        rng = np.random.default_rng(crop_seed)
+        label = int(self.labels[index])
+        if self.augment is None:
+            feats = self.data.load(self.data.utts[index], rng)
+        else:
+            speed = self.augment.choose_speed(rng)
+            feats = self.data.load(self.data.utts[index], rng, lambda x: self.augment.audio(x, rng, speed))
+            if self.augment.num_label_copies > 1:
+                label += speed * len(self.data.speakers)
+        crop = random_crop(normalise(feats, self.cmn), self.max_seq_len, rng)
+        if self.augment is not None:
+            crop = self.augment.spectral(crop, rng)
+        return torch.from_numpy(np.ascontiguousarray(crop)), label
 
 
 class BatchSchedule(Sampler[list[tuple[int, int]]]):
@@ -49,10 +65,12 @@ class BatchSchedule(Sampler[list[tuple[int, int]]]):
     Because batch k never depends on earlier batches, resuming at step k replays exactly the
     data an uninterrupted run would have seen. `sampling="speaker"` picks a speaker uniformly
     then one of its utterances (balances speakers); `"utterance"` picks utterances uniformly.
+    In a distributed run, `batch_size` is the global batch: rank r of n gets items r, r+n, ...
+    of it, so the data seen does not depend on the number of processes.
     """
 
     def __init__(self, labels: np.ndarray, batch_size: int, num_steps: int, seed: int,
-                 sampling: str = "speaker", start_step: int = 0):
+                 sampling: str = "speaker", start_step: int = 0, rank: int = 0, world_size: int = 1):
         if sampling not in ("speaker", "utterance"):
             raise ValueError(f"sampling must be 'speaker' or 'utterance', not {sampling!r}")
         self.order = np.argsort(labels, kind="stable")  # utterance indices grouped by speaker
@@ -61,6 +79,7 @@ class BatchSchedule(Sampler[list[tuple[int, int]]]):
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         self.batch_size, self.num_steps, self.seed = batch_size, num_steps, seed
         self.sampling, self.start_step = sampling, start_step
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return max(0, self.num_steps - self.start_step)
@@ -78,7 +97,7 @@ class BatchSchedule(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.num_steps):
-            yield self.batch(step)
+            yield self.batch(step)[self.rank :: self.world_size]
 
 
 class Utterances(Dataset):

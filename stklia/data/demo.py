@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import kaldi_native_fbank as knf
 import kaldiio
 import numpy as np
 from scipy import ndimage, signal
 from scipy.io import wavfile
+
+from stklia.features import Fbank
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
 _VERSION = 2
@@ -243,18 +244,6 @@ def _session(speech: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarra
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
 
 
-def _fbank(samples: np.ndarray, sr: int, num_mel_bins: int) -> np.ndarray:
-    """Kaldi log-mel filterbank (no dither) of int16-scaled samples, as Kaldi computes from a wav."""
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = sr
-    opts.frame_opts.dither = 0
-    opts.mel_opts.num_bins = num_mel_bins
-    fbank = knf.OnlineFbank(opts)
-    fbank.accept_waveform(sr, samples.astype(np.float32))
-    fbank.input_finished()
-    return np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
-
-
 def _trials(utt2spk: list[tuple[str, str]], num: int, rng: np.random.Generator) -> list[str]:
     """About half target pairs, the rest non-target, sampled without replacement."""
     utts = [utt for utt, _ in utt2spk]
@@ -279,7 +268,7 @@ def _utterance(p: dict, speaker: int, index: int) -> tuple[np.ndarray, np.ndarra
     if sr != _SYNTH_RATE:
         speech = signal.resample_poly(speech, sr, _SYNTH_RATE)
     samples = _session(speech, rng, sr)
-    return samples, _fbank(samples, sr, p["num_mel_bins"])
+    return samples, Fbank(sr, p["num_mel_bins"], dither=0)(samples)
 
 
 def _build(tmp: Path, root: Path, p: dict) -> None:

@@ -1,4 +1,4 @@
-"""Kaldi data directories (feats.scp, utt2spk, spk2utt) and trial lists, checked line by line.
+"""Kaldi data directories (feats.scp or wav.scp, utt2spk, spk2utt) and trial lists, checked line by line.
 
 Every problem in a user's file is raised as an InputError naming the file and line, so a
 run fails at start-up with one clear line instead of deep inside training.
@@ -7,13 +7,14 @@ run fails at start-up with one clear line instead of deep inside training.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import kaldiio
 import numpy as np
 
+from stklia.data.audio import read_audio
 from stklia.errors import InputError
 
 PathLike = str | os.PathLike
@@ -58,15 +59,25 @@ def _ark_path(rxfilename: str) -> Path | None:
     return Path(path)
 
 
+# Features of audio: (int16-scaled samples, rng or None) -> (frames, dims), with a sample_rate attribute.
+Featurizer = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
+
+
 @dataclass
 class DataSet:
-    """Utterances of one or several merged Kaldi data directories, sorted by utterance id."""
+    """Utterances of one or several merged Kaldi data directories, sorted by utterance id.
+
+    `feats` maps each utterance to its feats.scp entry, or to its wav.scp entry for the
+    utterances in `audio` (directories without feats.scp), whose features `features` computes.
+    """
 
     utts: list[str]
     utt2spk: dict[str, str]
     feats: dict[str, str]
-    # where each utterance's features are declared: (feats.scp path, line), for error messages
+    # where each utterance is declared: (feats.scp or wav.scp path, line), for error messages
     origin: dict[str, tuple[Path, int]] = field(repr=False)
+    audio: set[str] = field(default_factory=set, repr=False)
+    features: Featurizer | None = field(default=None, repr=False)
 
     @property
     def speakers(self) -> list[str]:
@@ -77,13 +88,34 @@ class DataSet:
         index = {spk: i for i, spk in enumerate(self.speakers)}
         return np.array([index[self.utt2spk[u]] for u in self.utts], dtype=np.int64)
 
-    def load(self, utt: str) -> np.ndarray:
-        """Features of one utterance as a float32 (frames, dims) matrix."""
+    def read_audio(self, utt: str) -> np.ndarray:
+        """Int16-scaled samples of an audio utterance, at the featurizer's sample rate."""
+        path, line = self.origin[utt]
         try:
-            mat = kaldiio.load_mat(self.feats[utt])
-        except Exception as err:  # kaldiio raises many kinds for a broken ark
-            path, line = self.origin[utt]
-            raise InputError(path, f"cannot read features of '{utt}': {err}", line) from err
+            samples, rate = read_audio(self.feats[utt])
+        except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
+            raise InputError(path, f"cannot read audio of '{utt}': {err}", line) from err
+        if rate != self.features.sample_rate:
+            raise InputError(path, f"audio of '{utt}' has sample rate {rate} but the features config "
+                             f"expects {self.features.sample_rate}", line)
+        return samples
+
+    def load(self, utt: str, rng: np.random.Generator | None = None,
+             transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Features of one utterance as a float32 (frames, dims) matrix.
+
+        With a random generator (training), features computed from audio are dithered, and
+        `transform` (augmentation) changes the audio first.
+        """
+        if utt in self.audio:
+            samples = self.read_audio(utt)
+            mat = self.features(transform(samples) if transform else samples, rng)
+        else:
+            try:
+                mat = kaldiio.load_mat(self.feats[utt])
+            except Exception as err:  # kaldiio raises many kinds for a broken ark
+                path, line = self.origin[utt]
+                raise InputError(path, f"cannot read features of '{utt}': {err}", line) from err
         mat = np.asarray(mat, dtype=np.float32)
         if mat.ndim != 2 or mat.shape[0] == 0:
             path, line = self.origin[utt]
@@ -91,12 +123,23 @@ class DataSet:
         return mat
 
 
-def load_data_dir(path: PathLike) -> DataSet:
-    """Read and cross-check one Kaldi data directory."""
+def load_data_dir(path: PathLike, features: Featurizer | None = None) -> DataSet:
+    """Read and cross-check one Kaldi data directory.
+
+    Its feats.scp is read when present; otherwise its wav.scp is, and `features` computes the
+    features of its audio.
+    """
     path = Path(path)
     if not path.is_dir():
         raise InputError(path, "no such data directory")
     feats_scp, utt2spk_path, spk2utt_path = path / "feats.scp", path / "utt2spk", path / "spk2utt"
+    is_audio = not feats_scp.exists() and (path / "wav.scp").exists()
+    if is_audio:
+        feats_scp = path / "wav.scp"
+        if features is None:
+            raise InputError(feats_scp, "audio input (no feats.scp) needs a features config (data.features)")
+    elif not feats_scp.exists():
+        raise InputError(feats_scp, "no such file (nor a wav.scp for audio input)")
     feats, feat_lines = _read_mapping(feats_scp, None)
     utt2spk, spk_lines = _read_mapping(utt2spk_path, 2)
     if not feats:
@@ -126,20 +169,21 @@ def load_data_dir(path: PathLike) -> DataSet:
         if not ark.is_absolute():
             ark = Path.cwd() / ark
         if not ark.is_file():
-            raise InputError(feats_scp, f"feature file '{ark}' does not exist", feat_lines[utt])
+            raise InputError(feats_scp, f"{'audio' if is_audio else 'feature'} file '{ark}' does not exist",
+                             feat_lines[utt])
         checked.add(ark)
     origin = {utt: (feats_scp, lineno) for utt, lineno in feat_lines.items()}
-    return DataSet(sorted(feats), utt2spk, feats, origin)
+    return DataSet(sorted(feats), utt2spk, feats, origin, set(feats) if is_audio else set(), features)
 
 
-def load_data(paths: PathLike | Sequence[PathLike]) -> DataSet:
-    """Read one or several Kaldi data directories and merge them into one set."""
+def load_data(paths: PathLike | Sequence[PathLike], features: Featurizer | None = None) -> DataSet:
+    """Read one or several Kaldi data directories (features or audio) and merge them into one set."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if len(paths) == 0:
         raise InputError("data", "no data directory given")
-    parts = [load_data_dir(p) for p in paths]
-    merged = DataSet([], {}, {}, {})
+    parts = [load_data_dir(p, features) for p in paths]
+    merged = DataSet([], {}, {}, {}, set(), features)
     for part in parts:
         for utt in part.utts:
             if utt in merged.feats:
@@ -148,6 +192,7 @@ def load_data(paths: PathLike | Sequence[PathLike]) -> DataSet:
         merged.utt2spk.update(part.utt2spk)
         merged.feats.update(part.feats)
         merged.origin.update(part.origin)
+        merged.audio |= part.audio
     merged.utts = sorted(merged.feats)
     return merged
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# VoxCeleb recipe: ResNet34 + AAM on VoxCeleb2 dev audio with online augmentation, large-margin
+# fine-tuning, checkpoint averaging, test on VoxCeleb1-O/E/H. Run from this directory:
+#   ./run.sh [--stage N] [--stop-stage M]
+# Stages: 0 data dirs + trial lists, 1 train, 2 large-margin fine-tuning, 3 average, 4 test.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stage=0
+stop_stage=4
+vox1=${VOX1:-/data/voxceleb1}       # wav/<spk>/<video>/<n>.wav and the official trial lists
+vox2=${VOX2:-/data/voxceleb2/dev}   # aac/<spk>/<video>/<n>.m4a (or wav/)
+musan=${MUSAN:-/data/musan}         # Kaldi dirs or lists: noise, music, speech (babble)
+rirs=${RIRS:-/data/rirs}            # Kaldi dir or list of room impulse responses
+data=${DATA:-data}
+exp=${EXP:-exp/resnet34_aam}
+num_average=${NUM_AVERAGE:-10}
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    *) echo "usage: $0 [--stage N] [--stop-stage M]" >&2; exit 1 ;;
+  esac
+done
+export PYTHONPATH="$(cd ../.. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
+  python local/prepare.py data "$vox1/wav" "$data/vox1"
+  python local/prepare.py data "$(ls -d "$vox2"/aac "$vox2"/wav 2>/dev/null | head -1)" "$data/vox2_dev"
+  # Official lists: O = veri_test, E = list_test_all, H = list_test_hard; "2" = cleaned versions.
+  for pair in O:veri_test O_cleaned:veri_test2 E:list_test_all E_cleaned:list_test_all2 \
+              H:list_test_hard H_cleaned:list_test_hard2; do
+    name=${pair%%:*} list=$vox1/${pair#*:}.txt
+    if [ -f "$list" ]; then python local/prepare.py trials "$list" "$data/vox1/trials_$name"; fi
+  done
+fi
+
+train_args=(experiment=voxceleb_resnet34_aam "data.train=[$data/vox2_dev]" "data.test=$data/vox1"
+  "data.test_trials=[$data/vox1/trials_O_cleaned]" "augment.reverb.rirs=$rirs"
+  "augment.noise.sources.noise.list=$musan/noise" "augment.noise.sources.music.list=$musan/music"
+  "augment.noise.sources.babble.list=$musan/speech")
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  python -m stklia.train "${train_args[@]}" "model_dir=$exp"
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  python -m stklia.average "model_dir=$exp" "last=$num_average"
+  python -m stklia.train "${train_args[@]}" +stage=lmft "init_from=$exp" "init_checkpoint=avg_last$num_average" \
+    "model_dir=${exp}_lm"
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  python -m stklia.average "model_dir=${exp}_lm" last=3
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  trials=$(ls "$data"/vox1/trials_* | paste -sd, -)
+  python -m stklia.test "model_dir=${exp}_lm" checkpoint=avg_last3 "test_trials=[$trials]"
+fi

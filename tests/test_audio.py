@@ -1,0 +1,112 @@
+"""Raw-audio data dirs (wav.scp, no feats.scp): features computed on the fly equal Kaldi features."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+import soundfile
+
+from stklia.data.datasets import TrainingCrops
+from stklia.data.kaldi import load_data_dir
+from stklia.errors import InputError
+from stklia.features import Fbank
+
+from conftest import TINY_TRAINING, run_stklia
+
+
+def wav_only_copy(src: Path, dst: Path) -> Path:
+    """A copy of a demo data dir whose utterances are read from wav.scp: no feats.scp."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("feats.*"))
+    return dst
+
+
+@pytest.fixture
+def wav_dir(demo_root: Path, tmp_path: Path) -> Path:
+    return wav_only_copy(demo_root / "test", tmp_path / "test")
+
+
+def test_on_the_fly_features_equal_the_offline_ones(demo_root: Path, wav_dir: Path) -> None:
+    audio = load_data_dir(wav_dir, Fbank(num_mel_bins=40))
+    offline = dict(kaldiio.load_scp_sequential(str(demo_root / "test" / "feats.scp")))
+    assert audio.audio == set(audio.utts) == set(offline)
+    for utt in audio.utts:
+        np.testing.assert_allclose(audio.load(utt), offline[utt], rtol=0, atol=1e-4)
+
+
+def test_pipes_and_wav_in_ark_read_the_same_samples(demo_root: Path, wav_dir: Path, tmp_path: Path) -> None:
+    lines = (wav_dir / "wav.scp").read_text().splitlines()
+    utts = [line.split()[0] for line in lines]
+    paths = dict(line.split() for line in lines)
+    samples = {u: soundfile.read(paths[u], dtype="int16")[0] for u in utts[:2]}
+    kaldiio.save_ark(str(tmp_path / "audio.ark"), {utts[1]: (16000, samples[utts[1]])},
+                     scp=str(tmp_path / "audio.scp"))
+    ark_entry = (tmp_path / "audio.scp").read_text().split()[1]
+    assert re.fullmatch(r".*audio\.ark:\d+", ark_entry)
+    lines[0] = f"{utts[0]} cat {paths[utts[0]]} |"
+    lines[1] = f"{utts[1]} {ark_entry}"
+    (wav_dir / "wav.scp").write_text("\n".join(lines) + "\n")
+    data = load_data_dir(wav_dir, Fbank(num_mel_bins=40))
+    offline = dict(kaldiio.load_scp_sequential(str(demo_root / "test" / "feats.scp")))
+    for utt in utts[:2]:
+        np.testing.assert_array_equal(data.read_audio(utt), samples[utt].astype(np.float32))
+        np.testing.assert_allclose(data.load(utt), offline[utt], rtol=0, atol=1e-4)
+
+
+def test_dither_only_in_training_and_a_function_of_the_seed(wav_dir: Path) -> None:
+    data = load_data_dir(wav_dir, Fbank(num_mel_bins=40, dither=1.0))
+    utt = data.utts[0]
+    plain = data.load(utt)
+    a, b, c = (data.load(utt, np.random.default_rng(seed)) for seed in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, plain)
+    np.testing.assert_array_equal(plain, data.load(utt))
+    crops = TrainingCrops(data, max_seq_len=30, cmn=True)
+    np.testing.assert_array_equal(crops[0, 7][0].numpy(), crops[0, 7][0].numpy())
+
+
+@pytest.mark.parametrize("case", ["rate", "broken", "pipe"])
+def test_bad_audio_names_the_wav_scp_line(case: str, wav_dir: Path) -> None:
+    lines = (wav_dir / "wav.scp").read_text().splitlines()
+    utt, path = lines[2].split()
+    if case == "rate":
+        soundfile.write(path := str(wav_dir / "8k.wav"), np.zeros(8000, dtype=np.int16), 8000)
+        expected = "has sample rate 8000"
+    elif case == "broken":
+        (wav_dir / "broken.wav").write_bytes(b"RIFF not a wav file")
+        path, expected = str(wav_dir / "broken.wav"), "cannot read audio"
+    else:
+        path, expected = "false |", "command exited with status 1"
+    lines[2] = f"{utt} {path}"
+    (wav_dir / "wav.scp").write_text("\n".join(lines) + "\n")
+    data = load_data_dir(wav_dir, Fbank(num_mel_bins=40))
+    with pytest.raises(InputError, match=rf"^{re.escape(str(wav_dir / 'wav.scp'))}:3: .*{expected}"):
+        data.load(utt)
+
+
+def test_audio_dir_without_features_config_is_an_input_error(wav_dir: Path) -> None:
+    with pytest.raises(InputError, match="wav.scp: audio input .* needs a features config"):
+        load_data_dir(wav_dir)
+
+
+def test_cli_trains_tests_and_extracts_on_wav_only_dirs(demo_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    for split in ("train", "eval", "test"):
+        wav_only_copy(demo_root / split, root / split)
+    model_dir = tmp_path / "model"
+    proc = run_stklia("train", f"data.root={root}", "data.prepare=null", *TINY_TRAINING,
+                      f"model_dir={model_dir}", cwd=tmp_path)
+    assert "Test results" in proc.stdout
+    out = tmp_path / "emb"
+    run_stklia("extract", f"model_dir={model_dir}", f"data={root / 'test'}", "format=txt", f"out_dir={out}",
+               "progress=false", "num_workers=0", cwd=tmp_path)
+    emb = dict(kaldiio.load_ark(str(out / "embeddings.txt")))
+    assert set(emb) == set(load_data_dir(root / "test", Fbank(num_mel_bins=40)).utts)
+    bad = run_stklia("train", f"data.root={root}", "data.prepare=null", "data.features.num_mel_bins=80", *TINY_TRAINING,
+                     f"model_dir={tmp_path / 'other'}", cwd=tmp_path, check=False)
+    assert bad.returncode == 1
+    assert re.search(r"stklia: error: .*wav.scp:1: utterance '\S+' has 80 features per frame", bad.stderr)

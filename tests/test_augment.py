@@ -1,0 +1,135 @@
+"""Online augmentation, checked against direct numpy/scipy computations on tiny generated noise/RIR sets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from scipy import signal
+
+from stklia.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
+from stklia.data.datasets import TrainingCrops
+from stklia.data.kaldi import load_data_dir
+from stklia.errors import InputError
+from stklia.features import Fbank
+
+from conftest import TINY_TRAINING, run_stklia
+
+SR = 16000
+
+
+def write_list(folder: Path, name: str, recordings: list[np.ndarray]) -> Path:
+    """A list file of wav paths (the first line in `key path` form) for the given int16 recordings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, x in enumerate(recordings):
+        soundfile.write(folder / f"{name}{i}.wav", x.astype(np.int16), SR)
+        lines.append(f"{name}{i} {folder / f'{name}{i}.wav'}" if i == 0 else str(folder / f"{name}{i}.wav"))
+    (folder / f"{name}.list").write_text("\n".join(lines) + "\n")
+    return folder / f"{name}.list"
+
+
+def tone(seconds: float, hz: float, amplitude: float = 3000) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_noise_is_added_at_the_drawn_snr(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    noise = write_list(tmp_path, "noise", [rng.normal(0, 500, SR // 2), rng.normal(0, 2000, SR * 2)])
+    add = AddNoise({"noise": {"list": noise, "snr": [7, 7]}}, prob=1.0)
+    speech = tone(1.0, 300)
+    for seed in range(4):
+        noisy = add(speech, np.random.default_rng(seed))
+        added = noisy.astype(np.float64) - speech
+        snr = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean(added**2))
+        assert snr == pytest.approx(7, abs=0.01)
+    np.testing.assert_array_equal(AddNoise({"n": {"list": noise, "snr": [0, 5]}}, prob=0.0)(speech, rng), speech)
+
+
+def test_reverb_is_the_aligned_convolution_with_power_kept(tmp_path: Path) -> None:
+    rir = np.zeros(400)
+    rir[[30, 150, 399]] = [20000, -8000, 3000]
+    rirs = write_list(tmp_path, "rir", [rir])
+    speech = tone(0.5, 440) + np.random.default_rng(1).normal(0, 100, SR // 2).astype(np.float32)
+    wet = Reverb(rirs, prob=1.0)(speech, np.random.default_rng(0))
+    direct = np.zeros(len(speech))  # out[n] = sum_k rir[k] * speech[n + 30 - k]: taps around the peak at 30
+    n = np.arange(len(speech))
+    for k in np.flatnonzero(rir):
+        src = n + 30 - k
+        ok = (src >= 0) & (src < len(speech))
+        direct[ok] += rir[k] * speech[src[ok]]
+    direct *= np.sqrt(np.mean(speech.astype(np.float64) ** 2) / np.mean(direct**2))
+    np.testing.assert_allclose(wet, direct, rtol=0, atol=1e-2 * np.abs(direct).max())
+
+
+def test_speed_perturbation_scales_duration_and_pitch() -> None:
+    speed = SpeedPerturb(prob=1.0, factors=[0.9, 1.1])
+    x = tone(1.0, 500)
+    for choice, factor in ((1, 0.9), (2, 1.1)):
+        y = speed.apply(x, choice)
+        assert len(y) == pytest.approx(len(x) / factor, abs=1)
+        spectrum = np.abs(np.fft.rfft(y))
+        assert np.fft.rfftfreq(len(y), 1 / SR)[spectrum.argmax()] == pytest.approx(500 * factor, abs=2)
+    np.testing.assert_array_equal(speed.apply(x, 0), x)
+
+
+def test_specaugment_masks_bands_with_zeros() -> None:
+    feats = np.random.default_rng(0).normal(size=(100, 40)).astype(np.float32) + 10
+    masked = SpecAugment(prob=1.0, num_time_masks=2, max_time=10, num_freq_masks=1, max_freq=8)(
+        feats, np.random.default_rng(3))
+    zero_rows, zero_cols = np.flatnonzero((masked == 0).all(axis=1)), np.flatnonzero((masked == 0).all(axis=0))
+    changed = masked != feats
+    assert changed.any() and (masked[changed] == 0).all()
+    assert len(zero_rows) <= 20 and len(zero_cols) <= 8
+    assert changed.sum() == len(zero_rows) * 40 + len(zero_cols) * 100 - len(zero_rows) * len(zero_cols)
+
+
+def test_augmented_items_are_a_function_of_the_crop_seed(demo_root: Path, tmp_path: Path) -> None:
+    wav_dir = Path(shutil.copytree(demo_root / "train", tmp_path / "train", ignore=shutil.ignore_patterns("feats.*")))
+    rng = np.random.default_rng(0)
+    noise = write_list(tmp_path / "n", "noise", [rng.normal(0, 300, SR)])
+    rir = np.zeros(200)
+    rir[[0, 120]] = [10000, 3000]
+    augment = Augment(SpeedPerturb(prob=1.0, factors=[0.9, 1.1], new_speakers=True),
+                      Reverb(write_list(tmp_path / "r", "rir", [rir]), prob=0.5),
+                      AddNoise({"noise": {"list": noise, "snr": [0, 10]}}, prob=0.5), SpecAugment(prob=0.5))
+    data = load_data_dir(wav_dir, Fbank(num_mel_bins=40))
+    crops = TrainingCrops(data, 50, True, augment)
+    plain = TrainingCrops(data, 50, True)
+    num_speakers = len(data.speakers)
+    assert crops.num_classes == 3 * num_speakers
+    labels = set()
+    for seed in range(12):
+        (a, label), (b, again) = crops[3, seed], crops[3, seed]
+        assert label == again and np.array_equal(a.numpy(), b.numpy())
+        assert label % num_speakers == plain.labels[3]
+        labels.add(label // num_speakers)
+        assert not np.array_equal(a.numpy(), plain[3, seed][0].numpy())
+    assert labels == {1, 2}
+
+
+def test_bad_noise_list_names_its_line(tmp_path: Path) -> None:
+    noise = write_list(tmp_path, "noise", [np.ones(100), np.ones(100)])
+    soundfile.write(tmp_path / "noise1.wav", np.ones(100, dtype=np.int16), 8000)
+    add = AddNoise({"noise": {"list": noise, "snr": [0, 0]}}, prob=1.0)
+    with pytest.raises(InputError, match=rf"{noise}:2: sample rate 8000, expected 16000"):
+        for seed in range(20):
+            add(tone(0.1, 100), np.random.default_rng(seed))
+
+
+def test_cli_trains_with_augmentation(demo_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    for split in ("train", "eval", "test"):
+        shutil.copytree(demo_root / split, root / split, ignore=shutil.ignore_patterns("feats.*"))
+    rng = np.random.default_rng(0)
+    noise = write_list(tmp_path / "noise", "noise", [rng.normal(0, 300, SR)])
+    rirs = write_list(tmp_path / "rirs", "rir", [signal.windows.exponential(800, 0, 100, False) * 10000])
+    proc = run_stklia("train", f"data.root={root}", "data.prepare=null", *TINY_TRAINING,
+                      f"model_dir={tmp_path / 'model'}", "augment=musan_rirs", f"augment.reverb.rirs={rirs}",
+                      f"augment.noise.sources.noise.list={noise}", f"augment.noise.sources.music.list={noise}",
+                      f"augment.noise.sources.babble.list={noise}", "augment.speed.new_speakers=true", cwd=tmp_path)
+    assert "Test results" in proc.stdout

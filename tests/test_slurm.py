@@ -1,0 +1,144 @@
+"""Sweeps and pre-emption on a real single-node Slurm cluster, through hydra-submitit-launcher.
+
+The cluster comes from <repo>/../shared/slurm (or $STKLIA_SHARED/slurm): its start script is
+idempotent; a cluster this module started is stopped at the end (.ci/run starts and stops it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stklia.checkpoint import list_checkpoints, load_checkpoint
+
+from conftest import (
+    ONE_THREAD,
+    REPO,
+    TINY_TRAINING,
+    N,
+    assert_same_run,
+    checkpoint_path,
+    demo_data_overrides,
+    run_stklia,
+    short_run,
+    stklia_env,
+)
+
+pytestmark = pytest.mark.slurm
+
+SLURM_SCRIPTS = Path(os.environ.get("STKLIA_SHARED", REPO.parent / "shared")) / "slurm"
+STEPS, INTERVAL = 600, 50  # long enough for the pre-emption signal to arrive mid-run
+
+
+def training(demo_root: Path) -> list[str]:
+    return [*demo_data_overrides(demo_root), *TINY_TRAINING, f"num_iterations={STEPS}",
+            f"checkpoint_interval={INTERVAL}", f"log_interval={INTERVAL}"]
+
+
+@pytest.fixture(scope="module")
+def partition() -> str:
+    """The partition of the local cluster, started if needed."""
+    start = SLURM_SCRIPTS / "start-local-slurm.sh"
+    problem = (f"no {start} (set STKLIA_SHARED)" if not start.is_file()
+               else "the local Slurm cluster needs root" if os.geteuid() != 0 else None)
+    if problem:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(problem)
+    was_up = shutil.which("sinfo") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    proc = subprocess.run(["bash", str(start)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    yield proc.stdout.strip()
+    if not was_up:
+        subprocess.run(["bash", str(SLURM_SCRIPTS / "stop-local-slurm.sh")], capture_output=True, timeout=300)
+
+
+def sacct(job: str) -> list[dict[str, str]]:
+    """Accounting records of a job, every requeued run included (-D), once the last one has ended."""
+    fields = ["JobID", "State", "Elapsed", "Start", "End"]
+    for _ in range(100):  # records reach slurmdbd asynchronously
+        out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", ",".join(fields)], capture_output=True,
+                             text=True, check=True).stdout
+        rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines()]
+        if rows and rows[-1]["State"] not in ("PENDING", "RUNNING", "REQUEUED"):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"sacct has no final record of job {job}: {rows}")
+
+
+def slurm_sweep(partition: str, out: Path, *overrides: str) -> subprocess.Popen:
+    """Start `python -m stklia.train -m hydra/launcher=submitit_slurm ...`; it returns when all jobs have ended."""
+    command = [sys.executable, "-m", "stklia.train", "-m", "hydra/launcher=submitit_slurm",
+               f"hydra.launcher.partition={partition}", "hydra.launcher.timeout_min=5", *overrides,
+               f"hydra.sweep.dir={out}"]
+    return subprocess.Popen(command, cwd=out.parent, env=stklia_env(**ONE_THREAD), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def sweep(partition: str, demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2-point sweep (softmax, adacos) as a Slurm job array; job 0 is sent submitit's SIGUSR2 mid-run."""
+    out = tmp_path_factory.mktemp("slurm") / "sweep"
+    start = time.monotonic()
+    hydra = slurm_sweep(partition, out, "hydra.launcher.max_num_timeout=1",  # submitit: a short job timed out
+                        "head=softmax,adacos", *training(demo_root))
+    try:
+        first = checkpoint_path(out / "0", INTERVAL)
+        while not first.exists():
+            assert hydra.poll() is None, hydra.stdout.read()
+            assert time.monotonic() - start < 300, "job 0 wrote no checkpoint"
+            time.sleep(0.05)
+        job0 = next(p.name for p in (out / ".submitit").iterdir() if p.name.endswith("_0"))
+        subprocess.run(["scancel", "--signal=USR2", job0], check=True)
+        output, _ = hydra.communicate(timeout=400)
+    finally:
+        hydra.kill()
+    assert hydra.returncode == 0, output
+    array = job0.removesuffix("_0")
+    return {"dir": out, "array": array, "seconds": time.monotonic() - start,
+            "jobs": {task: sacct(f"{array}_{task}") for task in (0, 1)}}
+
+
+def test_sweep_runs_one_slurm_job_per_point(sweep: dict) -> None:
+    print(f"\nsweep: Slurm job array {sweep['array']}, {sweep['seconds']:.0f} s from submission to results")
+    for task, head in ((0, "Softmax"), (1, "AdaCos")):
+        job_dir = sweep["dir"] / str(task)
+        assert f"_target_: stklia.heads.{head}" in (job_dir / "config.yaml").read_text()
+        assert STEPS in list_checkpoints(job_dir) and (job_dir / "results" / f"step_{STEPS:08d}.json").is_file()
+        runs = sweep["jobs"][task]
+        for run in runs:
+            print(f"  job {run['JobID']}: {run['State']}, {run['Elapsed']} ({run['Start']} .. {run['End']})")
+        assert runs[-1]["State"] == "COMPLETED"
+    assert [run["State"] for run in sweep["jobs"][1]] == ["COMPLETED"]
+
+
+def test_preempted_job_checkpoints_is_requeued_and_resumes_exactly(sweep: dict, demo_root: Path,
+                                                                   tmp_path: Path) -> None:
+    assert [run["State"] for run in sweep["jobs"][0]] == ["REQUEUED", "COMPLETED"]
+    job_dir = sweep["dir"] / "0"
+    log = (job_dir / "train.log").read_text()
+    assert "got SIGUSR2" in log and "stopped by SIGUSR2" in log
+    stopped_at = int(re.search(r"step (\d+): checkpoint written, stopping", log).group(1))
+    assert INTERVAL <= stopped_at < STEPS
+    assert f"resumed from {checkpoint_path(job_dir, stopped_at)} at step {stopped_at}" in log
+
+    reference = tmp_path / "straight"  # the same training, uninterrupted and without Slurm
+    run_stklia("train", *training(demo_root), "head=softmax", f"model_dir={reference}", cwd=tmp_path, env=ONE_THREAD)
+    assert_same_run(load_checkpoint(checkpoint_path(job_dir, STEPS)),
+                    load_checkpoint(checkpoint_path(reference, STEPS)))
+
+
+def test_ddp_over_the_tasks_of_a_slurm_job(partition: str, demo_root: Path, tmp_path: Path, ddp_run: Path) -> None:
+    """tasks_per_node=2: two Slurm tasks train as one DDP run, exactly as torchrun's 2 processes do."""
+    out = tmp_path / "sweep"
+    hydra = slurm_sweep(partition, out, "hydra.launcher.tasks_per_node=2", *short_run(demo_root))
+    output, _ = hydra.communicate(timeout=400)
+    assert hydra.returncode == 0, output
+    assert "distributed run: 2 processes (gloo)" in (out / "0" / "train.log").read_text()
+    assert_same_run(load_checkpoint(checkpoint_path(out / "0", 2 * N)),
+                    load_checkpoint(checkpoint_path(ddp_run, 2 * N)))
