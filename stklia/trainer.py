@@ -194,8 +194,9 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float:
                 since = time.perf_counter()
             stop = world.max(preemption.received or 0)  # a signal to any rank stops all after this step
             if step % cfg.checkpoint_interval == 0 or step == cfg.num_iterations:
+                paused = time.perf_counter()
                 checkpoint(step)
-                since = time.perf_counter()  # samples/s measures training, not validation
+                since += time.perf_counter() - paused  # samples/s measures training, not validation
             elif stop:
                 checkpoint(step, validate=False)
             if stop:
