@@ -101,6 +101,7 @@ def train(cfg: DictConfig, model_dir: Path) -> float:
         for feats, labels in progress:
             feats = feats.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
+            head.set_step(step)  # margin warm-up / annealing are functions of the step
             logits = head(generator(feats), labels)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)

@@ -90,19 +90,26 @@ def test_extract_any_kaldi_dir(trained: Path, demo_root: Path) -> None:
     assert sorted(emb) == load_data_dir(demo_root / "eval").utts
 
 
+HEADS = {"softmax": "Softmax", "amsoftmax": "AMSoftmax", "arcface": "ArcFace", "sphereface": "SphereFace",
+         "adacos": "AdaCos", "subcenter_arcface": "SubcenterArcFace"}
+
+
 def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_stklia("train", "-m", "head=softmax,adacos", *demo_data_overrides(demo_root), *TINY_TRAINING,
+    proc = run_stklia("train", "-m", f"head={','.join(HEADS)}", *demo_data_overrides(demo_root), *TINY_TRAINING,
                       "num_iterations=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert "#0 : head=softmax" in proc.stdout and "#1 : head=adacos" in proc.stdout
-    for job, head in (("0", "Softmax"), ("1", "AdaCos")):
-        cfg = OmegaConf.load(sweep / job / "config.yaml")
-        assert cfg.head._target_ == f"stklia.heads.{head}" and cfg.model_dir == str(sweep / job)
-        assert list(list_checkpoints(sweep / job)) == [3]
+    for job, (name, cls) in enumerate(HEADS.items()):
+        assert f"#{job} : head={name}" in proc.stdout
+        cfg = OmegaConf.load(sweep / str(job) / "config.yaml")
+        assert cfg.head._target_ == f"stklia.heads.{cls}" and cfg.model_dir == str(sweep / str(job))
+        assert list(list_checkpoints(sweep / str(job))) == [3]
 
 
-def test_resume_continues_from_the_checkpoint(demo_root: Path, tmp_path: Path) -> None:
-    common = [*demo_data_overrides(demo_root), *TINY_TRAINING]
+# heads whose schedules (margin warm-up, lambda annealing) follow the step
+@pytest.mark.parametrize("head", [["head.margin_warmup.start=1", "head.margin_warmup.end=5"], ["head=sphereface"]],
+                         ids=["arcface_warmup", "sphereface"])
+def test_resume_continues_from_the_checkpoint(demo_root: Path, tmp_path: Path, head: list[str]) -> None:
+    common = [*demo_data_overrides(demo_root), *TINY_TRAINING, *head]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_stklia("train", *common, f"model_dir={straight}", cwd=tmp_path)
     run_stklia("train", *common, "num_iterations=3", f"model_dir={resumed}", cwd=tmp_path)
