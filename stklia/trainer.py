@@ -165,6 +165,7 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float:
         for feats, labels in progress:
             feats = feats.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
+            head.set_step(step)  # margin warm-up / annealing are functions of the step
             with autocast:
                 logits = ddp(feats, labels)
             loss = F.cross_entropy(logits.float(), labels)

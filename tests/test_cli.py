@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.kaldi import load_data_dir, read_trials
 
-from conftest import REPO, TINY_TRAINING, demo_data_overrides, make_enrollment, run_stklia
+from conftest import REPO, TINY_TRAINING, assert_same_run, demo_data_overrides, make_enrollment, run_stklia
 
 
 @pytest.fixture(scope="module")
@@ -115,15 +115,19 @@ def test_extract_any_kaldi_dir(trained: Path, demo_root: Path) -> None:
     assert sorted(emb) == load_data_dir(demo_root / "eval").utts
 
 
+HEADS = {"softmax": "Softmax", "amsoftmax": "AMSoftmax", "arcface": "ArcFace", "sphereface": "SphereFace",
+         "adacos": "AdaCos", "subcenter_arcface": "SubcenterArcFace"}
+
+
 def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_stklia("train", "-m", "head=softmax,adacos", *demo_data_overrides(demo_root), *TINY_TRAINING,
+    proc = run_stklia("train", "-m", f"head={','.join(HEADS)}", *demo_data_overrides(demo_root), *TINY_TRAINING,
                       "num_iterations=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert "#0 : head=softmax" in proc.stdout and "#1 : head=adacos" in proc.stdout
-    for job, head in (("0", "Softmax"), ("1", "AdaCos")):
-        cfg = OmegaConf.load(sweep / job / "config.yaml")
-        assert cfg.head._target_ == f"stklia.heads.{head}" and cfg.model_dir == str(sweep / job)
-        assert list(list_checkpoints(sweep / job)) == [3]
+    for job, (name, cls) in enumerate(HEADS.items()):
+        assert f"#{job} : head={name}" in proc.stdout
+        cfg = OmegaConf.load(sweep / str(job) / "config.yaml")
+        assert cfg.head._target_ == f"stklia.heads.{cls}" and cfg.model_dir == str(sweep / str(job))
+        assert list(list_checkpoints(sweep / str(job))) == [3]
 
 
 def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
@@ -137,3 +141,19 @@ def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.mem_gb) == (1, 4, 16)
     assert launcher.max_num_timeout > 0  # pre-empted and timed-out jobs are requeued
+
+
+# heads whose schedules (margin warm-up, lambda annealing) follow the step
+@pytest.mark.parametrize("head", [["head.margin_warmup.start=1", "head.margin_warmup.end=5"], ["head=sphereface"]],
+                         ids=["arcface_warmup", "sphereface"])
+def test_resume_with_step_dependent_heads(demo_root: Path, tmp_path: Path, head: list[str]) -> None:
+    common = [*demo_data_overrides(demo_root), *TINY_TRAINING, *head]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_stklia("train", *common, f"model_dir={straight}", cwd=tmp_path)
+    run_stklia("train", *common, "num_iterations=3", f"model_dir={resumed}", cwd=tmp_path)
+    assert list(list_checkpoints(resumed)) == [3]
+    again = run_stklia("train", *common, f"model_dir={resumed}", cwd=tmp_path, check=False)
+    assert again.returncode != 0 and "checkpoint=last" in again.stderr  # refuses to overwrite silently
+    run_stklia("train", *common, f"model_dir={resumed}", "checkpoint=last", cwd=tmp_path)
+    assert_same_run(load_checkpoint(resumed / "checkpoints" / "step_00000006.pt"),
+                    load_checkpoint(straight / "checkpoints" / "step_00000006.pt"))

@@ -3,7 +3,8 @@
 Each layer exposes `out_channels` so the ResNet can size its embedding layer for any mode.
 `forward(x, mask)` takes an optional (batch, frames) bool mask of the valid frames, so that
 padded batches of utterances of different lengths pool exactly like one utterance at a time.
-Register new modes in POOLINGS.
+Moments are computed in at least float32 (half-precision x**4 overflows), on x's device.
+Register new modes in POOLINGS; docs/heads.md describes them.
 """
 
 from __future__ import annotations
@@ -11,24 +12,46 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+VAR_FLOOR = 1e-10  # variances are floored so that sqrt and divisions by them keep finite gradients
+
+
+def _valid(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in at least float32 with padded frames zeroed, and the number of valid frames (batch, 1)."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    if mask is None:
+        return x, torch.full((x.shape[0], 1), x.shape[-1], dtype=x.dtype, device=x.device)
+    return x.masked_fill(~mask[:, None, :], 0.0), mask.sum(dim=1, keepdim=True).to(x.dtype)
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over valid frames."""
-    if mask is None:
-        return x.mean(dim=-1)
-    m = mask[:, None, :].to(x.dtype)
-    return (x * m).sum(dim=-1) / m.sum(dim=-1)
+    x, n = _valid(x, mask)
+    return x.sum(dim=-1) / n
+
+
+def central_moments(x: torch.Tensor, mask: torch.Tensor | None,
+                    orders: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The number of valid frames, and the biased central moments mean((x - mean)**k) over them for each k."""
+    centred, n = _valid(x - masked_mean(x, mask)[..., None], mask)
+    return n, [(centred**k).sum(dim=-1) / n for k in orders]
 
 
 def masked_std(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Unbiased standard deviation over valid frames (as torch.std), floored so its gradient stays finite."""
-    if mask is None:
-        var = x.var(dim=-1)
-    else:
-        m = mask[:, None, :].to(x.dtype)
-        n = m.sum(dim=-1)
-        var = (((x - masked_mean(x, mask)[..., None]) * m) ** 2).sum(dim=-1) / (n - 1).clamp(min=1)
-    return var.clamp(min=1e-10).sqrt()
+    """Unbiased standard deviation over valid frames (as torch.std)."""
+    n, (m2,) = central_moments(x, mask, (2,))
+    return (m2 * n / (n - 1).clamp(min=1)).clamp(min=VAR_FLOOR).sqrt()
+
+
+def masked_skewness(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Sample skewness m3 / m2**1.5 (scipy.stats.skew with bias=True); 0 for constant frames."""
+    _, (m2, m3) = central_moments(x, mask, (2, 3))
+    return m3 / m2.clamp(min=VAR_FLOOR) ** 1.5
+
+
+def masked_kurtosis(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Excess kurtosis m4 / m2**2 - 3 (scipy.stats.kurtosis, fisher=True, bias=True)."""
+    _, (m2, m4) = central_moments(x, mask, (2, 4))
+    return m4 / m2.clamp(min=VAR_FLOOR) ** 2 - 3
 
 
 class Pooling(nn.Module):
@@ -70,12 +93,62 @@ class StatisticalPooling(Pooling):
         return torch.cat([masked_mean(x, mask), masked_std(x, mask)], dim=1)
 
 
+class StdSkewPooling(Pooling):
+    """Standard deviation and skewness concatenated (the seed's std_skew, differentiable here)."""
+
+    expansion = 2
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([masked_std(x, mask), masked_skewness(x, mask)], dim=1)
+
+
+class StdKurtosisPooling(Pooling):
+    """Standard deviation and excess kurtosis concatenated (the seed's std_kurtosis, differentiable here)."""
+
+    expansion = 2
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([masked_std(x, mask), masked_kurtosis(x, mask)], dim=1)
+
+
+class AttentiveStatisticsPooling(Pooling):
+    """Attentive statistics pooling (Okabe et al., 2018): attention-weighted mean and standard deviation.
+
+    Frame t gets the score e_t = v^T tanh(W h_t + b) + k (a 1x1 convolution of `attention_channels`
+    units then one of 1 unit), weights alpha = softmax_t(e) over the valid frames (padded frames get
+    weight 0), mean mu = sum_t alpha_t h_t and std sqrt(sum_t alpha_t (h_t - mu)**2).
+    """
+
+    expansion = 2
+
+    def __init__(self, channels: int, attention_channels: int = 128):
+        super().__init__(channels)
+        self.attention = nn.Sequential(
+            nn.Conv1d(channels, attention_channels, kernel_size=1), nn.Tanh(),
+            nn.Conv1d(attention_channels, 1, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = self.attention(x)  # (batch, 1, frames)
+        x, _ = _valid(x, mask)
+        scores = scores.to(x.dtype)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, :], -torch.inf)
+        alpha = scores.softmax(dim=-1)
+        mean = (alpha * x).sum(dim=-1)
+        var = (alpha * (x - mean[..., None]) ** 2).sum(dim=-1)
+        return torch.cat([mean, var.clamp(min=VAR_FLOOR).sqrt()], dim=1)
+
+
 POOLINGS: dict[str, type[Pooling]] = {
     "min": MinPooling,
     "max": MaxPooling,
     "mean": MeanPooling,
     "std": StdPooling,
     "statistical": StatisticalPooling,
+    "std_skew": StdSkewPooling,
+    "std_kurtosis": StdKurtosisPooling,
+    "attentive": AttentiveStatisticsPooling,
 }
 
 
