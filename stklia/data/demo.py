@@ -29,6 +29,7 @@ from scipy import ndimage, signal
 from scipy.io import wavfile
 
 from stklia.features import Fbank
+from stklia.metrics import compute_eer
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
 _VERSION = 2
@@ -384,15 +385,6 @@ def ensure_demo(root: str | None = None, **kw) -> Path:
     return make_demo(root or default_demo_root(), **kw)
 
 
-def _eer(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Equal error rate in %: the threshold where miss and false-alarm rates cross."""
-    labels = labels[np.argsort(scores, kind="stable")]
-    miss = np.concatenate([[0], np.cumsum(labels)]) / labels.sum()
-    false_alarm = 1 - np.concatenate([[0], np.cumsum(1 - labels)]) / (1 - labels).sum()
-    i = np.argmin(np.abs(miss - false_alarm))
-    return float(50 * (miss[i] + false_alarm[i]))
-
-
 def baseline_eer(data_dir: str | os.PathLike) -> float:
     """EER (%) on ``data_dir/trials`` of a trivial system: cosine of per-utterance feature mean+std.
 
@@ -412,7 +404,7 @@ def baseline_eer(data_dir: str | os.PathLike) -> float:
     trials = [line.split() for line in (d / "trials").read_text().splitlines()]
     labels = np.array([int(t[0]) for t in trials])
     a, b = (np.array([index[t[k]] for t in trials]) for k in (1, 2))
-    return _eer(np.sum(x[a] * x[b], axis=1), labels)
+    return 100 * compute_eer(np.sum(x[a] * x[b], axis=1), labels)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
