@@ -144,7 +144,8 @@ def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
 
 
 # heads whose schedules (margin warm-up, lambda annealing) follow the step
-@pytest.mark.parametrize("head", [["head.margin_warmup.start=1", "head.margin_warmup.end=5"], ["head=sphereface"]],
+@pytest.mark.parametrize("head", [["head=arcface", "head.margin_warmup.start=1", "head.margin_warmup.end=5"],
+                                  ["head=sphereface"]],
                          ids=["arcface_warmup", "sphereface"])
 def test_resume_with_step_dependent_heads(demo_root: Path, tmp_path: Path, head: list[str]) -> None:
     common = [*demo_data_overrides(demo_root), *TINY_TRAINING, *head]

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from stklia.checkpoint import load_checkpoint
+from stklia.models.pooling import POOLINGS
+from stklia.models.resnet import ResNet
 
 from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
 
@@ -111,3 +113,12 @@ def test_python_api_embeds_audio_and_features_and_scores(trained: Path, demo_roo
     assert model.score(wavs[a], data.load(b)) == pytest.approx(cosine, abs=1e-5)
     with pytest.raises(ValueError, match=r"expected \(frames, 40\)"):
         model.embed(np.zeros((50, 80), dtype=np.float32))
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_every_pooling_mode_can_be_scripted(pooling: str) -> None:
+    """TorchScript export must not depend on the pooling mode."""
+    torch.manual_seed(0)
+    model = ResNet(40, layers=[1, 1, 1, 1], num_filters=[4, 8, 8, 8], emb_size=16, pooling=pooling).eval()
+    feats = torch.randn(2, 37, 40)
+    torch.testing.assert_close(torch.jit.script(model)(feats), model(feats))

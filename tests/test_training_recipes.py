@@ -55,8 +55,9 @@ def test_experiment_preset_composes_a_whole_recipe() -> None:
 
 def test_lmft_stage_starts_from_another_model_dir(demo_root: Path, tmp_path: Path) -> None:
     first = tmp_path / "first"
-    run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={first}", cwd=tmp_path)
-    run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, "+stage=lmft", f"init_from={first}",
+    margin_head = [*demo_data_overrides(demo_root), *TINY_TRAINING, "head=arcface"]  # lmft enlarges a margin
+    run_stklia("train", *margin_head, f"model_dir={first}", cwd=tmp_path)
+    run_stklia("train", *margin_head, "+stage=lmft", f"init_from={first}",
                "init_checkpoint=3", "optim.lr=0", "max_seq_len=60", cwd=tmp_path)
     second = Path(f"{first}-lmft")
     cfg = OmegaConf.load(second / "config.yaml")

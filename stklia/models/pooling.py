@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-VAR_FLOOR = 1e-10  # variances are floored so that sqrt and divisions by them keep finite gradients
+
+def floored(variance: torch.Tensor) -> torch.Tensor:
+    """Variances floored at 1e-10, so that sqrt and divisions by them keep finite gradients.
+
+    (A function, not a module constant: TorchScript, used by stklia.export, cannot read float globals.)
+    """
+    return variance.clamp(min=1e-10)
 
 
 def _valid(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,28 +36,34 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def central_moments(x: torch.Tensor, mask: torch.Tensor | None,
-                    orders: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The number of valid frames, and the biased central moments mean((x - mean)**k) over them for each k."""
+                    orders: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The number of valid frames, and the biased central moments mean((x - mean)**k) over them for each k.
+
+    Written for TorchScript too (stklia.export): lists, no tuple unpacking of results.
+    """
     centred, n = _valid(x - masked_mean(x, mask)[..., None], mask)
     return n, [(centred**k).sum(dim=-1) / n for k in orders]
 
 
 def masked_std(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Unbiased standard deviation over valid frames (as torch.std)."""
-    n, (m2,) = central_moments(x, mask, (2,))
-    return (m2 * n / (n - 1).clamp(min=1)).clamp(min=VAR_FLOOR).sqrt()
+    n, moments = central_moments(x, mask, [2])
+    m2 = moments[0]
+    return floored(m2 * n / (n - 1).clamp(min=1)).sqrt()
 
 
 def masked_skewness(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Sample skewness m3 / m2**1.5 (scipy.stats.skew with bias=True); 0 for constant frames."""
-    _, (m2, m3) = central_moments(x, mask, (2, 3))
-    return m3 / m2.clamp(min=VAR_FLOOR) ** 1.5
+    _, moments = central_moments(x, mask, [2, 3])
+    m2, m3 = moments[0], moments[1]
+    return m3 / floored(m2) ** 1.5
 
 
 def masked_kurtosis(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Excess kurtosis m4 / m2**2 - 3 (scipy.stats.kurtosis, fisher=True, bias=True)."""
-    _, (m2, m4) = central_moments(x, mask, (2, 4))
-    return m4 / m2.clamp(min=VAR_FLOOR) ** 2 - 3
+    _, moments = central_moments(x, mask, [2, 4])
+    m2, m4 = moments[0], moments[1]
+    return m4 / floored(m2) ** 2 - 3
 
 
 class Pooling(nn.Module):
@@ -137,7 +149,7 @@ class AttentiveStatisticsPooling(Pooling):
         alpha = scores.softmax(dim=-1)
         mean = (alpha * x).sum(dim=-1)
         var = (alpha * (x - mean[..., None]) ** 2).sum(dim=-1)
-        return torch.cat([mean, var.clamp(min=VAR_FLOOR).sqrt()], dim=1)
+        return torch.cat([mean, floored(var).sqrt()], dim=1)
 
 
 POOLINGS: dict[str, type[Pooling]] = {
