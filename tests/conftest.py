@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 
 from stklia.data.demo import SMALL_DEMO, make_demo
@@ -25,6 +26,7 @@ TINY_TRAINING = [
     "num_workers=0", "progress=false",
 ]
 N = 4  # checkpoint interval of the short runs of the resume and distributed tests, which train 2N steps
+SR = 16000  # sample rate of the generated recordings
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # processes that share 2 cores (torchrun's default too); same kernels
 
 
@@ -139,3 +141,14 @@ def ddp_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"\n2-process gloo run of {2 * N} steps (torchrun): {time.perf_counter() - start:.1f} s")
     return model_dir
+
+
+def write_list(folder: Path, name: str, recordings: list[np.ndarray]) -> Path:
+    """folder/name: a list file of wav paths (the first line in `key path` form) for the given int16 recordings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, x in enumerate(recordings):
+        soundfile.write(folder / f"{name}{i}.wav", x.astype(np.int16), SR)
+        lines.append(f"{name}{i} {folder / f'{name}{i}.wav'}" if i == 0 else str(folder / f"{name}{i}.wav"))
+    (folder / name).write_text("\n".join(lines) + "\n")
+    return folder / name

@@ -16,20 +16,7 @@ from stklia.data.kaldi import load_data_dir
 from stklia.errors import InputError
 from stklia.features import Fbank
 
-from conftest import TINY_TRAINING, run_stklia
-
-SR = 16000
-
-
-def write_list(folder: Path, name: str, recordings: list[np.ndarray]) -> Path:
-    """A list file of wav paths (the first line in `key path` form) for the given int16 recordings."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, x in enumerate(recordings):
-        soundfile.write(folder / f"{name}{i}.wav", x.astype(np.int16), SR)
-        lines.append(f"{name}{i} {folder / f'{name}{i}.wav'}" if i == 0 else str(folder / f"{name}{i}.wav"))
-    (folder / f"{name}.list").write_text("\n".join(lines) + "\n")
-    return folder / f"{name}.list"
+from conftest import SR, TINY_TRAINING, run_stklia, write_list
 
 
 def tone(seconds: float, hz: float, amplitude: float = 3000) -> np.ndarray:

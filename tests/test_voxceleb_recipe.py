@@ -1,7 +1,8 @@
-"""recipes/voxceleb stage 0 on a tiny fake corpus laid out like VoxCeleb1/2."""
+"""recipes/voxceleb on a tiny fake corpus laid out like VoxCeleb1/2: every stage of run.sh, for real."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,53 +10,123 @@ from pathlib import Path
 
 import kaldiio
 import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy import signal
 
+from stklia.data.audio import read_audio
 from stklia.data.kaldi import load_data_dir, read_trials
 from stklia.features import Fbank
 
-from conftest import REPO
+from conftest import REPO, SR, TINY_TRAINING, stklia_env, write_list
 
 RECIPE = REPO / "recipes" / "voxceleb"
 
 
-def fake_voxceleb(demo_root: Path, root: Path) -> dict[str, str]:
-    """vox1/wav/<spk>/<video>/<n>.wav copied from demo wavs, vox2/aac/... m4a placeholders, official lists.
+def fake_voxceleb(demo_root: Path, root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """vox1/wav/<spk>/<video>/<n>.wav copied from demo test wavs, vox2/aac/... m4a encoded (ffmpeg, AAC) from
+    demo train wavs, official lists (O, O cleaned, H cleaned).
 
-    Returns the official path of each vox1 recording -> the demo utterance it copies."""
-    wavs = dict(line.split() for line in (demo_root / "test" / "wav.scp").read_text().splitlines())
-    source = {}
-    for i, (utt, path) in enumerate(sorted(wavs.items())[:6]):
+    Returns the official path of each vox1 and of each vox2 recording -> the demo wav it comes from."""
+    vox1, vox2 = {}, {}
+    test_wavs = dict(line.split() for line in (demo_root / "test" / "wav.scp").read_text().splitlines())
+    for i, (_, path) in enumerate(sorted(test_wavs.items())[:6]):
         official = f"id1000{i % 2}/vid{i % 3}/{i:05d}.wav"
         (root / "vox1" / "wav" / official).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / "vox1" / "wav" / official)
-        source[official] = utt
-    for spk in ("id00012", "id00015"):
-        (root / "vox2" / "aac" / spk / "abc").mkdir(parents=True)
-        (root / "vox2" / "aac" / spk / "abc" / "00001.m4a").write_bytes(b"not decoded in this test")
-    paths = sorted(source)
-    (root / "vox1" / "veri_test.txt").write_text(f"1 {paths[0]} {paths[2]}\n0 {paths[0]} {paths[1]}\n")
-    (root / "vox1" / "list_test_hard2.txt").write_text(f"0 {paths[3]} {paths[4]}\n")
-    return source
+        vox1[official] = path
+    train_wavs = dict(line.split() for line in (demo_root / "train" / "wav.scp").read_text().splitlines())
+    for utt, path in sorted(train_wavs.items()):
+        speaker, n = utt.split("-")
+        if int(n) < 3:
+            official = f"id0{speaker[3:]}/vid{n}/00001.m4a"
+            (root / "vox2" / "aac" / official).parent.mkdir(parents=True)
+            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", path, "-c:a", "aac", "-b:a", "64k",
+                            str(root / "vox2" / "aac" / official)], check=True)
+            vox2[official] = path
+    paths = sorted(vox1)
+    o_list = f"1 {paths[0]} {paths[2]}\n0 {paths[0]} {paths[1]}\n1 {paths[1]} {paths[3]}\n0 {paths[2]} {paths[5]}\n"
+    (root / "vox1" / "veri_test.txt").write_text(o_list)
+    (root / "vox1" / "veri_test2.txt").write_text(o_list)
+    (root / "vox1" / "list_test_hard2.txt").write_text(f"0 {paths[3]} {paths[4]}\n1 {paths[0]} {paths[4]}\n")
+    return vox1, vox2
 
 
-def test_stage_0_prepares_data_dirs_and_trials(demo_root: Path, tmp_path: Path) -> None:
-    source = fake_voxceleb(demo_root, tmp_path)
-    env = {**os.environ, "VOX1": str(tmp_path / "vox1"), "VOX2": str(tmp_path / "vox2"), "DATA": str(tmp_path / "data")}
-    subprocess.run([str(RECIPE / "run.sh"), "--stage", "0", "--stop-stage", "0"], env=env, check=True,
-                   capture_output=True, text=True)
-    data = tmp_path / "data"
+def run_recipe(root: Path, *args: str, **env: str) -> None:
+    """recipes/voxceleb/run.sh with the fake corpus of `root` and data under root/data."""
+    env = {"VOX1": str(root / "vox1"), "VOX2": str(root / "vox2"), "DATA": str(root / "data"), **env}
+    proc = subprocess.run([str(RECIPE / "run.sh"), *args], env=stklia_env(**env), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"run.sh {args} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="module")
+def corpus(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    """The fake corpus with stage 0 run on it."""
+    root = tmp_path_factory.mktemp("voxceleb")
+    vox1, vox2 = fake_voxceleb(demo_root, root)
+    run_recipe(root, "--stage", "0", "--stop-stage", "0")
+    return root, vox1, vox2
+
+
+def utt_id(official: str) -> str:
+    return official.rsplit(".", 1)[0].replace("/", "-")
+
+
+def test_stage_0_prepares_data_dirs_and_trials(corpus: tuple[Path, dict, dict], demo_root: Path) -> None:
+    root, source, _ = corpus
+    data = root / "data"
     vox1 = load_data_dir(data / "vox1", Fbank(num_mel_bins=40))
-    assert vox1.utts == sorted(p[:-4].replace("/", "-") for p in source)
+    assert vox1.utts == sorted(utt_id(p) for p in source)
     assert vox1.speakers == ["id10000", "id10001"]
     offline = dict(kaldiio.load_scp_sequential(str(demo_root / "test" / "feats.scp")))
-    for official, utt in source.items():
-        np.testing.assert_allclose(vox1.load(official[:-4].replace("/", "-")), offline[utt], rtol=0, atol=1e-4)
-    assert sorted(p.name for p in (data / "vox1").glob("trials_*")) == ["trials_H_cleaned", "trials_O"]
+    for official, path in source.items():
+        np.testing.assert_allclose(vox1.load(utt_id(official)), offline[Path(path).stem], rtol=0, atol=1e-4)
+    assert sorted(p.name for p in (data / "vox1").glob("trials_*")) == ["trials_H_cleaned", "trials_O",
+                                                                         "trials_O_cleaned"]
     trials = read_trials(data / "vox1" / "trials_O", vox1.feats)
-    assert trials.labels.tolist() == [1, 0] and trials.enroll[0] == vox1.utts[0]
-    vox2 = (data / "vox2_dev" / "wav.scp").read_text().splitlines()
-    assert len(vox2) == 2 and vox2[0].startswith("id00012-abc-00001 ffmpeg ") and vox2[0].endswith(" - |")
-    assert (data / "vox2_dev" / "spk2utt").read_text() == "id00012 id00012-abc-00001\nid00015 id00015-abc-00001\n"
+    assert trials.labels.tolist() == [1, 0, 1, 0] and trials.enroll[0] == vox1.utts[0]
+
+
+def test_stage_0_decodes_m4a_through_ffmpeg_pipes(corpus: tuple[Path, dict, dict]) -> None:
+    root, _, source = corpus
+    wav_scp = dict(line.split(" ", 1) for line in (root / "data" / "vox2_dev" / "wav.scp").read_text().splitlines())
+    assert sorted(wav_scp) == sorted(utt_id(p) for p in source)
+    spk2utt = (root / "data" / "vox2_dev" / "spk2utt").read_text().splitlines()
+    assert [line.split()[0] for line in spk2utt] == sorted({p.split("/")[0] for p in source})
+    for official, path in source.items():
+        entry = wav_scp[utt_id(official)]
+        assert entry.startswith("ffmpeg ") and entry.endswith(" - |")
+        decoded, rate = read_audio(entry)
+        original, _ = read_audio(path)
+        assert rate == SR and abs(len(decoded) - len(original)) < 2048  # AAC frames: 1024 samples
+        # AAC is lossy and delays the signal by its priming samples: compare at the best alignment.
+        corr = signal.correlate(decoded, original, mode="full")
+        lag = int(np.argmax(corr)) - (len(original) - 1)
+        a, b = (decoded[lag:], original) if lag >= 0 else (decoded, original[-lag:])
+        n = min(len(a), len(b))
+        assert abs(lag) < 2048 and np.corrcoef(a[:n], b[:n])[0, 1] > 0.95
+
+
+def test_every_stage_runs_end_to_end(corpus: tuple[Path, dict, dict], tmp_path: Path) -> None:
+    """Training on m4a audio with MUSAN-like noise and RIRs, averaging, fine-tuning, AS-norm test."""
+    root, _, _ = corpus
+    rng = np.random.default_rng(0)
+    musan = tmp_path / "musan"
+    for name in ("noise", "music", "speech"):
+        write_list(musan, name, [rng.normal(0, 1000, SR) for _ in range(7 if name == "speech" else 1)])
+    rirs = write_list(tmp_path, "rirs", [signal.windows.exponential(800, 0, 100, False) * 10000])
+    exp = tmp_path / "exp" / "resnet34_aam"
+    run_recipe(root, "--stage", "1", *TINY_TRAINING, EXP=str(exp),
+               MUSAN=str(musan), RIRS=str(rirs), NUM_AVERAGE="2", NUM_AVERAGE_LM="2", ASNORM_TOP_N="3")
+    assert (exp / "checkpoints" / "avg_last2.pt").is_file()
+    lm = Path(f"{exp}_lm")
+    saved = json.loads((lm / "results" / "avg_last2.json").read_text())["results"]
+    assert [Path(r["trials"]).name for r in saved] == ["trials_H_cleaned", "trials_O", "trials_O_cleaned"]
+    for row in saved:
+        assert 0 <= row["eer"] <= 100 and 0 <= row["asnorm_eer"] <= 100
+    config = OmegaConf.load(lm / "config.yaml")  # the fine-tuning stage started from the average, with margin 0.5
+    assert (config.init_from, config.init_checkpoint, config.head.margin) == (str(exp), "avg_last2", 0.5)
 
 
 def test_bad_official_trials_name_the_line(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # VoxCeleb recipe: ResNet34 + AAM on VoxCeleb2 dev audio with online augmentation, large-margin
 # fine-tuning, checkpoint averaging, test on VoxCeleb1-O/E/H. Run from this directory:
-#   ./run.sh [--stage N] [--stop-stage M]
-# Stages: 0 data dirs + trial lists, 1 train, 2 large-margin fine-tuning, 3 average, 4 test.
+#   ./run.sh [--stage N] [--stop-stage M] [HYDRA_OVERRIDE ...]
+# Stages: 0 data dirs + trial lists, 1 train, 2 large-margin fine-tuning, 3 average, 4 test with
+# AS-norm. Overrides go to both training stages, after the recipe's own (e.g. num_workers=16).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,13 +15,18 @@ musan=${MUSAN:-/data/musan}         # Kaldi dirs or lists: noise, music, speech 
 rirs=${RIRS:-/data/rirs}            # Kaldi dir or list of room impulse responses
 data=${DATA:-data}
 exp=${EXP:-exp/resnet34_aam}
-num_average=${NUM_AVERAGE:-10}
+cohort=${COHORT:-}                  # AS-norm cohort (default: the training data, as WeSpeaker)
+num_average=${NUM_AVERAGE:-10}      # checkpoints averaged before fine-tuning
+num_average_lm=${NUM_AVERAGE_LM:-3} # fine-tuning checkpoints averaged for the test
+asnorm_top_n=${ASNORM_TOP_N:-300}   # 0: raw cosine scores only
+overrides=()
 
 while [ $# -gt 0 ]; do
   case $1 in
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
-    *) echo "usage: $0 [--stage N] [--stop-stage M]" >&2; exit 1 ;;
+    --*) echo "usage: $0 [--stage N] [--stop-stage M] [HYDRA_OVERRIDE ...]" >&2; exit 1 ;;
+    *) overrides+=("$1"); shift ;;
   esac
 done
 export PYTHONPATH="$(cd ../.. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
@@ -39,7 +45,7 @@ fi
 train_args=(experiment=voxceleb_resnet34_aam "data.train=[$data/vox2_dev]" "data.test=$data/vox1"
   "data.test_trials=[$data/vox1/trials_O_cleaned]" "augment.reverb.rirs=$rirs"
   "augment.noise.sources.noise.list=$musan/noise" "augment.noise.sources.music.list=$musan/music"
-  "augment.noise.sources.babble.list=$musan/speech")
+  "augment.noise.sources.babble.list=$musan/speech" ${overrides[@]+"${overrides[@]}"})
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   python -m stklia.train "${train_args[@]}" "model_dir=$exp"
@@ -52,10 +58,11 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  python -m stklia.average "model_dir=${exp}_lm" last=3
+  python -m stklia.average "model_dir=${exp}_lm" "last=$num_average_lm"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   trials=$(ls "$data"/vox1/trials_* | paste -sd, -)
-  python -m stklia.test "model_dir=${exp}_lm" checkpoint=avg_last3 "test_trials=[$trials]"
+  python -m stklia.test "model_dir=${exp}_lm" "checkpoint=avg_last$num_average_lm" "test_trials=[$trials]" \
+    "cohort=${cohort:-$data/vox2_dev}" "asnorm_top_n=$asnorm_top_n"
 fi
