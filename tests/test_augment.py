@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from scipy import signal
+import torch
+from omegaconf import OmegaConf
 
 from stklia.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.data.datasets import TrainingCrops
@@ -16,7 +17,7 @@ from stklia.data.kaldi import load_data_dir
 from stklia.errors import InputError
 from stklia.features import Fbank
 
-from conftest import SR, TINY_TRAINING, run_stklia, write_list
+from conftest import SR, TINY_TRAINING, demo_data_overrides, run_stklia, write_list
 
 
 def tone(seconds: float, hz: float, amplitude: float = 3000) -> np.ndarray:
@@ -108,15 +109,14 @@ def test_bad_noise_list_names_its_line(tmp_path: Path) -> None:
             add(tone(0.1, 100), np.random.default_rng(seed))
 
 
-def test_cli_trains_with_augmentation(demo_root: Path, tmp_path: Path) -> None:
-    root = tmp_path / "corpus"
-    for split in ("train", "eval", "test"):
-        shutil.copytree(demo_root / split, root / split, ignore=shutil.ignore_patterns("feats.*"))
-    rng = np.random.default_rng(0)
-    noise = write_list(tmp_path / "noise", "noise", [rng.normal(0, 300, SR)])
-    rirs = write_list(tmp_path / "rirs", "rir", [signal.windows.exponential(800, 0, 100, False) * 10000])
-    proc = run_stklia("train", f"data.root={root}", "data.prepare=null", *TINY_TRAINING,
-                      f"model_dir={tmp_path / 'model'}", "augment=musan_rirs", f"augment.reverb.rirs={rirs}",
-                      f"augment.noise.sources.noise.list={noise}", f"augment.noise.sources.music.list={noise}",
-                      f"augment.noise.sources.babble.list={noise}", "augment.speed.new_speakers=true", cwd=tmp_path)
+def test_cli_trains_the_demo_with_its_augmentation_sets(demo_root: Path, tmp_path: Path) -> None:
+    """experiment=demo_aug: audio input, speed perturbation as new speakers, RIRs, noise/music/babble, SpecAugment."""
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, "experiment=demo_aug",
+                      f"model_dir={tmp_path / 'model'}", "augment.speed.new_speakers=true", "augment.noise.prob=1",
+                      "augment.reverb.prob=1", cwd=tmp_path)
     assert "Test results" in proc.stdout
+    config = OmegaConf.load(tmp_path / "model" / "config.yaml")
+    assert config.data.train == [str(demo_root / "train_wav")]
+    assert config.augment.reverb.rirs == str(demo_root / "augment" / "rirs")
+    last = torch.load(tmp_path / "model" / "checkpoints" / "step_00000006.pt", weights_only=True)
+    assert last["head"]["weight"].shape[0] == 6 * 3  # each speaker at speeds 1, 0.9 and 1.1

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from stklia.augment import AudioList
 from stklia.data.demo import SMALL_DEMO, baseline_eer, default_demo_root, main, make_demo
 
 SPLITS = ("train", "eval", "test")
@@ -51,6 +52,29 @@ def test_kaldi_dirs_are_consistent(corpus: Path) -> None:
             assert 0.3 < np.mean([label == "1" for label, _, _ in trials]) < 0.7
     assert not speakers["train"] & speakers["eval"] and not speakers["train"] & speakers["test"]
     assert not speakers["eval"] & speakers["test"]
+
+
+def test_train_wav_is_the_train_audio_without_features(corpus: Path) -> None:
+    for name in ("wav.scp", "utt2spk", "spk2utt"):
+        assert (corpus / "train_wav" / name).read_text() == (corpus / "train" / name).read_text()
+    assert sorted(p.name for p in (corpus / "train_wav").iterdir()) == ["spk2utt", "utt2spk", "wav.scp"]
+
+
+def test_augmentation_sets_are_readable_and_shaped_for_their_role(corpus: Path) -> None:
+    sets = {name: AudioList(corpus / "augment" / name, 16000) for name in ("noise", "music", "babble", "rirs")}
+    assert {name: len(s) for name, s in sets.items()} == {"noise": 20, "music": 10, "babble": 20, "rirs": 20}
+    corpus_wavs = {p.resolve() for p in (corpus / "wav").glob("[!a]*/*/*.wav")}
+    for name, recordings in sets.items():
+        for i in range(len(recordings)):
+            x = recordings.read(i)
+            path = Path(recordings.entries[i][0])
+            assert path.is_relative_to(corpus) and path.resolve() not in corpus_wavs
+            if name == "rirs":  # the direct path first and loudest, then a decaying tail
+                energy = x.astype(np.float64) ** 2
+                assert np.argmax(np.abs(x)) == 0 and 0.2 <= len(x) / 16000 <= 0.8
+                assert 0 < energy[len(x) // 2:].sum() < 0.05 * energy.sum()  # a tail that has decayed by then
+            else:
+                assert len(x) >= 2 * 16000 and np.sqrt(np.mean(x.astype(np.float64) ** 2)) > 100
 
 
 def test_features_have_the_right_shape(corpus: Path) -> None:

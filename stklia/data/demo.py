@@ -10,7 +10,10 @@ far from perfect (about 25% EER, see :func:`baseline_eer`), while a small ResNet
 the speakers within minutes.
 
 The output is three Kaldi data directories (``train``, ``eval``, ``test``) with disjoint
-speakers, 16-bit wav files and Kaldi-compatible log-mel filterbanks.
+speakers, 16-bit wav files and Kaldi-compatible log-mel filterbanks; ``train_wav``, the train
+recordings without features (read as audio, for online augmentation); and ``augment/``, the
+demo's stand-ins for MUSAN (``noise``, ``music``, ``babble`` of speakers outside every split)
+and for simulated room impulse responses (``rirs``), as Kaldi dirs holding a ``wav.scp``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from stklia.features import Fbank
 from stklia.metrics import compute_eer
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
-_VERSION = 2
+_VERSION = 3
 _SPLITS = ("train", "eval", "test")
 _TRIALS_SPLITS = ("eval", "test")
 
@@ -82,6 +85,11 @@ _SESSION = {
     "snr_db": (20, 40),
     "level_dbfs": (-31, -25),  # RMS level
 }
+
+# Augmentation sets: number of recordings and duration range (s) of each.
+_AUGMENT_SETS = {"noise": (20, (2.0, 5.0)), "music": (10, (4.0, 8.0)), "babble": (20, (2.0, 4.0)),
+                 "rirs": (20, (0.2, 0.8))}  # rirs: RT60 range
+_BABBLE_SPEAKERS = 1_000_000  # babble voices are speakers from here on: in no split
 
 SMALL_DEMO = {
     "num_train_speakers": 6, "num_eval_speakers": 3, "num_test_speakers": 4, "utts_per_speaker": 4,
@@ -245,6 +253,60 @@ def _session(speech: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarra
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
 
 
+def _noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Stationary-ish background noise: coloured, slowly modulated, sometimes with a mains-like hum."""
+    x = signal.lfilter([1], [1, -rng.uniform(-0.5, 0.98)], rng.standard_normal(n))
+    t = np.arange(n) / sr
+    x *= 1 + rng.uniform(0, 0.6) * np.sin(2 * np.pi * rng.uniform(0.1, 2) * t + rng.uniform(0, 2 * np.pi))
+    if rng.random() < 0.3:
+        x += np.std(x) * rng.uniform(0.5, 2) * np.sin(2 * np.pi * rng.choice([50, 60, 100, 120]) * t)
+    return x
+
+
+def _music(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """A sequence of decaying chords of harmonic notes (plucked or bowed)."""
+    x, start = np.zeros(n), 0
+    rolloff = rng.uniform(0.8, 2.0)  # harmonic k has amplitude k^-rolloff
+    while start < n:
+        length = min(int(rng.uniform(0.2, 0.8) * sr), n - start)
+        t = np.arange(length) / sr
+        envelope = np.exp(-t * rng.uniform(1, 8)) * np.minimum(t / 0.01, 1)
+        for midi in rng.integers(40, 84, size=int(rng.integers(1, 4))):
+            f0 = 440 * 2 ** ((midi - 69) / 12)
+            for k in range(1, min(8, int(0.45 * sr / f0)) + 1):
+                x[start:start + length] += k**-rolloff * envelope * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6.3))
+        start += length
+    return x
+
+
+def _rir(rng: np.random.Generator, rt60: float, sr: int) -> np.ndarray:
+    """A simulated room impulse response: a direct path, then diffuse exponentially decaying noise."""
+    n = int(rt60 * sr)
+    t = np.arange(n) / sr
+    tail = rng.standard_normal(n) * np.exp(-6.908 * t / rt60)  # -60 dB at rt60
+    tail[: int(rng.uniform(0.002, 0.01) * sr)] = 0  # the first reflections arrive after the direct path
+    rir = rng.uniform(0.1, 0.4) * tail / np.max(np.abs(tail))
+    rir[0] = 1.0
+    return rir
+
+
+def _augment_recording(p: dict, name: str, index: int) -> np.ndarray:
+    """int16 samples of recording ``index`` of augmentation set ``name``: a pure function of its seeds."""
+    sr = p["sample_rate"]
+    rng = np.random.default_rng([p["seed"], 3, list(_AUGMENT_SETS).index(name), index])
+    low, high = _AUGMENT_SETS[name][1]
+    if name == "rirs":
+        x = _rir(rng, rng.uniform(low, high), sr)
+        return np.round(x * 32767).astype(np.int16)
+    seconds = rng.uniform(low, high)
+    if name == "babble":
+        spk = _make_speaker(np.random.default_rng([p["seed"], 0, _BABBLE_SPEAKERS + index]))
+        return _recording(spk, rng, seconds, sr)
+    x = (_noise if name == "noise" else _music)(rng, int(seconds * sr), sr)
+    x *= 32768 * 10 ** (rng.uniform(-35, -25) / 20) / np.sqrt(np.mean(x**2))
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
 def _trials(utt2spk: list[tuple[str, str]], num: int, rng: np.random.Generator) -> list[str]:
     """About half target pairs, the rest non-target, sampled without replacement."""
     utts = [utt for utt, _ in utt2spk]
@@ -260,15 +322,20 @@ def _trials(utt2spk: list[tuple[str, str]], num: int, rng: np.random.Generator) 
     return [f"{int(same[p])} {utts[i[p]]} {utts[j[p]]}\n" for p in pick]
 
 
+def _recording(spk: _Speaker, rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
+    """int16 samples of the speaker saying something for ``seconds``, in a random session."""
+    speech = _speech(spk, rng, int(seconds * _SYNTH_RATE), _SYNTH_RATE)
+    if sr != _SYNTH_RATE:
+        speech = signal.resample_poly(speech, sr, _SYNTH_RATE)
+    return _session(speech, rng, sr)
+
+
 def _utterance(p: dict, speaker: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     """int16 samples and fbank features of one utterance: a pure function of its seeds."""
     sr = p["sample_rate"]
     spk = _make_speaker(np.random.default_rng([p["seed"], 0, speaker]))
     rng = np.random.default_rng([p["seed"], 1, speaker, index])
-    speech = _speech(spk, rng, int(rng.uniform(*p["duration_range"]) * _SYNTH_RATE), _SYNTH_RATE)
-    if sr != _SYNTH_RATE:
-        speech = signal.resample_poly(speech, sr, _SYNTH_RATE)
-    samples = _session(speech, rng, sr)
+    samples = _recording(spk, rng, rng.uniform(*p["duration_range"]), sr)
     return samples, Fbank(sr, p["num_mel_bins"], dither=0)(samples)
 
 
@@ -306,6 +373,18 @@ def _build(tmp: Path, root: Path, p: dict) -> None:
         if split in num_trials:
             rng = np.random.default_rng([p["seed"], 2, split_idx])
             (d / "trials").write_text("".join(_trials(utt2spk, num_trials[split], rng)))
+    (tmp / "train_wav").mkdir()
+    for name in ("wav.scp", "utt2spk", "spk2utt"):
+        shutil.copy(tmp / "train" / name, tmp / "train_wav" / name)
+    for name, (count, _) in _AUGMENT_SETS.items():
+        (tmp / "augment" / name).mkdir(parents=True)
+        (tmp / "wav" / "augment" / name).mkdir(parents=True)
+        wav_scp = []
+        for index in range(count):
+            wav = Path("wav", "augment", name, f"{name}{index:03d}.wav")
+            wavfile.write(tmp / wav, p["sample_rate"], _augment_recording(p, name, index))
+            wav_scp.append(f"{name}{index:03d} {root / wav}\n")
+        (tmp / "augment" / name / "wav.scp").write_text("".join(wav_scp))
 
 
 def _is_complete(root: Path, marker: dict) -> bool:
