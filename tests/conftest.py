@@ -58,6 +58,12 @@ def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True,
     return proc
 
 
+def run_recipe(script: Path, *args: str, **env: str) -> None:
+    """A recipe's run.sh with arguments and extra environment variables; it must succeed."""
+    proc = subprocess.run([str(script), *args], env=stklia_env(**env), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{script} {args} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
 def demo_data_overrides(root: Path) -> list[str]:
     """Point the demo data config at a given corpus, without regenerating it."""
     return [f"data.root={root}", "data.prepare=null"]

@@ -1,7 +1,8 @@
-"""Learning-rate schedules, experiment presets and the large-margin fine-tuning stage."""
+"""Learning-rate schedules, experiment presets, the large-margin fine-tuning stage, the demo recipe."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from stklia.checkpoint import load_checkpoint
 from stklia.schedulers import warmup_cosine, warmup_exponential
 
-from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_recipe, run_stklia
 
 
 def _rates(make, steps: int) -> list[float]:
@@ -69,3 +70,16 @@ def test_lmft_stage_starts_from_another_model_dir(demo_root: Path, tmp_path: Pat
         if "running_" not in key and "num_batches" not in key:
             assert torch.equal(tuned["generator"][key], value), key
     assert torch.equal(tuned["head"]["weight"], source["head"]["weight"])
+
+
+def test_demo_recipe_trains_averages_fine_tunes_and_tests(demo_root: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    run_recipe(REPO / "recipes" / "demo" / "run.sh", *demo_data_overrides(demo_root), *TINY_TRAINING, EXP=str(exp))
+    lm = Path(f"{exp}_lm")
+    cfg = OmegaConf.load(lm / "config.yaml")
+    assert (cfg.init_from, cfg.init_checkpoint, cfg.head.margin) == (str(exp), "avg_last2", 0.5)
+    for model_dir in (exp, lm):
+        assert load_checkpoint(model_dir / "checkpoints" / "avg_last2.pt")["step"] == 6
+        (row,) = json.loads((model_dir / "results" / "avg_last2.json").read_text())["results"]
+        assert row["trials"] == str(demo_root / "test" / "trials")
+        assert 0 <= row["eer"] <= 100 and 0 <= row["asnorm_eer"] <= 100

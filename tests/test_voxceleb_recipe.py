@@ -18,7 +18,7 @@ from stklia.data.audio import read_audio
 from stklia.data.kaldi import load_data_dir, read_trials
 from stklia.features import Fbank
 
-from conftest import REPO, SR, TINY_TRAINING, stklia_env, write_list
+from conftest import REPO, SR, TINY_TRAINING, run_recipe, write_list
 
 RECIPE = REPO / "recipes" / "voxceleb"
 
@@ -52,12 +52,10 @@ def fake_voxceleb(demo_root: Path, root: Path) -> tuple[dict[str, str], dict[str
     return vox1, vox2
 
 
-def run_recipe(root: Path, *args: str, **env: str) -> None:
+def run_voxceleb(root: Path, *args: str, **env: str) -> None:
     """recipes/voxceleb/run.sh with the fake corpus of `root` and data under root/data."""
-    env = {"VOX1": str(root / "vox1"), "VOX2": str(root / "vox2"), "DATA": str(root / "data"), **env}
-    proc = subprocess.run([str(RECIPE / "run.sh"), *args], env=stklia_env(**env), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"run.sh {args} failed:\n{proc.stdout}\n{proc.stderr}"
+    run_recipe(RECIPE / "run.sh", *args, VOX1=str(root / "vox1"), VOX2=str(root / "vox2"), DATA=str(root / "data"),
+               **env)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +63,7 @@ def corpus(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     """The fake corpus with stage 0 run on it."""
     root = tmp_path_factory.mktemp("voxceleb")
     vox1, vox2 = fake_voxceleb(demo_root, root)
-    run_recipe(root, "--stage", "0", "--stop-stage", "0")
+    run_voxceleb(root, "--stage", "0", "--stop-stage", "0")
     return root, vox1, vox2
 
 
@@ -117,7 +115,7 @@ def test_every_stage_runs_end_to_end(corpus: tuple[Path, dict, dict], tmp_path: 
         write_list(musan, name, [rng.normal(0, 1000, SR) for _ in range(7 if name == "speech" else 1)])
     rirs = write_list(tmp_path, "rirs", [signal.windows.exponential(800, 0, 100, False) * 10000])
     exp = tmp_path / "exp" / "resnet34_aam"
-    run_recipe(root, "--stage", "1", *TINY_TRAINING, EXP=str(exp),
+    run_voxceleb(root, "--stage", "1", *TINY_TRAINING, EXP=str(exp),
                MUSAN=str(musan), RIRS=str(rirs), NUM_AVERAGE="2", NUM_AVERAGE_LM="2", ASNORM_TOP_N="3")
     assert (exp / "checkpoints" / "avg_last2.pt").is_file()
     lm = Path(f"{exp}_lm")

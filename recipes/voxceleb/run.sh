@@ -19,19 +19,9 @@ cohort=${COHORT:-}                  # AS-norm cohort (default: the training data
 num_average=${NUM_AVERAGE:-10}      # checkpoints averaged before fine-tuning
 num_average_lm=${NUM_AVERAGE_LM:-3} # fine-tuning checkpoints averaged for the test
 asnorm_top_n=${ASNORM_TOP_N:-300}   # 0: raw cosine scores only
-overrides=()
+. ../parse_options.sh
 
-while [ $# -gt 0 ]; do
-  case $1 in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --*) echo "usage: $0 [--stage N] [--stop-stage M] [HYDRA_OVERRIDE ...]" >&2; exit 1 ;;
-    *) overrides+=("$1"); shift ;;
-  esac
-done
-export PYTHONPATH="$(cd ../.. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
-
-if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
+if stage_in 0; then
   python local/prepare.py data "$vox1/wav" "$data/vox1"
   python local/prepare.py data "$(ls -d "$vox2"/aac "$vox2"/wav 2>/dev/null | head -1)" "$data/vox2_dev"
   # Official lists: O = veri_test, E = list_test_all, H = list_test_hard; "2" = cleaned versions.
@@ -47,21 +37,21 @@ train_args=(experiment=voxceleb_resnet34_aam "data.train=[$data/vox2_dev]" "data
   "augment.noise.sources.noise.list=$musan/noise" "augment.noise.sources.music.list=$musan/music"
   "augment.noise.sources.babble.list=$musan/speech" ${overrides[@]+"${overrides[@]}"})
 
-if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+if stage_in 1; then
   python -m stklia.train "${train_args[@]}" "model_dir=$exp"
 fi
 
-if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+if stage_in 2; then
   python -m stklia.average "model_dir=$exp" "last=$num_average"
   python -m stklia.train "${train_args[@]}" +stage=lmft "init_from=$exp" "init_checkpoint=avg_last$num_average" \
     "model_dir=${exp}_lm"
 fi
 
-if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+if stage_in 3; then
   python -m stklia.average "model_dir=${exp}_lm" "last=$num_average_lm"
 fi
 
-if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+if stage_in 4; then
   trials=$(ls "$data"/vox1/trials_* | paste -sd, -)
   python -m stklia.test "model_dir=${exp}_lm" "checkpoint=avg_last$num_average_lm" "test_trials=[$trials]" \
     "cohort=${cohort:-$data/vox2_dev}" "asnorm_top_n=$asnorm_top_n"
