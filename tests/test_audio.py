@@ -95,7 +95,7 @@ def test_audio_dir_without_features_config_is_an_input_error(wav_dir: Path) -> N
 
 def test_cli_trains_tests_and_extracts_on_wav_only_dirs(demo_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "corpus"
-    for split in ("train", "eval", "test"):
+    for split in ("train", "eval", "test", "test_noisy"):
         wav_only_copy(demo_root / split, root / split)
     model_dir = tmp_path / "model"
     proc = run_stklia("train", f"data.root={root}", "data.prepare=null", *TINY_TRAINING,

@@ -80,6 +80,6 @@ def test_demo_recipe_trains_averages_fine_tunes_and_tests(demo_root: Path, tmp_p
     assert (cfg.init_from, cfg.init_checkpoint, cfg.head.margin) == (str(exp), "avg_last2", 0.5)
     for model_dir in (exp, lm):
         assert load_checkpoint(model_dir / "checkpoints" / "avg_last2.pt")["step"] == 6
-        (row,) = json.loads((model_dir / "results" / "avg_last2.json").read_text())["results"]
-        assert row["trials"] == str(demo_root / "test" / "trials")
-        assert 0 <= row["eer"] <= 100 and 0 <= row["asnorm_eer"] <= 100
+        rows = json.loads((model_dir / "results" / "avg_last2.json").read_text())["results"]
+        assert [row["trials"] for row in rows] == [str(demo_root / name / "trials") for name in ("test", "test_noisy")]
+        assert all(0 <= row["eer"] <= 100 and 0 <= row["asnorm_eer"] <= 100 for row in rows)

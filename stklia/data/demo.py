@@ -13,7 +13,10 @@ The output is three Kaldi data directories (``train``, ``eval``, ``test``) with 
 speakers, 16-bit wav files and Kaldi-compatible log-mel filterbanks; ``train_wav``, the train
 recordings without features (read as audio, for online augmentation); and ``augment/``, the
 demo's stand-ins for MUSAN (``noise``, ``music``, ``babble`` of speakers outside every split)
-and for simulated room impulse responses (``rirs``), as Kaldi dirs holding a ``wav.scp``.
+and for simulated room impulse responses (``rirs``), as Kaldi dirs holding a ``wav.scp``; and
+``test_noisy``, the test recordings reverberated and mixed with noise, music or babble from
+held-out recordings (``augment_heldout/``), with the same trials: the condition that online
+augmentation is for.
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ import numpy as np
 from scipy import ndimage, signal
 from scipy.io import wavfile
 
+from stklia.augment import AddNoise, Reverb
 from stklia.features import Fbank
 from stklia.metrics import compute_eer
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
-_VERSION = 3
+_VERSION = 4
 _SPLITS = ("train", "eval", "test")
-_TRIALS_SPLITS = ("eval", "test")
+_TRIALS_SPLITS = ("eval", "test", "test_noisy")
 
 # Vowel-like phone targets for an adult male: F1-F4 (Hz), then bandwidths B1-B4 (Hz).
 # Peterson & Barney / Hillenbrand averages; the last two rows are nasal murmurs.
@@ -90,6 +94,7 @@ _SESSION = {
 _AUGMENT_SETS = {"noise": (20, (2.0, 5.0)), "music": (10, (4.0, 8.0)), "babble": (20, (2.0, 4.0)),
                  "rirs": (20, (0.2, 0.8))}  # rirs: RT60 range
 _BABBLE_SPEAKERS = 1_000_000  # babble voices are speakers from here on: in no split
+_HELD_OUT = 1000  # augmentation recordings from this index on corrupt test_noisy and are never trained on
 
 SMALL_DEMO = {
     "num_train_speakers": 6, "num_eval_speakers": 3, "num_test_speakers": 4, "utts_per_speaker": 4,
@@ -339,8 +344,62 @@ def _utterance(p: dict, speaker: int, index: int) -> tuple[np.ndarray, np.ndarra
     return samples, Fbank(sr, p["num_mel_bins"], dither=0)(samples)
 
 
+def _write_kaldi_dir(d: Path, utt2spk: list[tuple[str, str]], wav_scp: list[str]) -> None:
+    """wav.scp, utt2spk and spk2utt of a data dir (its feats.scp is written by the caller)."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "wav.scp").write_text("".join(wav_scp))
+    (d / "utt2spk").write_text("".join(f"{utt} {spk}\n" for utt, spk in utt2spk))
+    spk2utt: dict[str, list[str]] = {}
+    for utt, spk in utt2spk:
+        spk2utt.setdefault(spk, []).append(utt)
+    (d / "spk2utt").write_text("".join(f"{spk} {' '.join(utts)}\n" for spk, utts in spk2utt.items()))
+
+
+def _write_augment_sets(tmp: Path, p: dict, folder: str, first: int, sizes: dict[str, int]) -> None:
+    """Recordings first..first+size of each augmentation set, as Kaldi dirs tmp/folder/<set>/wav.scp."""
+    for name, count in sizes.items():
+        (tmp / folder / name).mkdir(parents=True)
+        (tmp / "wav" / folder / name).mkdir(parents=True)
+        wav_scp = []
+        for index in range(first, first + count):
+            wav = tmp / "wav" / folder / name / f"{name}{index:04d}.wav"
+            wavfile.write(wav, p["sample_rate"], _augment_recording(p, name, index))
+            wav_scp.append(f"{name}{index:04d} {wav}\n")
+        (tmp / folder / name / "wav.scp").write_text("".join(wav_scp))
+
+
+def _corrupt(tmp: Path, p: dict) -> None:
+    """test_noisy: each test recording reverberated (p=0.5) and mixed with noise, music or babble at a
+    low SNR, all from held-out recordings of the augmentation sets (never seen in training)."""
+    sr, held_out = p["sample_rate"], tmp / "augment_heldout"
+    reverb = Reverb(held_out / "rirs", prob=0.5, sample_rate=sr)
+    noise = AddNoise({"noise": {"list": held_out / "noise", "snr": [0, 10]},
+                      "music": {"list": held_out / "music", "snr": [0, 10]},
+                      "babble": {"list": held_out / "babble", "snr": [5, 15], "count": [3, 6]}},
+                     prob=1.0, sample_rate=sr)
+    d = tmp / "test_noisy"
+    d.mkdir()
+    utt2spk, wav_scp = [], []
+    with kaldiio.WriteHelper(f"ark,scp:{d / 'feats.ark'},{d / 'feats.scp'}") as writer:
+        for line in (tmp / "test" / "wav.scp").read_text().splitlines():
+            utt, path = line.split()
+            spk, index = utt.split("-")
+            rng = np.random.default_rng([p["seed"], 4, int(spk[3:]), int(index)])
+            samples = noise(reverb(wavfile.read(path)[1].astype(np.float32), rng), rng)
+            samples = np.clip(np.round(samples), -32768, 32767).astype(np.int16)
+            wav = tmp / "wav" / "test_noisy" / spk / f"{utt}-noisy.wav"
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            wavfile.write(wav, sr, samples)
+            writer(f"{utt}-noisy", Fbank(sr, p["num_mel_bins"], dither=0)(samples))
+            utt2spk.append((f"{utt}-noisy", spk))
+            wav_scp.append(f"{utt}-noisy {wav}\n")
+    _write_kaldi_dir(d, utt2spk, wav_scp)
+    trials = [line.split() for line in (tmp / "test" / "trials").read_text().splitlines()]
+    (d / "trials").write_text("".join(f"{label} {a}-noisy {b}-noisy\n" for label, a, b in trials))
+
+
 def _build(tmp: Path, root: Path, p: dict) -> None:
-    """Write the corpus into ``tmp`` with every path already pointing into ``root``."""
+    """Write the corpus into ``tmp``, then point every path of its scp files into ``root``."""
     counts = [p["num_train_speakers"], p["num_eval_speakers"], p["num_test_speakers"]]
     utts_per_spk = [p["utts_per_speaker"], p["test_utts_per_speaker"], p["test_utts_per_speaker"]]
     num_trials = {"eval": p["num_eval_trials"], "test": p["num_trials"]}
@@ -356,35 +415,25 @@ def _build(tmp: Path, root: Path, p: dict) -> None:
                 for u in range(n_utts):
                     samples, feats = _utterance(p, s, u)
                     utt = f"{spk_id}-{u:04d}"
-                    wav = Path("wav", split, spk_id, f"{utt}.wav")
-                    wavfile.write(tmp / wav, p["sample_rate"], samples)
+                    wav = tmp / "wav" / split / spk_id / f"{utt}.wav"
+                    wavfile.write(wav, p["sample_rate"], samples)
                     writer(utt, feats)
                     utt2spk.append((utt, spk_id))
-                    wav_scp.append(f"{utt} {root / wav}\n")
+                    wav_scp.append(f"{utt} {wav}\n")
         first += count
-        scp = d / "feats.scp"  # written with the temporary ark path: point it at the final one
-        scp.write_text(scp.read_text().replace(str(d / "feats.ark"), str(root / split / "feats.ark")))
-        (d / "wav.scp").write_text("".join(wav_scp))
-        (d / "utt2spk").write_text("".join(f"{utt} {spk}\n" for utt, spk in utt2spk))
-        spk2utt: dict[str, list[str]] = {}
-        for utt, spk in utt2spk:
-            spk2utt.setdefault(spk, []).append(utt)
-        (d / "spk2utt").write_text("".join(f"{spk} {' '.join(utts)}\n" for spk, utts in spk2utt.items()))
+        _write_kaldi_dir(d, utt2spk, wav_scp)
         if split in num_trials:
             rng = np.random.default_rng([p["seed"], 2, split_idx])
             (d / "trials").write_text("".join(_trials(utt2spk, num_trials[split], rng)))
     (tmp / "train_wav").mkdir()
     for name in ("wav.scp", "utt2spk", "spk2utt"):
         shutil.copy(tmp / "train" / name, tmp / "train_wav" / name)
-    for name, (count, _) in _AUGMENT_SETS.items():
-        (tmp / "augment" / name).mkdir(parents=True)
-        (tmp / "wav" / "augment" / name).mkdir(parents=True)
-        wav_scp = []
-        for index in range(count):
-            wav = Path("wav", "augment", name, f"{name}{index:03d}.wav")
-            wavfile.write(tmp / wav, p["sample_rate"], _augment_recording(p, name, index))
-            wav_scp.append(f"{name}{index:03d} {root / wav}\n")
-        (tmp / "augment" / name / "wav.scp").write_text("".join(wav_scp))
+    _write_augment_sets(tmp, p, "augment", 0, {name: count for name, (count, _) in _AUGMENT_SETS.items()})
+    _write_augment_sets(tmp, p, "augment_heldout", _HELD_OUT, {name: count // 2 for name, (count, _) in
+                                                                _AUGMENT_SETS.items()})
+    _corrupt(tmp, p)
+    for scp in tmp.rglob("*.scp"):
+        scp.write_text(scp.read_text().replace(str(tmp), str(root)))
 
 
 def _is_complete(root: Path, marker: dict) -> bool:
