@@ -150,8 +150,8 @@ class SpecAugment:
 
 
 class Augment:
-    """The augmentation of one training item: speed, then reverberation and noise on audio utterances
-    (feats.scp utterances have no audio to change), then SpecAugment on the feature crop."""
+    """The augmentation of one training item: speed, then reverberation and noise on the audio crop of
+    audio utterances (feats.scp utterances have no audio to change), then SpecAugment on the feature crop."""
 
     def __init__(self, speed: SpeedPerturb | None = None, reverb: Reverb | None = None,
                  noise: AddNoise | None = None, specaugment: SpecAugment | None = None):
@@ -165,9 +165,11 @@ class Augment:
     def choose_speed(self, rng: np.random.Generator) -> int:
         return self.speed.choose(rng) if self.speed else 0
 
-    def audio(self, samples: np.ndarray, rng: np.random.Generator, speed: int) -> np.ndarray:
-        if self.speed:
-            samples = self.speed.apply(samples, speed)
+    def perturb_speed(self, samples: np.ndarray, speed: int) -> np.ndarray:
+        return self.speed.apply(samples, speed) if self.speed else samples
+
+    def corrupt(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Reverberation, then additive noise (each with its probability)."""
         for transform in (self.reverb, self.noise):
             if transform:
                 samples = transform(samples, rng)

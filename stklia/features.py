@@ -27,6 +27,11 @@ class Fbank:
     def dim(self) -> int:
         return self.num_mel_bins
 
+    def num_samples(self, frames: int) -> int:
+        """The number of samples that gives `frames` frames (snip edges: one window, then one shift each)."""
+        window, shift = (round(ms * self.sample_rate / 1000) for ms in (self.frame_length_ms, self.frame_shift_ms))
+        return window + (frames - 1) * shift
+
     def _options(self) -> knf.FbankOptions:
         opts = knf.FbankOptions()
         opts.frame_opts.samp_freq = self.sample_rate

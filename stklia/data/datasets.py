@@ -17,17 +17,20 @@ def normalise(feats: np.ndarray, cmn: bool) -> np.ndarray:
     return feats - feats.mean(axis=0, keepdims=True) if cmn else feats
 
 
-def random_crop(feats: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """A window of `length` frames; shorter utterances are first repeated until long enough."""
-    if len(feats) < length:
-        return np.resize(feats, (length, feats.shape[1]))  # repeats whole rows, in order
-    start = rng.integers(0, len(feats) - length + 1)
-    return feats[start : start + length]
+def random_crop(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A window of `length` frames (or samples); shorter utterances are first repeated until long enough."""
+    if len(x) < length:
+        return np.resize(x, (length, *x.shape[1:]))  # repeats whole rows, in order
+    start = rng.integers(0, len(x) - length + 1)
+    return x[start : start + length]
 
 
 class TrainingCrops(Dataset):
     """Item (utterance index, crop seed) -> (crop of max_seq_len frames, class label), optionally augmented.
 
+    Audio utterances are cropped before augmentation and feature computation (as WeSpeaker does),
+    so their cost does not grow with the utterance's length; their mean normalisation is over the
+    crop. Feature utterances are normalised over the whole utterance, then cropped.
     The class is the speaker's, or with speed perturbation as new speakers, speaker + k * num_speakers.
     """
 
@@ -45,18 +48,29 @@ class TrainingCrops(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, crop_seed = item
         rng = np.random.default_rng(crop_seed)
+        utt = self.data.utts[index]
         label = int(self.labels[index])
-        if self.augment is None:
-            feats = self.data.load(self.data.utts[index], rng)
-        else:
-            speed = self.augment.choose_speed(rng)
-            feats = self.data.load(self.data.utts[index], rng, lambda x: self.augment.audio(x, rng, speed))
-            if self.augment.num_label_copies > 1:
+        speed = self.augment.choose_speed(rng) if self.augment else 0  # drawn for every item: draws never shift
+        if utt in self.data.audio:
+            crop = normalise(self._audio_features(utt, speed, rng), self.cmn)
+            if self.augment and self.augment.num_label_copies > 1:
                 label += speed * len(self.data.speakers)
-        crop = random_crop(normalise(feats, self.cmn), self.max_seq_len, rng)
-        if self.augment is not None:
+        else:
+            crop = random_crop(normalise(self.data.load(utt), self.cmn), self.max_seq_len, rng)
+        if self.augment:
             crop = self.augment.spectral(crop, rng)
         return torch.from_numpy(np.ascontiguousarray(crop)), label
+
+    def _audio_features(self, utt: str, speed: int, rng: np.random.Generator) -> np.ndarray:
+        """Dithered features of a random audio crop of max_seq_len frames, after speed perturbation, with
+        reverberation and noise."""
+        samples = self.data.read_audio(utt)
+        if self.augment:
+            samples = self.augment.perturb_speed(samples, speed)
+        samples = random_crop(samples, self.data.features.num_samples(self.max_seq_len), rng)
+        if self.augment:
+            samples = self.augment.corrupt(samples, rng)
+        return self.data.features(samples, rng)
 
 
 class BatchSchedule(Sampler[list[tuple[int, int]]]):

@@ -7,9 +7,10 @@ run fails at start-up with one clear line instead of deep inside training.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import kaldiio
 import numpy as np
@@ -59,8 +60,16 @@ def _ark_path(rxfilename: str) -> Path | None:
     return Path(path)
 
 
-# Features of audio: (int16-scaled samples, rng or None) -> (frames, dims), with a sample_rate attribute.
-Featurizer = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
+class Featurizer(Protocol):
+    """Features of audio (stklia.features.Fbank): int16-scaled samples -> (frames, dims)."""
+
+    sample_rate: int
+
+    def __call__(self, samples: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray: ...
+
+    def num_samples(self, frames: int) -> int:
+        """The number of samples that gives `frames` frames."""
+        ...
 
 
 @dataclass
@@ -100,16 +109,10 @@ class DataSet:
                              f"expects {self.features.sample_rate}", line)
         return samples
 
-    def load(self, utt: str, rng: np.random.Generator | None = None,
-             transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-        """Features of one utterance as a float32 (frames, dims) matrix.
-
-        With a random generator (training), features computed from audio are dithered, and
-        `transform` (augmentation) changes the audio first.
-        """
+    def load(self, utt: str) -> np.ndarray:
+        """Features of one whole utterance as a float32 (frames, dims) matrix (from audio: not dithered)."""
         if utt in self.audio:
-            samples = self.read_audio(utt)
-            mat = self.features(transform(samples) if transform else samples, rng)
+            mat = self.features(self.read_audio(utt))
         else:
             try:
                 mat = kaldiio.load_mat(self.feats[utt])
