@@ -39,7 +39,7 @@ from stklia.features import Fbank
 from stklia.metrics import compute_eer
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
-_VERSION = 4
+_VERSION = 5
 _SPLITS = ("train", "eval", "test")
 _TRIALS_SPLITS = ("eval", "test", "test_noisy")
 
@@ -369,13 +369,13 @@ def _write_augment_sets(tmp: Path, p: dict, folder: str, first: int, sizes: dict
 
 
 def _corrupt(tmp: Path, p: dict) -> None:
-    """test_noisy: each test recording reverberated (p=0.5) and mixed with noise, music or babble at a
-    low SNR, all from held-out recordings of the augmentation sets (never seen in training)."""
+    """test_noisy: each test recording reverberated (p=0.5) and mixed with noise, music or babble at the
+    SNRs of augment=musan_rirs, all from held-out recordings of the augmentation sets (never trained on)."""
     sr, held_out = p["sample_rate"], tmp / "augment_heldout"
     reverb = Reverb(held_out / "rirs", prob=0.5, sample_rate=sr)
-    noise = AddNoise({"noise": {"list": held_out / "noise", "snr": [0, 10]},
-                      "music": {"list": held_out / "music", "snr": [0, 10]},
-                      "babble": {"list": held_out / "babble", "snr": [5, 15], "count": [3, 6]}},
+    noise = AddNoise({"noise": {"list": held_out / "noise", "snr": [5, 15]},
+                      "music": {"list": held_out / "music", "snr": [5, 15]},
+                      "babble": {"list": held_out / "babble", "snr": [13, 20], "count": [3, 7]}},
                      prob=1.0, sample_rate=sr)
     d = tmp / "test_noisy"
     d.mkdir()
