@@ -69,6 +69,15 @@ def demo_data_overrides(root: Path) -> list[str]:
     return [f"data.root={root}", "data.prepare=null"]
 
 
+@pytest.fixture(scope="module")
+def trained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory from one tiny training run (6 steps, checkpoints at 3 and 6), one per test module."""
+    model_dir = tmp_path_factory.mktemp("trained") / "model"
+    run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={model_dir}",
+               cwd=model_dir.parent)
+    return model_dir
+
+
 def make_enrollment(data_dir: Path, out: Path, per_speaker: int = 2) -> Path:
     """A Kaldi dir `out` enrolling each speaker of data_dir with its first `per_speaker` utterances, and
     `out/trials`: every enrolled speaker against every other utterance of data_dir (`<label> <speaker> <utt>`)."""

@@ -17,15 +17,6 @@ from stklia.data.kaldi import load_data_dir, read_trials
 from conftest import REPO, TINY_TRAINING, assert_same_run, demo_data_overrides, make_enrollment, run_stklia
 
 
-@pytest.fixture(scope="module")
-def trained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory from one tiny training run (6 steps, checkpoints at 3 and 6)."""
-    model_dir = tmp_path_factory.mktemp("run") / "model"
-    run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={model_dir}",
-               cwd=model_dir.parent)
-    return model_dir
-
-
 def test_train_writes_a_complete_model_dir(trained: Path, demo_root: Path) -> None:
     assert sorted(list_checkpoints(trained)) == [3, 6]
     state = load_checkpoint(trained / "checkpoints" / "step_00000006.pt")

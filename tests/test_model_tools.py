@@ -14,22 +14,13 @@ from stklia.checkpoint import load_checkpoint
 from stklia.models.pooling import POOLINGS
 from stklia.models.resnet import ResNet
 
-from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import run_stklia
 
 
 def assert_close(got: np.ndarray, expected: np.ndarray, tol: float) -> None:
     """Equal to `tol` relative to the embedding's scale (the BatchNorm statistics of a 6-step model make
     embedding values large)."""
     assert np.abs(got - expected).max() <= tol * np.abs(expected).max()
-
-
-@pytest.fixture(scope="module")
-def trained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory from one tiny training run (6 steps, checkpoints at 3 and 6)."""
-    model_dir = tmp_path_factory.mktemp("tools") / "model"
-    run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={model_dir}",
-               cwd=model_dir.parent)
-    return model_dir
 
 
 def test_average_is_the_elementwise_mean_and_usable_by_test_and_extract(trained: Path, tmp_path: Path) -> None:
