@@ -100,6 +100,15 @@ def test_augmented_items_are_a_function_of_the_crop_seed(demo_root: Path, tmp_pa
     assert labels == {1, 2}
 
 
+def test_feature_utterances_keep_their_speaker_under_speed_perturbation(demo_root: Path) -> None:
+    """feats.scp utterances have no audio to perturb, so they are never made into speed classes."""
+    data = load_data_dir(demo_root / "train")
+    crops = TrainingCrops(data, 50, True, Augment(SpeedPerturb(prob=1.0, factors=[0.9, 1.1], new_speakers=True)))
+    assert crops.num_classes == 3 * len(data.speakers)
+    for index in (0, 5):
+        assert [crops[index, seed][1] for seed in range(4)] == [crops.labels[index]] * 4
+
+
 def test_bad_noise_list_names_its_line(tmp_path: Path) -> None:
     noise = write_list(tmp_path, "noise", [np.ones(100), np.ones(100)])
     soundfile.write(tmp_path / "noise1.wav", np.ones(100, dtype=np.int16), 8000)
