@@ -11,7 +11,7 @@ the speakers within minutes.
 
 The output is three Kaldi data directories (``train``, ``eval``, ``test``) with disjoint
 speakers, 16-bit wav files and Kaldi-compatible log-mel filterbanks; ``train_wav``, the train
-recordings without features (read as audio, for online augmentation); and ``augment/``, the
+recordings without features (read as audio, for online augmentation); ``augment/``, the
 demo's stand-ins for MUSAN (``noise``, ``music``, ``babble`` of speakers outside every split)
 and for simulated room impulse responses (``rirs``), as Kaldi dirs holding a ``wav.scp``; and
 ``test_noisy``, the test recordings reverberated and mixed with noise, music or babble from
