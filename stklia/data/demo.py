@@ -238,6 +238,11 @@ def _speech(spk: _Speaker, rng: np.random.Generator, n: int, sr: int) -> np.ndar
     return out / (np.sqrt(np.mean(out**2)) + 1e-12)
 
 
+def _to_int16(x: np.ndarray) -> np.ndarray:
+    """Samples on the int16 scale, rounded and clipped, as a 16-bit wav stores them."""
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
 def _session(speech: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
     """Recording conditions: random microphone/channel EQ, band limits, noise, level -> int16."""
     grid = np.linspace(0, sr / 2, 65)
@@ -255,7 +260,7 @@ def _session(speech: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarra
     noise /= np.sqrt(np.mean(noise**2))
     x += noise * 10 ** (-rng.uniform(*_SESSION["snr_db"]) / 20)
     x *= 32768 * 10 ** (rng.uniform(*_SESSION["level_dbfs"]) / 20) / np.sqrt(np.mean(x**2))
-    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+    return _to_int16(x)
 
 
 def _noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
@@ -309,7 +314,7 @@ def _augment_recording(p: dict, name: str, index: int) -> np.ndarray:
         return _recording(spk, rng, seconds, sr)
     x = (_noise if name == "noise" else _music)(rng, int(seconds * sr), sr)
     x *= 32768 * 10 ** (rng.uniform(-35, -25) / 20) / np.sqrt(np.mean(x**2))
-    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+    return _to_int16(x)
 
 
 def _trials(utt2spk: list[tuple[str, str]], num: int, rng: np.random.Generator) -> list[str]:
@@ -377,6 +382,7 @@ def _corrupt(tmp: Path, p: dict) -> None:
                       "music": {"list": held_out / "music", "snr": [5, 15]},
                       "babble": {"list": held_out / "babble", "snr": [13, 20], "count": [3, 7]}},
                      prob=1.0, sample_rate=sr)
+    fbank = Fbank(sr, p["num_mel_bins"], dither=0)
     d = tmp / "test_noisy"
     d.mkdir()
     utt2spk, wav_scp = [], []
@@ -385,12 +391,11 @@ def _corrupt(tmp: Path, p: dict) -> None:
             utt, path = line.split()
             spk, index = utt.split("-")
             rng = np.random.default_rng([p["seed"], 4, int(spk[3:]), int(index)])
-            samples = noise(reverb(wavfile.read(path)[1].astype(np.float32), rng), rng)
-            samples = np.clip(np.round(samples), -32768, 32767).astype(np.int16)
+            samples = _to_int16(noise(reverb(wavfile.read(path)[1].astype(np.float32), rng), rng))
             wav = tmp / "wav" / "test_noisy" / spk / f"{utt}-noisy.wav"
             wav.parent.mkdir(parents=True, exist_ok=True)
             wavfile.write(wav, sr, samples)
-            writer(f"{utt}-noisy", Fbank(sr, p["num_mel_bins"], dither=0)(samples))
+            writer(f"{utt}-noisy", fbank(samples))
             utt2spk.append((f"{utt}-noisy", spk))
             wav_scp.append(f"{utt}-noisy {wav}\n")
     _write_kaldi_dir(d, utt2spk, wav_scp)
