@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Speaker embeddings (x-vectors) with PyTorch and Hydra on Kaldi data",
     packages=find_packages(include=["stklia", "stklia.*"]),
+    package_data={"stklia": ["conf/**/*.yaml", "conf/**/*.md"]},  # the Hydra configs ship with the package
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

@@ -101,7 +101,7 @@ def bench_cosine(args: argparse.Namespace, rng: np.random.Generator) -> tuple[li
 
 def bench_extraction(args: argparse.Namespace) -> list[str]:
     data_dir = Path(args.data) if args.data else ensure_demo() / "test"
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "stklia" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={args.model}", "data.prepare=null"])
     generator = instantiate(cfg.model).eval()
     data = load_data(data_dir)

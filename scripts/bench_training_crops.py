@@ -25,7 +25,7 @@ from bench_metrics import best_of  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from stklia.augment import Augment  # noqa: E402
+from stklia.data.augment import Augment  # noqa: E402
 from stklia.data.datasets import TrainingCrops, normalise, random_crop  # noqa: E402
 from stklia.data.demo import ensure_demo  # noqa: E402
 from stklia.data.kaldi import load_data  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     root = ensure_demo(args.root)
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo_aug", f"data.root={root}"])
     features = instantiate(cfg.data.features)
     audio = load_data(str(root / "train_wav"), features)

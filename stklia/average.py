@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from stklia.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, resolve_checkpoint
 from stklia.errors import InputError, exit_on_input_error
-from stklia.io import atomic_output
+from stklia.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def average_checkpoints(model_dir: str | os.PathLike, paths: Sequence[Path], nam
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf/saved_model", config_name="average")
+@hydra.main(version_base="1.3", config_path="conf/trained", config_name="average")
 def main(cfg: DictConfig) -> None:
     with exit_on_input_error():
         paths = select_checkpoints(cfg.model_dir, cfg.last, cfg.checkpoints)

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from stklia.errors import InputError
-from stklia.io import atomic_output, write_json
+from stklia.atomic import atomic_output, write_json
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")  # left by a save that was killed (see io.atomic_output)

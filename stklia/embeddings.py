@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from stklia.data.datasets import Utterances
 from stklia.data.kaldi import DataSet
-from stklia.io import atomic_output
+from stklia.atomic import atomic_output
 
 FORMATS = ("ark", "txt", "pt")
 SORT_POOL_BATCHES = 32  # batches' worth of frames sorted together: enough for little padding

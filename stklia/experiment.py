@@ -17,7 +17,7 @@ from stklia.checkpoint import load_checkpoint, resolve_checkpoint
 from stklia.data.demo import default_demo_root
 from stklia.data.kaldi import DataSet, check_feature_dim, load_data, read_trials
 from stklia.errors import InputError
-from stklia.io import atomic_output, write_json
+from stklia.atomic import atomic_output, write_json
 from stklia.scoring import EvalData, evaluate, format_results, write_results
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from stklia.api import Embedder, load
 from stklia.errors import InputError, exit_on_input_error
-from stklia.io import atomic_output
+from stklia.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def export(model_dir: str | os.PathLike, fmt: str, checkpoint: str | int = "last
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf/saved_model", config_name="export")
+@hydra.main(version_base="1.3", config_path="conf/trained", config_name="export")
 def main(cfg: DictConfig) -> None:
     with exit_on_input_error():
         print(f"wrote {export(cfg.model_dir, cfg.format, cfg.checkpoint, cfg.out)}")

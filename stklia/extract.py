@@ -10,7 +10,7 @@ from stklia.errors import InputError, exit_on_input_error
 from stklia.experiment import SPLITS, load_experiment, load_split, prepare_data, resolve_device
 
 
-@hydra.main(version_base="1.3", config_path="../conf/saved_model", config_name="extract")
+@hydra.main(version_base="1.3", config_path="conf/trained", config_name="extract")
 def main(cfg: DictConfig) -> None:
     with exit_on_input_error():
         if cfg.format not in FORMATS:

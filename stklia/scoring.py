@@ -29,7 +29,7 @@ from torch import nn
 from stklia.data.kaldi import DataSet, Trials
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
-from stklia.io import atomic_output, write_json
+from stklia.atomic import atomic_output, write_json
 from stklia.metrics import compute_eer, compute_min_dcf
 
 

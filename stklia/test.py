@@ -9,7 +9,7 @@ from stklia.errors import exit_on_input_error
 from stklia.experiment import load_experiment, load_test_set, prepare_data, resolve_device, test_model
 
 
-@hydra.main(version_base="1.3", config_path="../conf/saved_model", config_name="test")
+@hydra.main(version_base="1.3", config_path="conf/trained", config_name="test")
 def main(cfg: DictConfig) -> float:
     with exit_on_input_error():
         experiment, generator, step = load_experiment(cfg.model_dir, cfg.checkpoint)

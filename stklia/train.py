@@ -16,7 +16,7 @@ from stklia.experiment import check_complete
 from stklia.trainer import train
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     model_dir = Path(hydra_cfg.runtime.output_dir)  # in a sweep, each job's own directory

@@ -93,14 +93,14 @@ def make_enrollment(data_dir: Path, out: Path, per_speaker: int = 2) -> Path:
     return out
 
 
-def tiny_resnet(pooling: str, seed: int = 0) -> ResNet:
+def tiny_resnet(pooling: str, seed: int = 0, block: str = "basic") -> ResNet:
     """A small ResNet in eval mode whose 2-D batch norms have non-trivial statistics and biases.
 
     With the default ones (mean 0, var 1, bias 0) padded zeros would stay zero through every
     layer, and forgetting to re-zero them would go unnoticed.
     """
     torch.manual_seed(seed)
-    model = ResNet(40, layers=[1, 2, 1, 1], num_filters=[4, 8, 8, 8], emb_size=16, pooling=pooling)
+    model = ResNet(40, layers=[1, 2, 1, 1], num_filters=[4, 8, 8, 8], emb_size=16, pooling=pooling, block=block)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.5)

@@ -11,11 +11,11 @@ import soundfile
 import torch
 from omegaconf import OmegaConf
 
-from stklia.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
+from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.data.datasets import TrainingCrops
 from stklia.data.kaldi import load_data_dir
 from stklia.errors import InputError
-from stklia.features import Fbank
+from stklia.data.features import Fbank
 
 from conftest import SR, TINY_TRAINING, demo_data_overrides, run_stklia, write_list
 

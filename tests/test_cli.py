@@ -125,7 +125,7 @@ def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
         cfg = compose("train", ["hydra/launcher=slurm_gpu", "hydra.launcher.tasks_per_node=4"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher

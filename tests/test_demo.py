@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from stklia.augment import AudioList
+from stklia.data.augment import AudioList
 from stklia.data.demo import SMALL_DEMO, baseline_eer, default_demo_root, main, make_demo
 
 SPLITS = ("train", "eval", "test")

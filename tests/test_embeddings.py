@@ -29,13 +29,13 @@ def assert_close(a: np.ndarray, b: np.ndarray) -> None:
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
-@pytest.mark.parametrize("pooling", list(POOLINGS))
-def test_padded_batch_equals_one_by_one(pooling: str) -> None:
+@pytest.mark.parametrize(("pooling", "block"), [(p, "basic") for p in POOLINGS] + [("statistical", "bottleneck")])
+def test_padded_batch_equals_one_by_one(pooling: str, block: str) -> None:
     # odd and even lengths: each stride-2 stage rounds the valid length up (L -> ceil(L / 2))
     lengths = [37, 64, 65, 100, 23, 129]
     rng = np.random.default_rng(1)
     feats = [rng.normal(size=(n, 40)).astype(np.float32) for n in lengths]
-    model = tiny_resnet(pooling)
+    model = tiny_resnet(pooling, block=block)
     batch = torch.from_numpy(rng.normal(size=(len(lengths), max(lengths), 40)).astype(np.float32))  # garbage padding
     for i, f in enumerate(feats):
         batch[i, : len(f)] = torch.from_numpy(f)

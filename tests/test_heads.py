@@ -16,7 +16,7 @@ from stklia.heads import AdaCos, AMSoftmax, ArcFace, Head, Softmax, SphereFace, 
 
 D, C = 12, 7
 CLAMP = 1 - 1e-7  # the heads clamp cosines to [-CLAMP, CLAMP]
-CONF = Path(__file__).resolve().parents[1] / "conf" / "head"
+CONF = Path(__file__).resolve().parents[1] / "stklia" / "conf" / "head"
 
 
 # ---- the formulas, in float64 numpy ----------------------------------------------------------

@@ -45,7 +45,7 @@ def test_warmup_then_decay_follows_the_closed_form(kind: str) -> None:
 
 
 def test_experiment_preset_composes_a_whole_recipe() -> None:
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=voxceleb_resnet34_aam"])
     assert cfg.model.layers == [3, 4, 6, 3] and cfg.head._target_ == "stklia.heads.ArcFace"
     assert cfg.data.features.num_mel_bins == cfg.data.features_per_frame == 80

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from stklia.augment import Augment
+from stklia.data.augment import Augment
 from stklia.data.kaldi import DataSet
 
 

@@ -34,8 +34,8 @@ import numpy as np
 from scipy import ndimage, signal
 from scipy.io import wavfile
 
-from stklia.augment import AddNoise, Reverb
-from stklia.features import Fbank
+from stklia.data.augment import AddNoise, Reverb
+from stklia.data.features import Fbank
 from stklia.metrics import compute_eer
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.

@@ -61,7 +61,7 @@ def _ark_path(rxfilename: str) -> Path | None:
 
 
 class Featurizer(Protocol):
-    """Features of audio (stklia.features.Fbank): int16-scaled samples -> (frames, dims)."""
+    """Features of audio (stklia.data.features.Fbank): int16-scaled samples -> (frames, dims)."""
 
     sample_rate: int
 

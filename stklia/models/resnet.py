@@ -1,8 +1,9 @@
 """ResNet x-vector generator over acoustic features, in the manner of torchvision's resnet.py.
 
-Input (batch, frames, features_per_frame) is treated as a one-channel image. Four stages of
-BasicBlocks (the first keeps the resolution, the others halve it), then the frequency axis is
-folded into channels, frames are pooled, and a linear layer + batch norm gives the embedding.
+Input (batch, frames, features_per_frame) is treated as a one-channel image. Stages of residual
+blocks (BasicBlock up to ResNet-34, Bottleneck above; the first stage keeps the resolution, the
+others halve it), then the frequency axis is folded into channels, frames are pooled, and a linear
+layer + batch norm gives the embedding. `resnet18()` ... `resnet293()` build WeSpeaker's depths.
 
 Padded batches: `forward(feats, lengths)` embeds utterances of different lengths padded to one
 tensor exactly as each would be embedded alone. Alone, every 3x3 convolution sees zeros beyond
@@ -50,6 +51,8 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (the first strided) and a shortcut: ResNet-18/34."""
+
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
@@ -63,15 +66,51 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """`lengths`: valid frames of each output (after this block's stride), None if unpadded."""
+        """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
+        out_lengths = None if lengths is None else strided_length(lengths, self.stride)
         identity = x if self.downsample is None else self.downsample(x)
-        out = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)
+        out = zero_padding(self.relu(self.bn1(self.conv1(x))), out_lengths)
         out = self.bn2(self.conv2(out))
-        return zero_padding(self.relu(out + identity), lengths)
+        return zero_padding(self.relu(out + identity), out_lengths)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduction, strided 3x3, 1x1 expansion (x4) and a shortcut: ResNet-50 and deeper (WeSpeaker's
+    ResNet-50/101/221/293 put the stride on the 3x3 convolution, as torchvision does)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
+        out_lengths = None if lengths is None else strided_length(lengths, self.stride)
+        identity = x if self.downsample is None else self.downsample(x)
+        out = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # the 3x3 must see zeros there
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return zero_padding(self.relu(out + identity), out_lengths)
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
-    """ResNet generator: features -> embedding of size `emb_size`."""
+    """ResNet generator: features -> embedding of size `emb_size`.
+
+    `block` is "basic" (BasicBlock) or "bottleneck" (Bottleneck); `layers` the number of blocks of each
+    stage and `num_filters` their widths (a bottleneck stage outputs 4x its width).
+    """
 
     def __init__(
         self,
@@ -81,10 +120,14 @@ class ResNet(nn.Module):
         emb_size: int = 256,
         pooling: str = "statistical",
         zero_init_residual: bool = False,
+        block: str = "basic",
     ):
         super().__init__()
         if len(layers) != len(num_filters):
             raise ValueError(f"layers {list(layers)} and num_filters {list(num_filters)} differ in length")
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block '{block}', choose one of: {', '.join(BLOCKS)}")
+        block_type = BLOCKS[block]
         self.features_per_frame = features_per_frame
         self.emb_size = emb_size
         self.inplanes = num_filters[0]
@@ -92,11 +135,11 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.stages = nn.Sequential(*(
-            self._make_stage(planes, blocks, stride=1 if i == 0 else 2)
+            self._make_stage(block_type, planes, blocks, stride=1 if i == 0 else 2)
             for i, (planes, blocks) in enumerate(zip(num_filters, layers))
         ))
         out_freq = math.ceil(features_per_frame / 2 ** (len(layers) - 1))
-        self.pooling = build_pooling(pooling, num_filters[-1] * BasicBlock.expansion * out_freq)
+        self.pooling = build_pooling(pooling, num_filters[-1] * block_type.expansion * out_freq)
         self.fc = nn.Linear(self.pooling.out_channels, emb_size)
         self.bn2 = nn.BatchNorm1d(emb_size)
 
@@ -108,19 +151,22 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:  # each block starts as the identity (Goyal et al., 2017)
             for m in self.modules():
-                if isinstance(m, BasicBlock):
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def _make_stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    def _make_stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
+                    stride: int) -> nn.Sequential:
         downsample = None
-        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+        if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * BasicBlock.expansion, stride),
-                nn.BatchNorm2d(planes * BasicBlock.expansion),
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
             )
-        stage = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * BasicBlock.expansion
-        stage += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        stage = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        stage += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,8 +175,39 @@ class ResNet(nn.Module):
         x = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # (B, C, T, F)
         for stage in self.stages:
             for block in stage:
-                lengths = None if lengths is None else strided_length(lengths, block.stride)
                 x = block(x, lengths)  # (B, C', T', F')
+                lengths = None if lengths is None else strided_length(lengths, block.stride)
         mask = None if lengths is None else frame_mask(lengths, x.shape[2])
         x = x.permute(0, 1, 3, 2).flatten(1, 2)  # (B, C' * F', T')
         return self.bn2(self.fc(self.pooling(x, mask)))
+
+
+def _resnet(block: str, layers: Sequence[int], features_per_frame: int, base_channels: int = 32,
+            **kwargs) -> ResNet:
+    """A four-stage ResNet of widths base, 2 base, 4 base, 8 base channels (WeSpeaker's m_channels)."""
+    widths = [base_channels * 2**i for i in range(4)]
+    return ResNet(features_per_frame, layers=layers, num_filters=widths, block=block, **kwargs)
+
+
+def resnet18(features_per_frame: int, **kwargs) -> ResNet:
+    return _resnet("basic", [2, 2, 2, 2], features_per_frame, **kwargs)
+
+
+def resnet34(features_per_frame: int, **kwargs) -> ResNet:
+    return _resnet("basic", [3, 4, 6, 3], features_per_frame, **kwargs)
+
+
+def resnet50(features_per_frame: int, **kwargs) -> ResNet:
+    return _resnet("bottleneck", [3, 4, 6, 3], features_per_frame, **kwargs)
+
+
+def resnet101(features_per_frame: int, **kwargs) -> ResNet:
+    return _resnet("bottleneck", [3, 4, 23, 3], features_per_frame, **kwargs)
+
+
+def resnet221(features_per_frame: int, **kwargs) -> ResNet:
+    return _resnet("bottleneck", [6, 16, 48, 3], features_per_frame, **kwargs)
+
+
+def resnet293(features_per_frame: int, **kwargs) -> ResNet:
+    return _resnet("bottleneck", [10, 20, 64, 3], features_per_frame, **kwargs)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from stklia.data.kaldi import read_table
 from stklia.errors import InputError, exit_on_input_error
-from stklia.io import atomic_output
+from stklia.atomic import atomic_output
 
 EXTENSIONS = (".wav", ".m4a")
 
