@@ -30,7 +30,7 @@ from stklia.data.kaldi import DataSet, Trials
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
 from stklia.atomic import atomic_output, write_json
-from stklia.metrics import compute_eer, compute_min_dcf
+from stklia.metrics import SortedTrials
 
 
 @dataclass
@@ -110,11 +110,11 @@ def asnorm(scores: np.ndarray, stats: tuple[np.ndarray, np.ndarray], left: np.nd
 
 def trial_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float], prefix: str = ""
                   ) -> dict[str, float]:
-    """EER (%) and minDCF at each p_target, with keys prefixed by `prefix`."""
-    eer, _ = compute_eer(scores, labels)
-    results = {f"{prefix}eer": 100 * eer}
+    """EER (%) and minDCF at each p_target, with keys prefixed by `prefix`, from one sort of the trials."""
+    trials = SortedTrials(scores, labels)
+    results = {f"{prefix}eer": 100 * trials.eer()[0]}
     for p in p_targets:
-        results[f"{prefix}min_dcf@{p:g}"] = compute_min_dcf(scores, labels, p_target=p)[0]
+        results[f"{prefix}min_dcf@{p:g}"] = trials.min_dcf(p)[0]
     return results
 
 
