@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "slurm": ["hydra-submitit-launcher>=1.2"],
-        "dev": ["pytest>=7.4", "ruff>=0.4", "scikit-learn>=1.3"],  # scikit-learn: reference isotonic fit and logistic regression in tests
+        "dev": ["pytest>=7.4", "ruff>=0.4", "scikit-learn>=1.3"],  # sklearn: test references
         "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
 )
