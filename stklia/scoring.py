@@ -26,6 +26,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from stklia.backends.normalize import unit
 from stklia.data.kaldi import DataSet, Trials
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
@@ -56,11 +57,6 @@ class TrialResult:
 
     def figure(self) -> Figure:
         return det_figure(self.scores, self.trials.labels, self.trials.name)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1."""
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def speaker_models(emb: np.ndarray, speakers: Sequence[str]) -> tuple[list[str], np.ndarray]:
