@@ -21,14 +21,21 @@ from stklia.data.kaldi import EvalData, Trials, load_data, read_trials
 from stklia.det import MAX_POINTS, det_curve, det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
-from stklia.metrics import compute_eer, compute_min_dcf
+from stklia.metrics import (
+    bayes_threshold,
+    compute_actual_dcf,
+    compute_cllr,
+    compute_eer,
+    compute_min_cllr,
+    compute_min_dcf,
+)
 from stklia.scoring import (
     asnorm,
     asnorm_stats,
-    cosine_scores,
     evaluate,
     format_results,
     speaker_models,
+    trial_scores,
     unit,
     write_results,
 )
@@ -71,7 +78,8 @@ def test_cosine_scores_match_a_direct_loop() -> None:
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 24)) * rng.uniform(0.1, 10, size=(50, 1))  # lengths vary
     left, right = rng.integers(0, 50, 1000), rng.integers(0, 50, 1000)
-    got = cosine_scores(unit(emb).astype(np.float32), left, right, chunk=77)  # several chunks, a ragged last
+    table = unit(emb).astype(np.float32)
+    got = trial_scores(table, table, left, right, chunk=77)  # several chunks, a ragged last
     expected = [cosine(emb[a], emb[b]) for a, b in zip(left, right)]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
@@ -94,7 +102,7 @@ def test_asnorm_worked_example() -> None:
     np.testing.assert_allclose(mean, [0.8, 0.9], atol=1e-12)
     np.testing.assert_allclose(std, [0.2, 0.1], atol=1e-12)
     left, right = np.array([0]), np.array([1])
-    scores = cosine_scores(table, left, right)
+    scores = trial_scores(table, table, left, right)
     assert scores.tolist() == [0.0]
     np.testing.assert_allclose(asnorm(scores, (mean, std), left, right), [-6.5], atol=1e-12)
     # top_n beyond the cohort size uses the whole cohort (plain S-norm); fewer than 2 is meaningless
@@ -110,7 +118,7 @@ def test_asnorm_matches_an_independent_loop() -> None:
     left, right = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
     table = unit(emb).astype(np.float32)
     stats = asnorm_stats(table, cohort, top_n=7, chunk=4)
-    got = asnorm(cosine_scores(table, left, right), stats, left, right)
+    got = asnorm(trial_scores(table, table, left, right), stats, left, right)
     expected = [loop_asnorm(cosine(emb[a], emb[b]), emb[a], emb[b], list(cohort), 7) for a, b in zip(left, right)]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -235,6 +243,10 @@ def test_evaluate_matches_one_trial_at_a_time(evaluated) -> None:
             s = result.scores[kind]
             assert result.metrics[f"{prefix}eer"] == 100 * compute_eer(s, trials.labels)[0]
             assert result.metrics[f"{prefix}min_dcf@0.05"] == compute_min_dcf(s, trials.labels, 0.05)[0]
+            act_dcf = compute_actual_dcf(s, trials.labels, bayes_threshold(0.01), 0.01)
+            assert result.metrics[f"{prefix}act_dcf@0.01"] == act_dcf
+            assert result.metrics[f"{prefix}cllr"] == compute_cllr(s, trials.labels)
+            assert result.metrics[f"{prefix}min_cllr"] == compute_min_cllr(s, trials.labels)
     assert set(results[1].trials.enroll) == set(enroll.speakers)
 
 
@@ -257,6 +269,9 @@ def test_result_files(evaluated, tmp_path: Path) -> None:
         image = matplotlib.image.imread(tmp_path / f"{stem}.det.png")
         assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
-    table = format_results(summaries).splitlines()
-    assert re.match(r"trials\s+n\s+eer\s+min_dcf@0.01\s+min_dcf@0.05\s+asnorm_eer\s+asnorm_min_dcf@0.01", table[0])
-    assert f"{summaries[1]['asnorm_eer']:.2f}" in table[2]
+    header, *rows = [line.split() for line in format_results(summaries).splitlines()]
+    columns = ["eer", "min_dcf@0.01", "min_dcf@0.05", "act_dcf@0.01", "act_dcf@0.05", "cllr", "min_cllr"]
+    assert header == ["trials", "scores", "n", *columns]
+    assert [row[:2] for row in rows] == [[s["trials"], kind] for s in summaries for kind in ("raw", "asnorm")]
+    for row, (summary, prefix) in zip(rows, [(s, p) for s in summaries for p in ("", "asnorm_")]):
+        assert row[3:] == [f"{summary[prefix + c]:.{2 if c == 'eer' else 4}f}" for c in columns]

@@ -28,14 +28,15 @@ def normalizing_transform(covariance: np.ndarray, floor: float = 1e-6) -> np.nda
     return vectors.T / np.sqrt(values)[:, None]
 
 
-def speaker_statistics(emb: np.ndarray, speakers: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per speaker (sorted ids): utterance counts, mean embeddings, and each utterance's speaker index."""
+def speaker_statistics(emb: np.ndarray, speakers: Sequence[str]
+                       ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted speaker ids, their utterance counts and mean embeddings, and each utterance's speaker index."""
     if len(speakers) != len(emb):
         raise ValueError(f"{len(emb)} embeddings but {len(speakers)} speaker labels")
-    _, inverse, counts = np.unique(np.asarray(speakers), return_inverse=True, return_counts=True)
+    names, inverse, counts = np.unique(np.asarray(speakers), return_inverse=True, return_counts=True)
     sums = np.zeros((len(counts), emb.shape[1]))
     np.add.at(sums, inverse, emb)
-    return counts, sums / counts[:, None], inverse
+    return names.tolist(), counts, sums / counts[:, None], inverse
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Lda:
             raise ValueError(f"LDA dimension must be in 1..{input_dim} (the embedding size), got {dim}")
         if not 0.0 <= total_covariance_factor <= 1.0:
             raise ValueError(f"total_covariance_factor must be in [0, 1], got {total_covariance_factor}")
-        counts, means, _ = speaker_statistics(x, speakers)
+        _, counts, means, _ = speaker_statistics(x, speakers)
         if num_utts == len(counts):
             raise ValueError("LDA needs speakers with several utterances: every speaker has one")
         if num_utts < input_dim:

@@ -67,7 +67,7 @@ class Plda:
     def fit(cls, emb: np.ndarray, speakers: Sequence[str], num_em_iters: int = 10) -> Plda:
         """ivector-compute-plda: EM estimate of B and W from embeddings labelled by speaker."""
         x = np.asarray(emb, dtype=np.float64)
-        counts, means, inverse = speaker_statistics(x, speakers)
+        _, counts, means, inverse = speaker_statistics(x, speakers)
         if len(counts) == len(x):
             raise ValueError("PLDA needs speakers with several utterances: every speaker has one")
         mean = means.mean(axis=0)  # every speaker weighs 1
