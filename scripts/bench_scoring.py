@@ -34,11 +34,12 @@ from bench_metrics import PREVIOUS, best_of, estimate_naive_full, make_trials, m
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
+from stklia.backends.normalize import unit  # noqa: E402
 from stklia.data.datasets import Utterances  # noqa: E402
 from stklia.data.demo import ensure_demo  # noqa: E402
 from stklia.data.kaldi import load_data, read_trials  # noqa: E402
 from stklia.embeddings import embed_utterances  # noqa: E402
-from stklia.scoring import asnorm, asnorm_stats, cosine_scores, trial_indices, unit, write_scores  # noqa: E402
+from stklia.scoring import asnorm, asnorm_stats, trial_indices, trial_scores, write_scores  # noqa: E402
 
 
 def naive_cosine(emb: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
@@ -52,7 +53,7 @@ def naive_cosine(emb: np.ndarray, index: dict[str, int], left: list[str], right:
 
 def fast_cosine(table: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
     """What stklia.scoring.evaluate does per trial list, given the unit-normalised table."""
-    return cosine_scores(table, trial_indices(index, left), trial_indices(index, right))
+    return trial_scores(table, table, trial_indices(index, left), trial_indices(index, right))
 
 
 def bench_metrics(args: argparse.Namespace, rng: np.random.Generator) -> tuple[list[str], float]:

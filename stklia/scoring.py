@@ -33,9 +33,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from stklia.atomic import atomic_output, write_json
-from stklia.backends.lda import speaker_statistics
-from stklia.backends.normalize import EmbeddingNormalizer, unit
-from stklia.backends.plda import PldaBackend
+from stklia.backends.scorer import Scorer
 from stklia.data.kaldi import DataSet, EvalData, Trials, read_table
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
@@ -56,43 +54,6 @@ class TrialResult:
 
     def figure(self) -> Figure:
         return det_figure(self.scores, self.trials.labels, self.trials.name)
-
-
-def speaker_models(emb: np.ndarray, speakers: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Sorted speaker ids and their cosine models: the length-normalised mean of their length-normalised
-    embeddings."""
-    names, _, means, _ = speaker_statistics(unit(emb.astype(np.float64)), speakers)
-    return names, unit(means)
-
-
-@dataclass(frozen=True)
-class Scorer:
-    """How embeddings become trial scores: an optional normalisation, then cosine (no `plda`) or PLDA."""
-
-    normalizer: EmbeddingNormalizer | None = None
-    plda: PldaBackend | None = None
-
-    def speaker_models(self, emb: np.ndarray, speakers: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Sorted speaker ids, their models (rows for `tables`) and their utterance counts."""
-        x = self.normalizer(emb) if self.normalizer is not None else emb.astype(np.float64)
-        if self.plda is None:
-            names, models = speaker_models(x, speakers)
-            return names, models, np.ones(len(names))
-        names, counts, means, _ = speaker_statistics(x, speakers)  # Kaldi's ivector-mean
-        return names, means, counts
-
-    def utterances(self, emb: np.ndarray) -> np.ndarray:
-        """Rows for `tables` of single utterances."""
-        x = self.normalizer(emb) if self.normalizer is not None else emb.astype(np.float64)
-        return x if self.plda is not None else unit(x)
-
-    def tables(self, rows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(enrollment-side, test-side) tables whose row dot products are the scores; rows[i] stands for
-        counts[i] utterances."""
-        if self.plda is None:
-            table = unit(rows).astype(np.float32)
-            return table, table
-        return self.plda.scoring_tables(rows, counts)
 
 
 def trial_indices(index: Mapping[str, int], ids: Sequence[str]) -> np.ndarray:
@@ -151,7 +112,7 @@ def trial_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[fl
 
 def evaluate(generator: nn.Module, eval_data: EvalData, cmn: bool, device: torch.device,
              p_targets: Sequence[float] = (0.01, 0.001), num_workers: int = 0, progress: bool = True, *,
-             extraction: Mapping[str, Any] | None = None, asnorm_top_n: int = 0, scorer: Scorer = Scorer()
+             extraction: Mapping[str, Any] | None = None, asnorm_top_n: int = 0, scorer: Scorer | None = None
              ) -> list[TrialResult]:
     """Embed what the trial lists name (each utterance once), score every list and measure it.
 
@@ -162,6 +123,7 @@ def evaluate(generator: nn.Module, eval_data: EvalData, cmn: bool, device: torch
     def embed(data: DataSet, utts: list[str]) -> np.ndarray:
         return embed_utterances(generator, data, utts, cmn, device, num_workers, progress, **(extraction or {}))
 
+    scorer = scorer or Scorer()
     lists = eval_data.trial_lists
     enroll = eval_data.enroll
     lefts = set().union(*(t.enroll for t in lists))

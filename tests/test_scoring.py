@@ -16,6 +16,8 @@ import pytest
 import torch
 from scipy.special import ndtri
 
+from stklia.backends.normalize import unit
+from stklia.backends.scorer import Scorer
 from stklia.data.datasets import normalise
 from stklia.data.kaldi import EvalData, Trials, load_data, read_trials
 from stklia.det import MAX_POINTS, det_curve, det_figure
@@ -34,9 +36,7 @@ from stklia.scoring import (
     asnorm_stats,
     evaluate,
     format_results,
-    speaker_models,
     trial_scores,
-    unit,
     write_results,
 )
 
@@ -87,9 +87,12 @@ def test_cosine_scores_match_a_direct_loop() -> None:
 def test_speaker_model_worked_example() -> None:
     # A: [3, 4] -> [.6, .8] and [0, 2] -> [0, 1]; mean [.3, .9]; normalised [.3, .9] / sqrt(.9).
     # B: [-2, 0] -> [-1, 0].
-    names, models = speaker_models(np.array([[0.0, 2.0], [-2.0, 0.0], [3.0, 4.0]]), ["A", "B", "A"])
-    assert names == ["A", "B"]
-    np.testing.assert_allclose(models, [[0.3 / np.sqrt(0.9), 0.9 / np.sqrt(0.9)], [-1.0, 0.0]], atol=1e-12)
+    scorer = Scorer()  # cosine
+    names, rows, counts = scorer.speaker_models(np.array([[0.0, 2.0], [-2.0, 0.0], [3.0, 4.0]]), ["A", "B", "A"])
+    assert names == ["A", "B"] and counts.tolist() == [2, 1]
+    models, same = scorer.tables(rows, counts)
+    assert models is same  # cosine: one table for both sides
+    np.testing.assert_allclose(models, [[0.3 / np.sqrt(0.9), 0.9 / np.sqrt(0.9)], [-1.0, 0.0]], atol=1e-7)
 
 
 def test_asnorm_worked_example() -> None:

@@ -23,9 +23,9 @@ import numpy as np
 from stklia.atomic import write_json
 from stklia.backends.normalize import KINDS, EmbeddingNormalizer
 from stklia.backends.plda import PldaBackend
+from stklia.backends.scorer import Scorer
 from stklia.data.kaldi import DataSet
 from stklia.errors import InputError
-from stklia.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
