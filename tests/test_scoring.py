@@ -16,6 +16,7 @@ import pytest
 import torch
 from scipy.special import ndtri
 
+from stklia import metrics
 from stklia.backends.normalize import unit
 from stklia.backends.scorer import Scorer
 from stklia.data.datasets import normalise
@@ -23,14 +24,6 @@ from stklia.data.kaldi import EvalData, Trials, load_data, read_trials
 from stklia.det import MAX_POINTS, det_curve, det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
-from stklia.metrics import (
-    bayes_threshold,
-    compute_actual_dcf,
-    compute_cllr,
-    compute_eer,
-    compute_min_cllr,
-    compute_min_dcf,
-)
 from stklia.scoring import (
     asnorm,
     asnorm_stats,
@@ -148,13 +141,13 @@ def test_det_figure_of_many_trials_is_thinned_and_marks_the_eer() -> None:
     curves = [line for line in ax.lines if "EER" in line.get_label()]
     assert len(curves) == 2
     for line, (name, scores) in zip(curves, systems.items()):
-        eer = compute_eer(scores, labels)[0]
+        eer = metrics.compute_eer(scores, labels)[0]
         assert line.get_label() == f"{name} (EER {100 * eer:.2f}%)"
         x, y = line.get_data()
         assert 100 < len(x) <= MAX_POINTS + 1  # of ~100,000 operating points
         assert np.all(np.diff(x) <= 0) and np.all(np.diff(y) >= 0)  # false alarms fall as misses rise
     points = [line for line in ax.lines if line.get_marker() == "o"]
-    expected = [ndtri(compute_eer(s, labels)[0]) for s in systems.values()]
+    expected = [ndtri(metrics.compute_eer(s, labels)[0]) for s in systems.values()]
     np.testing.assert_allclose([p.get_xdata()[0] for p in points], expected)
     np.testing.assert_allclose([p.get_ydata()[0] for p in points], expected)
 
@@ -244,12 +237,12 @@ def test_evaluate_matches_one_trial_at_a_time(evaluated) -> None:
         assert np.ptp(raw) > 1
         for kind, prefix in (("raw", ""), ("asnorm", "asnorm_")):
             s = result.scores[kind]
-            assert result.metrics[f"{prefix}eer"] == 100 * compute_eer(s, trials.labels)[0]
-            assert result.metrics[f"{prefix}min_dcf@0.05"] == compute_min_dcf(s, trials.labels, 0.05)[0]
-            act_dcf = compute_actual_dcf(s, trials.labels, bayes_threshold(0.01), 0.01)
+            assert result.metrics[f"{prefix}eer"] == 100 * metrics.compute_eer(s, trials.labels)[0]
+            assert result.metrics[f"{prefix}min_dcf@0.05"] == metrics.compute_min_dcf(s, trials.labels, 0.05)[0]
+            act_dcf = metrics.compute_actual_dcf(s, trials.labels, metrics.bayes_threshold(0.01), 0.01)
             assert result.metrics[f"{prefix}act_dcf@0.01"] == act_dcf
-            assert result.metrics[f"{prefix}cllr"] == compute_cllr(s, trials.labels)
-            assert result.metrics[f"{prefix}min_cllr"] == compute_min_cllr(s, trials.labels)
+            assert result.metrics[f"{prefix}cllr"] == metrics.compute_cllr(s, trials.labels)
+            assert result.metrics[f"{prefix}min_cllr"] == metrics.compute_min_cllr(s, trials.labels)
     assert set(results[1].trials.enroll) == set(enroll.speakers)
 
 
