@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float:
     with exit_on_input_error():
         check_complete(cfg)
         record = calibrate_score_files(Path(cfg.fit.scores), Path(cfg.fit.trials), [Path(p) for p in cfg.apply],
-                                       [Path(p) for p in cfg.apply_trials], cfg.prior, list(cfg.p_targets))
+                                       [Path(p) for p in cfg.apply_trials], cfg.prior, list(cfg.p_targets), cfg.name)
         return record["results"][0]["calibrated_cllr"]
 
 

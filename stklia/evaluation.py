@@ -7,6 +7,7 @@ test_model is used at the end of training and by `python -m stklia.test`, calibr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,17 +61,19 @@ def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: 
 
 
 def calibrate_score_files(fit_scores: Path, fit_trials: Path, apply: Sequence[Path], apply_trials: Sequence[Path],
-                          prior: float, p_targets: Sequence[float]) -> dict[str, Any]:
+                          prior: float, p_targets: Sequence[float], name: str = "calibrated") -> dict[str, Any]:
     """Fit a linear calibration on one scored trial list and apply it to it and to other lists.
 
-    Writes `<name>.calibrated.scores` beside each score file `<name>.scores` and
-    `<fit name>.calibration.json` (the map, and each list's metrics before and after) beside the
-    fit scores; prints the metrics. Every input is read and checked before anything is written.
+    Writes `<list>.<name>.scores` beside each score file `<list>.scores` and `<fit list>.<name>.json`
+    (the map, and each list's metrics before and after) beside the fit scores; prints the metrics.
+    Every input is read and checked before anything is written.
     """
     if len(apply) != len(apply_trials):
         raise InputError("apply_trials", f"{len(apply_trials)} trial lists for the {len(apply)} score files of apply")
     if not 0.0 < prior < 1.0:
         raise InputError("prior", f"must be in (0, 1), not {prior}")
+    if not re.fullmatch(r"[\w-]+", name):
+        raise InputError("name", f"'{name}' is not a file name part (letters, digits, _ and -)")
     lists = []
     for scores_path, trials_path in [(fit_scores, fit_trials), *zip(apply, apply_trials)]:
         trials = read_trials(trials_path, None)
@@ -82,7 +85,7 @@ def calibrate_score_files(fit_scores: Path, fit_trials: Path, apply: Sequence[Pa
         raise InputError(fit_scores, str(err)) from None
     summaries = []
     for scores_path, trials, scores in lists:
-        out = scores_path.with_name(f"{scores_path.name.removesuffix('.scores')}.calibrated.scores")
+        out = scores_path.with_name(f"{scores_path.name.removesuffix('.scores')}.{name}.scores")
         calibrated = calibration(scores)
         write_scores(out, trials, calibrated)
         summaries.append({"trials": str(trials.path), "num_trials": len(trials.labels),
@@ -93,6 +96,5 @@ def calibrate_score_files(fit_scores: Path, fit_trials: Path, apply: Sequence[Pa
           f"fitted on {fit_scores}:\n{format_results(summaries)}", flush=True)
     record = {**calibration.to_dict(), "fit": {"scores": str(fit_scores), "trials": str(fit_trials)},
               "results": summaries}
-    write_json(Path(fit_scores).with_name(f"{Path(fit_scores).name.removesuffix('.scores')}.calibration.json"),
-               record)
+    write_json(Path(fit_scores).with_name(f"{Path(fit_scores).name.removesuffix('.scores')}.{name}.json"), record)
     return record

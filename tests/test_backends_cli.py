@@ -148,7 +148,7 @@ def test_calibrate_command(trained: Path, demo_root: Path, tmp_path: Path) -> No
     fit_trials, other_trials = demo_root / "test_noisy" / "trials", demo_root / "test" / "trials"
     proc = run_stklia("calibrate", f"fit.scores={fit}", f"fit.trials={fit_trials}", f"apply=[{other}]",
                       f"apply_trials=[{other_trials}]", cwd=tmp_path)
-    record = json.loads((results / "test_noisy_trials.calibration.json").read_text())
+    record = json.loads((results / "test_noisy_trials.calibrated.json").read_text())
     labels = read_trials(fit_trials, None).labels
     reference = LinearCalibration.fit(scores_of(fit)[1], labels)
     assert record["scale"] == pytest.approx(reference.scale, rel=1e-9)
@@ -166,6 +166,14 @@ def test_calibrate_command(trained: Path, demo_root: Path, tmp_path: Path) -> No
         assert f"{summary['calibrated_cllr']:.4f}" in proc.stdout
     fitted = record["results"][0]
     assert fitted["calibrated_cllr"] < fitted["cllr"]  # the identity is one of the maps the fit tried
+    # Another prior, under another name: side by side with the first.
+    first = (results / "test_trials.calibrated.scores").read_text()
+    run_stklia("calibrate", f"fit.scores={fit}", f"fit.trials={fit_trials}", "prior=0.01", "name=p01", cwd=tmp_path)
+    other_record = json.loads((results / "test_noisy_trials.p01.json").read_text())
+    reference = LinearCalibration.fit(scores_of(fit)[1], labels, prior=0.01)
+    assert (other_record["scale"], other_record["prior"]) == (pytest.approx(reference.scale, rel=1e-9), 0.01)
+    assert (results / "test_noisy_trials.p01.scores").is_file()
+    assert (results / "test_trials.calibrated.scores").read_text() == first
     assert list(tmp_path.iterdir()) == []  # Hydra writes nothing of its own
 
 
