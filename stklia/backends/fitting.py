@@ -138,7 +138,7 @@ def prepare_scoring(options: ScoringOptions, data: DataSet | None, data_name: st
     if plda_stem:
         path = store / f"{tag}_{name}.npz"  # fitted on the normalised embeddings
         source = (lambda: normalizer(embedded())) if normalizer is not None else embedded
-        plda = _stored(path, {**record, **asdict(options)}, PldaBackend.load,
+        plda = _stored(path, {**record, "options": asdict(options)}, PldaBackend.load,
                        fitted(lambda: PldaBackend.fit(source(), speakers, options.lda_dim, options.num_em_iters)))
         files["plda"] = str(path)
     summary = {**asdict(options), "data_dirs": record["data"]["dirs"], "files": files}
