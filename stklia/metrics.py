@@ -246,6 +246,10 @@ class SortedTrials:
         """Actual DCF of the scores read as log-likelihood ratios: decisions at the Bayes threshold."""
         return self.actual_dcf(bayes_threshold(p_target, c_miss, c_fa), p_target, c_miss, c_fa)
 
+    def cllr(self) -> float:
+        """``compute_cllr`` of these trials (up to the order of summation)."""
+        return _cllr(self.scores, self.is_target)
+
     def min_cllr(self) -> float:
         """Cllr after the optimal monotonic recalibration (PAV, ties pooled): the discrimination part of Cllr."""
         s = self.scores
@@ -316,12 +320,15 @@ def compute_actual_dcf(
     return float(_detection_cost(fnr, fpr, p_target, c_miss, c_fa) / _default_cost(p_target, c_miss, c_fa))
 
 
+def _cllr(llrs: np.ndarray, is_target: np.ndarray) -> float:
+    tar_cost = np.mean(np.logaddexp(0.0, -llrs[is_target]))
+    non_cost = np.mean(np.logaddexp(0.0, llrs[~is_target]))
+    return float((tar_cost + non_cost) / (2 * math.log(2)))
+
+
 def compute_cllr(llrs: ArrayLike, labels: ArrayLike) -> float:
     """Log-likelihood-ratio cost of scores read as natural-log LLRs (Brümmer); no sort."""
-    s, is_target = _check_inputs(llrs, labels)
-    tar_cost = np.mean(np.logaddexp(0.0, -s[is_target]))
-    non_cost = np.mean(np.logaddexp(0.0, s[~is_target]))
-    return float((tar_cost + non_cost) / (2 * math.log(2)))
+    return _cllr(*_check_inputs(llrs, labels))
 
 
 def compute_min_cllr(scores: ArrayLike, labels: ArrayLike) -> float:

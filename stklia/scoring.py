@@ -38,7 +38,7 @@ from stklia.data.kaldi import DataSet, EvalData, Trials, read_table
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
-from stklia.metrics import SortedTrials, compute_cllr
+from stklia.metrics import SortedTrials
 
 
 @dataclass
@@ -105,7 +105,7 @@ def trial_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[fl
         results[f"{prefix}min_dcf@{p:g}"] = trials.min_dcf(p)[0]
     for p in p_targets:
         results[f"{prefix}act_dcf@{p:g}"] = trials.act_dcf(p)
-    results[f"{prefix}cllr"] = compute_cllr(scores, labels)
+    results[f"{prefix}cllr"] = trials.cllr()
     results[f"{prefix}min_cllr"] = trials.min_cllr()
     return results
 

@@ -527,6 +527,7 @@ def test_cllr_hand_worked():
 def test_cllr_matches_direct_loop(ties):
     for scores, labels in trial_sets(14, 50, ties):
         assert compute_cllr(scores, labels) == pytest.approx(direct_cllr(scores, labels), rel=1e-12, abs=1e-15)
+        assert SortedTrials(scores, labels).cllr() == pytest.approx(direct_cllr(scores, labels), rel=1e-12, abs=1e-15)
 
 
 def test_min_cllr_hand_worked():
