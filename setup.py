@@ -10,7 +10,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",
-        "scipy>=1.10",
+        "scipy>=1.12",  # scipy.optimize.isotonic_regression (minCllr)
         "hydra-core>=1.3.2",
         "omegaconf>=2.3",
         "kaldiio>=2.18",
@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "slurm": ["hydra-submitit-launcher>=1.2"],
-        "dev": ["pytest>=7.4", "ruff>=0.4"],
+        "dev": ["pytest>=7.4", "ruff>=0.4", "scikit-learn>=1.3"],  # sklearn: test references
         "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
 )

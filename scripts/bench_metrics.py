@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import argparse
 import functools
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 
-try:
-    from stklia.metrics import compute_eer, compute_min_dcf
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from stklia.metrics import compute_eer, compute_min_dcf
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
+
+from stklia.metrics import SortedTrials, compute_min_dcf  # noqa: E402
 
 P_TARGETS = (0.01, 0.001)
+PREVIOUS = "4f7a6df"  # the last commit whose metrics sorted once per metric
 
 
 def naive_min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float, thresholds=None) -> float:
@@ -83,10 +85,25 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def vectorised(scores, labels):
-    eer, _ = compute_eer(scores, labels)
-    dcfs = [compute_min_dcf(scores, labels, p)[0] for p in P_TARGETS]
-    return eer, dcfs
+def vectorised(scores, labels, metrics=None):
+    """EER and minDCFs as stklia.scoring.trial_metrics gets them: one SortedTrials.
+
+    With `metrics`, an older stklia.metrics module (module_at): its functions, one call per metric.
+    """
+    if metrics is not None:
+        eer = metrics.compute_eer(scores, labels)[0]
+        return eer, [metrics.compute_min_dcf(scores, labels, p)[0] for p in P_TARGETS]
+    trials = SortedTrials(scores, labels)
+    return trials.eer()[0], [trials.min_dcf(p)[0] for p in P_TARGETS]
+
+
+def module_at(revision: str, path: str = "stklia/metrics.py") -> types.ModuleType:
+    """A module of this repository as it was at a git revision, to time old code in the same run."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:{path}"], capture_output=True, text=True,
+                            check=True).stdout
+    module = types.ModuleType(f"{Path(path).stem}_{revision}")
+    exec(compile(source, f"{revision}:{path}", "exec"), module.__dict__)
+    return module
 
 
 def naive(scores, labels):

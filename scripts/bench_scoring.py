@@ -1,7 +1,9 @@
 """Benchmark the evaluation engine against the naive way, each measured in the same run.
 
 * metrics: EER + minDCF(0.01) + minDCF(0.001) on --num-trials random trials (bench_metrics.py's
-  vectorised vs naive code, the naive one on a --naive-trials subset);
+  vectorised vs naive code, the naive one on a --naive-trials subset); and, in a table of its own,
+  stklia's one sort (SortedTrials) vs its previous code (stklia/metrics.py at git revision
+  --previous, one sort per metric), on float64 scores (no ties) and float32 ones (ties);
 * cosine scoring of --num-trials trials (random string ids) from a --table-size x --dim embedding
   table: stklia.scoring (ids -> rows once, chunked row-wise dot products) vs a per-trial Python
   loop, compared on a --naive-trials subset; plus AS-norm of all trials against a --cohort-size
@@ -10,7 +12,7 @@
   config (random weights: speed does not depend on them): embed_utterances (length-sorted
   padded batches) vs the generator called on one utterance at a time; embeddings compared.
 
-Prints a Markdown table. Example: python scripts/bench_scoring.py
+Prints Markdown tables. Example: python scripts/bench_scoring.py [--parts metrics]
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
 
-from bench_metrics import best_of, estimate_naive_full, make_trials, naive, vectorised  # noqa: E402
+from bench_metrics import PREVIOUS, best_of, estimate_naive_full, make_trials, module_at, naive, vectorised  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
+from stklia.backends.normalize import unit  # noqa: E402
 from stklia.data.datasets import Utterances  # noqa: E402
 from stklia.data.demo import ensure_demo  # noqa: E402
 from stklia.data.kaldi import load_data, read_trials  # noqa: E402
 from stklia.embeddings import embed_utterances  # noqa: E402
-from stklia.scoring import asnorm, asnorm_stats, cosine_scores, trial_indices, unit, write_scores  # noqa: E402
+from stklia.scoring import asnorm, asnorm_stats, trial_indices, trial_scores, write_scores  # noqa: E402
 
 
 def naive_cosine(emb: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
@@ -50,7 +53,7 @@ def naive_cosine(emb: np.ndarray, index: dict[str, int], left: list[str], right:
 
 def fast_cosine(table: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
     """What stklia.scoring.evaluate does per trial list, given the unit-normalised table."""
-    return cosine_scores(table, trial_indices(index, left), trial_indices(index, right))
+    return trial_scores(table, table, trial_indices(index, left), trial_indices(index, right))
 
 
 def bench_metrics(args: argparse.Namespace, rng: np.random.Generator) -> tuple[list[str], float]:
@@ -65,6 +68,21 @@ def bench_metrics(args: argparse.Namespace, rng: np.random.Generator) -> tuple[l
             f"{t_sub * 1e3:.1f} ms at {args.naive_trials:,} | {t_naive:.2f} s at {args.naive_trials:,} "
             f"(~{estimate:,.0f} s at {args.num_trials:,}, estimated) | {t_naive / t_sub:,.0f}x "
             f"(~{estimate / t_full:,.0f}x) |"], t_full
+
+
+def bench_one_sort(args: argparse.Namespace, rng: np.random.Generator) -> list[str]:
+    """EER + 2 minDCF from one sort vs the previous code (one sort per metric), same trials, same values."""
+    previous = module_at(args.previous)
+    rows = []
+    for dtype in ("float64", "float32"):
+        scores, labels = make_trials(rng, args.num_trials, 0.01, dtype)
+        duplicates = scores.size - np.unique(scores).size
+        t_new, new = best_of(functools.partial(vectorised, scores, labels), args.repeats)
+        t_old, old = best_of(functools.partial(vectorised, scores, labels, previous), args.repeats)
+        assert new == old, (new, old)  # bit-identical
+        rows.append(f"| {dtype} ({duplicates:,} duplicate scores) | {args.num_trials:,} | **{t_new:.3f} s** | "
+                    f"{t_old:.3f} s | {t_old / t_new:.1f}x |")
+    return rows
 
 
 def bench_cosine(args: argparse.Namespace, rng: np.random.Generator) -> tuple[list[str], float]:
@@ -145,17 +163,32 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--extract-repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--previous", default=PREVIOUS, help="git revision of the previous metrics code")
+    ap.add_argument("--parts", nargs="+", choices=["metrics", "cosine", "extraction"],
+                    default=["metrics", "cosine", "extraction"])
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    metric_rows, t_metrics = bench_metrics(args, rng)
-    cosine_rows, t_cosine = bench_cosine(args, rng)
-    total = (f"| **scoring total** (cosine + metrics) | {args.num_trials:,} trials | **{t_cosine + t_metrics:.3f} s** "
-             f"| | | |")
-    rows = [*metric_rows, cosine_rows[0], total, *cosine_rows[1:], *bench_extraction(args)]
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}; best of {args.repeats} (naive: once; "
           f"extraction: best of {args.extract_repeats}, interleaved)\n")
+    rows = []
+    if "metrics" in args.parts:
+        print("| EER + minDCF 0.01 + minDCF 0.001, scores | trials | one sort (SortedTrials) | "
+              f"previous code ({args.previous}) | speed-up |")
+        print("|---|---|---|---|---|")
+        print("\n".join(bench_one_sort(args, rng)) + "\n")
+        metric_rows, t_metrics = bench_metrics(args, rng)
+        rows += metric_rows
+    if "cosine" in args.parts:
+        cosine_rows, t_cosine = bench_cosine(args, rng)
+        rows.append(cosine_rows[0])
+        if "metrics" in args.parts:
+            rows.append(f"| **scoring total** (cosine + metrics) | {args.num_trials:,} trials | "
+                        f"**{t_cosine + t_metrics:.3f} s** | | | |")
+        rows += cosine_rows[1:]
+    if "extraction" in args.parts:
+        rows += bench_extraction(args)
     print("| task | size | stklia | stklia, naive's size | naive | speed-up at equal size |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

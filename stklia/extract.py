@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from stklia.api import load_trained
 from stklia.config import register_resolvers
-from stklia.data.splits import SPLITS, load_dirs, load_split, prepare_data
+from stklia.data.splits import load_named
 from stklia.distributed import resolve_device
 from stklia.embeddings import FORMATS, embed_utterances, write_embeddings
 from stklia.errors import InputError, exit_on_input_error
@@ -20,11 +20,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.format not in FORMATS:
             raise InputError("format", f"'{cfg.format}' is not one of {', '.join(FORMATS)}")
         experiment, generator, _ = load_trained(cfg.model_dir, cfg.checkpoint)
-        if cfg.data in SPLITS:  # one of the experiment's own data sets
-            prepare_data(experiment.data)
-            data, name = load_split(experiment.data, cfg.data), cfg.data
-        else:  # any Kaldi data directory
-            data, name = load_dirs(cfg.data, experiment.data), Path(cfg.data).name
+        data, name = load_named(experiment.data, cfg.data)
         device = resolve_device(cfg.device)
         emb = embed_utterances(generator.to(device), data, data.utts, experiment.data.cmn, device, cfg.num_workers,
                                cfg.progress, **cfg.extraction)

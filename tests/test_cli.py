@@ -61,11 +61,12 @@ def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_r
     proc = run_stklia("test", f"model_dir={trained}", "checkpoint=3", f"test_enroll={enroll}",
                       f"test_trials=[{','.join(map(str, lists))}]", f"cohort={demo_root / 'train'}", "asnorm_top_n=3",
                       "extraction.batch_frames=500", "progress=false", cwd=tmp_path)
-    header, *rows = proc.stdout.strip().splitlines()[-3:]
-    assert header.split()[2:] == ["eer", "min_dcf@0.01", "min_dcf@0.001", "asnorm_eer", "asnorm_min_dcf@0.01",
-                                  "asnorm_min_dcf@0.001"]
+    header, *rows = proc.stdout.strip().splitlines()[-5:]
+    assert header.split() == ["trials", "scores", "n", "eer", "min_dcf@0.01", "min_dcf@0.001", "act_dcf@0.01",
+                              "act_dcf@0.001", "cllr", "min_cllr"]
     saved = json.loads((trained / "results" / "step_00000003.json").read_text())["results"]
-    assert [r["trials"] for r in saved] == [r.split()[0] for r in rows] == [str(p) for p in lists]
+    assert [r["trials"] for r in saved] == [str(p) for p in lists]
+    assert [r.split()[:2] for r in rows] == [[str(p), kind] for p in lists for kind in ("raw", "asnorm")]
     out = trained / "results" / "step_00000003"
     for summary, stem, path in zip(saved, ("test_trials", "enroll_trials"), lists):
         assert Path(summary["files"]["det"]) == out / f"{stem}.det.png" and (out / f"{stem}.det.png").stat().st_size

@@ -11,6 +11,10 @@ the module under test:
   +/-inf), error rates by direct comparison, minimum cost.
 * ``brute_force_eer``: min over thresholds of max(miss, false alarm), used to
   bound Kaldi's EER.
+* ``previous_metrics``: stklia's vectorised EER and minDCF before
+  ``SortedTrials`` (one sort per metric; numpy's stable sort when ties exist).
+* ``pav_min_cllr``: minCllr from scikit-learn's IsotonicRegression and a
+  per-trial Cllr loop; ``direct_cllr``: Cllr as a plain loop.
 """
 
 from __future__ import annotations
@@ -20,8 +24,17 @@ from operator import itemgetter
 
 import numpy as np
 import pytest
+from sklearn.isotonic import IsotonicRegression
 
-from stklia.metrics import compute_actual_dcf, compute_eer, compute_min_dcf
+from stklia.metrics import (
+    SortedTrials,
+    bayes_threshold,
+    compute_actual_dcf,
+    compute_cllr,
+    compute_eer,
+    compute_min_cllr,
+    compute_min_dcf,
+)
 
 # --------------------------------------------------------------------------
 # Independent references
@@ -136,6 +149,49 @@ def direct_actual_dcf(scores, labels, threshold, p_target, c_miss, c_fa):
             fas += s >= threshold
     c_det = c_miss * p_target * misses / n_tar + c_fa * (1 - p_target) * fas / n_non
     return c_det / min(c_miss * p_target, c_fa * (1 - p_target))
+
+
+def previous_metrics(scores, labels, p_targets):
+    """EER and Kaldi minDCFs as stklia computed them before the single sort: one sort per metric."""
+    s = np.asarray(scores, dtype=np.float64)
+    is_target = np.asarray(labels) == 1
+    tar, non = np.sort(s[is_target]), np.sort(s[~is_target])
+    nt, nn = tar.shape[0], non.shape[0]
+    pos = np.arange(nt - 1, dtype=np.int64)
+    nontarget_pos = np.maximum(nn - 1 - ((nn * pos).astype(np.float64) / nt).astype(np.int64), 0)
+    stop = non[nontarget_pos] < tar[:-1]
+    p = int(np.argmax(stop)) if stop.any() else nt - 1
+    results = [(p / nt, float(tar[p]))]
+    for p_target in p_targets:
+        order = np.argsort(s, kind="stable")
+        cum_tar = np.cumsum(is_target[order], dtype=np.int64)
+        cum_non = np.arange(1, s.shape[0] + 1, dtype=np.int64) - cum_tar
+        c_det = 1.0 * (cum_tar / float(nt)) * p_target + 1.0 * (1 - cum_non / float(nn)) * (1 - p_target)
+        i = int(np.argmin(c_det))
+        results.append((float(c_det[i] / min(p_target, 1 - p_target)), float(s[order][i])))
+    return results
+
+
+def direct_cllr(llrs, labels):
+    """Cllr one trial at a time: mean bits of targets and of non-targets, averaged."""
+    tar = [math.log2(1 + math.exp(-x)) for x, y in zip(llrs, labels) if y]
+    non = [math.log2(1 + math.exp(x)) for x, y in zip(llrs, labels) if not y]
+    return (sum(tar) / len(tar) + sum(non) / len(non)) / 2
+
+
+def pav_min_cllr(scores, labels):
+    """Isotonic fit of the target indicator (scikit-learn; tied scores share one value), its posteriors
+    turned into LLRs by removing the prior log odds, then Cllr trial by trial (infinite LLRs cost 0)."""
+    posterior = IsotonicRegression().fit_transform(np.asarray(scores, dtype=float), np.asarray(labels, dtype=float))
+    n_tar = int(np.sum(labels))
+    prior_log_odds = math.log(n_tar / (len(labels) - n_tar))
+    bits = {0: [], 1: []}
+    for p, y in zip(posterior.tolist(), labels):
+        # log2(1 + exp(-llr)) for a target, log2(1 + exp(llr)) for a non-target, llr = logit(p) - prior_log_odds
+        right, wrong = (p, 1 - p) if y else (1 - p, p)
+        odds = math.exp(prior_log_odds if y else -prior_log_odds)
+        bits[int(y)].append(0.0 if wrong == 0 else math.log2(1 + wrong / right * odds))
+    return (sum(bits[1]) / len(bits[1]) + sum(bits[0]) / len(bits[0])) / 2
 
 
 # --------------------------------------------------------------------------
@@ -405,6 +461,121 @@ def test_actual_dcf_matches_direct_loop(ties, p_target, c_miss, c_fa):
 
 
 # --------------------------------------------------------------------------
+# One sort for every metric
+# --------------------------------------------------------------------------
+
+
+def float32_trials(seed, n, ties):
+    """Model-like float32 scores (duplicates appear by themselves at this size), or rounded ones."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.05).astype(np.int8)
+    labels[:2] = (1, 0)
+    scores = (rng.normal(size=n) + 2.0 * labels).astype(np.float32)
+    if ties == "round2":
+        scores = np.round(scores, 2)
+    return scores, labels
+
+
+@pytest.mark.parametrize("ties", ["float32", "round2"])
+def test_sorted_trials_bit_identical_to_previous_code(ties):
+    scores, labels = float32_trials(11, 300_000, ties)
+    assert np.unique(scores).size < scores.size  # ties, in tie groups of every kind (pure and mixed)
+    trials = SortedTrials(scores, labels)
+    got = [trials.eer(), *(trials.min_dcf(p) for p in (0.01, 0.001, 0.05))]
+    assert got == previous_metrics(scores, labels, (0.01, 0.001, 0.05))
+    assert trials.eer() == compute_eer(scores, labels)
+
+
+@pytest.mark.parametrize("ties", TIE_MODES)
+@pytest.mark.parametrize(("p_target", "c_miss", "c_fa"), COSTS)
+def test_sorted_trials_bit_identical_to_kaldi(ties, p_target, c_miss, c_fa):
+    for scores, labels in trial_sets(12, 40, ties):
+        trials = SortedTrials(scores, labels)
+        assert trials.eer() == kaldi_compute_eer(scores, labels)
+        assert trials.min_dcf(p_target, c_miss, c_fa) == kaldi_min_dcf(scores, labels, p_target, c_miss, c_fa)
+        assert trials.min_dcf(p_target, c_miss, c_fa, kaldi=False) == compute_min_dcf(
+            scores, labels, p_target, c_miss, c_fa, kaldi=False)
+
+
+def test_sorted_trials_stable_order_of_every_tie_group():
+    # Tie groups of sizes 2..5 with labels in a known input order: sorting keeps that order.
+    rng = np.random.default_rng(13)
+    scores = rng.permutation(np.repeat(np.arange(10.0), rng.integers(1, 6, 10)))
+    labels = rng.integers(0, 2, scores.size)
+    labels[:2] = (0, 1)
+    trials = SortedTrials(scores, labels)
+    order = sorted(range(scores.size), key=lambda i: scores[i])  # Python's sort is stable
+    assert trials.scores.tolist() == scores[order].tolist()
+    assert trials.is_target.tolist() == (labels[order] == 1).tolist()
+
+
+# --------------------------------------------------------------------------
+# Cllr, minCllr and actual DCF
+# --------------------------------------------------------------------------
+
+
+def test_cllr_hand_worked():
+    # llr 0 carries no information: 1 bit per trial. A target at +ln 3 costs log2(1 + 1/3) = log2(4/3),
+    # a non-target at -ln 3 the same: Cllr = log2(4/3).
+    assert compute_cllr([0.0, 0.0], [1, 0]) == pytest.approx(1.0, abs=1e-15)
+    assert compute_cllr([math.log(3), -math.log(3)], [1, 0]) == pytest.approx(math.log2(4 / 3), rel=1e-14)
+    # Confidently wrong: 1000 nats on the wrong side cost ~1000 / ln 2 bits, without overflow.
+    assert compute_cllr([-1000.0, 1000.0], [1, 0]) == pytest.approx(1000 / math.log(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("ties", TIE_MODES)
+def test_cllr_matches_direct_loop(ties):
+    for scores, labels in trial_sets(14, 50, ties):
+        assert compute_cllr(scores, labels) == pytest.approx(direct_cllr(scores, labels), rel=1e-12, abs=1e-15)
+        assert SortedTrials(scores, labels).cllr() == pytest.approx(direct_cllr(scores, labels), rel=1e-12, abs=1e-15)
+
+
+def test_min_cllr_hand_worked():
+    # Sorted: n 0.1, t 0.2, n 0.3, t 0.4. PAV pools the violating pair (t 0.2, n 0.3) to 1/2:
+    # posteriors 0, 1/2, 1/2, 1. Prior n_tar / n = 1/2, so llr = logit(posterior): -inf, 0, 0, +inf.
+    # Targets: 0 bits (llr +inf) and 1 bit (llr 0); non-targets: 0 and 1 -> (1/2 + 1/2) / 2 = 1/2.
+    assert compute_min_cllr([0.1, 0.2, 0.3, 0.4], [0, 1, 0, 1]) == pytest.approx(0.5, rel=1e-14)
+    # Perfect separation: every llr infinite on the right side, minCllr 0; all scores tied: 1 bit.
+    assert compute_min_cllr([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 0.0
+    assert compute_min_cllr([0.5] * 5, [1, 0, 0, 1, 0]) == pytest.approx(1.0, rel=1e-14)
+
+
+@pytest.mark.parametrize("ties", TIE_MODES)
+def test_min_cllr_matches_isotonic_regression(ties):
+    for scores, labels in trial_sets(15, 60, ties):
+        assert compute_min_cllr(scores, labels) == pytest.approx(pav_min_cllr(scores, labels), rel=1e-9, abs=1e-12)
+        # Any monotonic calibration, the identity included, does no better than PAV's.
+        assert compute_min_cllr(scores, labels) <= compute_cllr(scores, labels) + 1e-12
+
+
+def test_min_cllr_large_with_ties_matches_isotonic_regression():
+    scores, labels = float32_trials(16, 50_000, "round2")
+    assert compute_min_cllr(scores, labels) == pytest.approx(pav_min_cllr(scores, labels), rel=1e-9)
+
+
+@pytest.mark.parametrize(("p_target", "c_miss", "c_fa"), COSTS)
+def test_act_dcf_decides_at_the_bayes_threshold(p_target, c_miss, c_fa):
+    # Decisions "target iff llr >= ln(c_fa (1 - p) / (c_miss p))", checked trial by trial.
+    threshold = math.log(c_fa * (1 - p_target) / (c_miss * p_target))
+    assert bayes_threshold(p_target, c_miss, c_fa) == pytest.approx(threshold, rel=1e-15)
+    for scores, labels in trial_sets(17, 30, "round1"):
+        llrs = 3 * np.asarray(scores)
+        for t in (threshold, *llrs[:3]):  # also exactly at a score: ">=" accepts it
+            want = direct_actual_dcf(llrs, labels, t, p_target, c_miss, c_fa)
+            assert SortedTrials(llrs, labels).actual_dcf(t, p_target, c_miss, c_fa) == pytest.approx(want, rel=1e-12)
+        want = direct_actual_dcf(llrs, labels, threshold, p_target, c_miss, c_fa)
+        assert SortedTrials(llrs, labels).act_dcf(p_target, c_miss, c_fa) == pytest.approx(want, rel=1e-12)
+
+
+def test_actual_dcf_of_sorted_trials_equals_compute_actual_dcf():
+    rng = np.random.default_rng(18)
+    for scores, labels in trial_sets(19, 30, "int"):
+        trials = SortedTrials(scores, labels)
+        for t in [*np.unique(scores), -math.inf, math.inf, rng.normal()]:
+            assert trials.actual_dcf(t, 0.05) == compute_actual_dcf(scores, labels, t, 0.05)
+
+
+# --------------------------------------------------------------------------
 # Input handling and errors
 # --------------------------------------------------------------------------
 
@@ -431,6 +602,9 @@ ALL_METRICS = [
     lambda s, y: compute_min_dcf(s, y),
     lambda s, y: compute_min_dcf(s, y, kaldi=False),
     lambda s, y: compute_actual_dcf(s, y, 0.0),
+    lambda s, y: compute_cllr(s, y),
+    lambda s, y: compute_min_cllr(s, y),
+    lambda s, y: SortedTrials(s, y),
 ]
 
 
@@ -470,3 +644,5 @@ def test_cost_parameter_errors(kwargs):
 def test_nan_threshold_rejected():
     with pytest.raises(ValueError, match="NaN"):
         compute_actual_dcf([0.1, 0.2], [0, 1], float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        SortedTrials([0.1, 0.2], [0, 1]).actual_dcf(float("nan"))

@@ -16,20 +16,20 @@ import pytest
 import torch
 from scipy.special import ndtri
 
+from stklia import metrics
+from stklia.backends.normalize import unit
+from stklia.backends.scorer import Scorer
 from stklia.data.datasets import normalise
 from stklia.data.kaldi import EvalData, Trials, load_data, read_trials
 from stklia.det import MAX_POINTS, det_curve, det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
-from stklia.metrics import compute_eer, compute_min_dcf
 from stklia.scoring import (
     asnorm,
     asnorm_stats,
-    cosine_scores,
     evaluate,
     format_results,
-    speaker_models,
-    unit,
+    trial_scores,
     write_results,
 )
 
@@ -71,7 +71,8 @@ def test_cosine_scores_match_a_direct_loop() -> None:
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 24)) * rng.uniform(0.1, 10, size=(50, 1))  # lengths vary
     left, right = rng.integers(0, 50, 1000), rng.integers(0, 50, 1000)
-    got = cosine_scores(unit(emb).astype(np.float32), left, right, chunk=77)  # several chunks, a ragged last
+    table = unit(emb).astype(np.float32)
+    got = trial_scores(table, table, left, right, chunk=77)  # several chunks, a ragged last
     expected = [cosine(emb[a], emb[b]) for a, b in zip(left, right)]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
@@ -79,9 +80,12 @@ def test_cosine_scores_match_a_direct_loop() -> None:
 def test_speaker_model_worked_example() -> None:
     # A: [3, 4] -> [.6, .8] and [0, 2] -> [0, 1]; mean [.3, .9]; normalised [.3, .9] / sqrt(.9).
     # B: [-2, 0] -> [-1, 0].
-    names, models = speaker_models(np.array([[0.0, 2.0], [-2.0, 0.0], [3.0, 4.0]]), ["A", "B", "A"])
-    assert names == ["A", "B"]
-    np.testing.assert_allclose(models, [[0.3 / np.sqrt(0.9), 0.9 / np.sqrt(0.9)], [-1.0, 0.0]], atol=1e-12)
+    scorer = Scorer()  # cosine
+    names, rows, counts = scorer.speaker_models(np.array([[0.0, 2.0], [-2.0, 0.0], [3.0, 4.0]]), ["A", "B", "A"])
+    assert names == ["A", "B"] and counts.tolist() == [2, 1]
+    models, same = scorer.tables(rows, counts)
+    assert models is same  # cosine: one table for both sides
+    np.testing.assert_allclose(models, [[0.3 / np.sqrt(0.9), 0.9 / np.sqrt(0.9)], [-1.0, 0.0]], atol=1e-7)
 
 
 def test_asnorm_worked_example() -> None:
@@ -94,7 +98,7 @@ def test_asnorm_worked_example() -> None:
     np.testing.assert_allclose(mean, [0.8, 0.9], atol=1e-12)
     np.testing.assert_allclose(std, [0.2, 0.1], atol=1e-12)
     left, right = np.array([0]), np.array([1])
-    scores = cosine_scores(table, left, right)
+    scores = trial_scores(table, table, left, right)
     assert scores.tolist() == [0.0]
     np.testing.assert_allclose(asnorm(scores, (mean, std), left, right), [-6.5], atol=1e-12)
     # top_n beyond the cohort size uses the whole cohort (plain S-norm); fewer than 2 is meaningless
@@ -110,7 +114,7 @@ def test_asnorm_matches_an_independent_loop() -> None:
     left, right = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
     table = unit(emb).astype(np.float32)
     stats = asnorm_stats(table, cohort, top_n=7, chunk=4)
-    got = asnorm(cosine_scores(table, left, right), stats, left, right)
+    got = asnorm(trial_scores(table, table, left, right), stats, left, right)
     expected = [loop_asnorm(cosine(emb[a], emb[b]), emb[a], emb[b], list(cohort), 7) for a, b in zip(left, right)]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -137,13 +141,13 @@ def test_det_figure_of_many_trials_is_thinned_and_marks_the_eer() -> None:
     curves = [line for line in ax.lines if "EER" in line.get_label()]
     assert len(curves) == 2
     for line, (name, scores) in zip(curves, systems.items()):
-        eer = compute_eer(scores, labels)[0]
+        eer = metrics.compute_eer(scores, labels)[0]
         assert line.get_label() == f"{name} (EER {100 * eer:.2f}%)"
         x, y = line.get_data()
         assert 100 < len(x) <= MAX_POINTS + 1  # of ~100,000 operating points
         assert np.all(np.diff(x) <= 0) and np.all(np.diff(y) >= 0)  # false alarms fall as misses rise
     points = [line for line in ax.lines if line.get_marker() == "o"]
-    expected = [ndtri(compute_eer(s, labels)[0]) for s in systems.values()]
+    expected = [ndtri(metrics.compute_eer(s, labels)[0]) for s in systems.values()]
     np.testing.assert_allclose([p.get_xdata()[0] for p in points], expected)
     np.testing.assert_allclose([p.get_ydata()[0] for p in points], expected)
 
@@ -233,8 +237,12 @@ def test_evaluate_matches_one_trial_at_a_time(evaluated) -> None:
         assert np.ptp(raw) > 1
         for kind, prefix in (("raw", ""), ("asnorm", "asnorm_")):
             s = result.scores[kind]
-            assert result.metrics[f"{prefix}eer"] == 100 * compute_eer(s, trials.labels)[0]
-            assert result.metrics[f"{prefix}min_dcf@0.05"] == compute_min_dcf(s, trials.labels, 0.05)[0]
+            assert result.metrics[f"{prefix}eer"] == 100 * metrics.compute_eer(s, trials.labels)[0]
+            assert result.metrics[f"{prefix}min_dcf@0.05"] == metrics.compute_min_dcf(s, trials.labels, 0.05)[0]
+            act_dcf = metrics.compute_actual_dcf(s, trials.labels, metrics.bayes_threshold(0.01), 0.01)
+            assert result.metrics[f"{prefix}act_dcf@0.01"] == act_dcf
+            assert result.metrics[f"{prefix}cllr"] == pytest.approx(metrics.compute_cllr(s, trials.labels), rel=1e-12)
+            assert result.metrics[f"{prefix}min_cllr"] == metrics.compute_min_cllr(s, trials.labels)
     assert set(results[1].trials.enroll) == set(enroll.speakers)
 
 
@@ -257,6 +265,9 @@ def test_result_files(evaluated, tmp_path: Path) -> None:
         image = matplotlib.image.imread(tmp_path / f"{stem}.det.png")
         assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
-    table = format_results(summaries).splitlines()
-    assert re.match(r"trials\s+n\s+eer\s+min_dcf@0.01\s+min_dcf@0.05\s+asnorm_eer\s+asnorm_min_dcf@0.01", table[0])
-    assert f"{summaries[1]['asnorm_eer']:.2f}" in table[2]
+    header, *rows = [line.split() for line in format_results(summaries).splitlines()]
+    columns = ["eer", "min_dcf@0.01", "min_dcf@0.05", "act_dcf@0.01", "act_dcf@0.05", "cllr", "min_cllr"]
+    assert header == ["trials", "scores", "n", *columns]
+    assert [row[:2] for row in rows] == [[s["trials"], kind] for s in summaries for kind in ("raw", "asnorm")]
+    for row, (summary, prefix) in zip(rows, [(s, p) for s in summaries for p in ("", "asnorm_")]):
+        assert row[3:] == [f"{summary[prefix + c]:.{2 if c == 'eer' else 4}f}" for c in columns]

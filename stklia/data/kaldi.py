@@ -221,13 +221,14 @@ class Trials:
         return f"{self.path.parent.name}/{self.path.name}"
 
 
-def read_trials(path: PathLike, known_utts: set[str] | dict[str, object],
+def read_trials(path: PathLike, known_utts: set[str] | dict[str, object] | None,
                 speakers: set[str] | dict[str, object] | None = None) -> Trials:
     """Read `<label> <a> <b>` lines, with label 1 (target) or 0 (non-target).
 
     `b` is an utterance of the evaluation data; `a` is one too, or, when enrollment `speakers`
     are given, one of those speakers (scored by their speaker model). An id that is both is
-    ambiguous and rejected.
+    ambiguous and rejected. With `known_utts` None the ids are not checked (the labels of a list
+    whose scores exist already).
     """
     path = Path(path)
     labels: list[int] = []
@@ -236,15 +237,16 @@ def read_trials(path: PathLike, known_utts: set[str] | dict[str, object],
     for lineno, (label, a, b) in read_table(path, 3, 3):
         if label not in ("0", "1"):
             raise InputError(path, f"label '{label}' is not 0 or 1", lineno)
-        if speakers is not None and a in speakers:
-            if a in known_utts:
-                raise InputError(path, f"'{a}' is ambiguous: both an enrollment speaker and an utterance", lineno)
-        elif a not in known_utts:
-            message = (f"'{a}' is neither an enrollment speaker nor an utterance of the evaluation data"
-                       if speakers is not None else f"utterance '{a}' is not in the evaluation data")
-            raise InputError(path, message, lineno)
-        if b not in known_utts:
-            raise InputError(path, f"utterance '{b}' is not in the evaluation data", lineno)
+        if known_utts is not None:
+            if speakers is not None and a in speakers:
+                if a in known_utts:
+                    raise InputError(path, f"'{a}' is ambiguous: both an enrollment speaker and an utterance", lineno)
+            elif a not in known_utts:
+                message = (f"'{a}' is neither an enrollment speaker nor an utterance of the evaluation data"
+                           if speakers is not None else f"utterance '{a}' is not in the evaluation data")
+                raise InputError(path, message, lineno)
+            if b not in known_utts:
+                raise InputError(path, f"utterance '{b}' is not in the evaluation data", lineno)
         labels.append(int(label))
         enroll.append(a)
         test.append(b)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,3 +75,11 @@ def load_cohort(data_cfg: DictConfig) -> DataSet | None:
     if len(cohort.speakers) < 2:
         raise InputError("data.cohort", "an AS-norm cohort needs at least 2 speakers")
     return cohort
+
+
+def load_named(data_cfg: DictConfig, name: str) -> tuple[DataSet, str]:
+    """One of the experiment's splits (train, eval, test) or any Kaldi data directory, and a short name for it."""
+    if name in SPLITS:
+        prepare_data(data_cfg)
+        return load_split(data_cfg, name), name
+    return load_dirs(name, data_cfg), Path(name).name
