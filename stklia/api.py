@@ -8,18 +8,34 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 
-from stklia.data.audio import read_audio
-from stklia.experiment import load_experiment
+from stklia.checkpoint import load_checkpoint, resolve_checkpoint
+from stklia.config import build, load_saved_config
+from stklia.data.audio import read_checked_audio
+
+log = logging.getLogger(__name__)
 
 Input = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+def load_trained(model_dir: str | os.PathLike, checkpoint: str | int) -> tuple[DictConfig, nn.Module, int | str]:
+    """The saved config of a trained model directory, the generator of one of its checkpoints, and its
+    step (or its name, for an averaged checkpoint)."""
+    cfg = load_saved_config(model_dir)
+    path = resolve_checkpoint(model_dir, checkpoint)
+    state = load_checkpoint(path)
+    generator = build(cfg.model)
+    generator.load_state_dict(state["generator"])
+    log.info("loaded %s (step %d)", path, state["step"])
+    return cfg, generator, state.get("name", state["step"])
 
 
 class Embedder(nn.Module):
@@ -41,21 +57,18 @@ class SpeakerModel:
     """A trained generator with the feature extraction and normalisation it was trained with."""
 
     def __init__(self, model_dir: str | os.PathLike, checkpoint: str | int = "last", device: str = "cpu"):
-        cfg, generator, self.step = load_experiment(model_dir, checkpoint)
+        cfg, generator, self.step = load_trained(model_dir, checkpoint)
         self.device = torch.device(device)
         self.embedder = Embedder(generator, bool(cfg.data.cmn)).to(self.device)
         self.features_per_frame = int(cfg.data.features_per_frame)
-        self.features = instantiate(cfg.data.features) if cfg.data.get("features") else None
+        self.features = build(cfg.data.features) if cfg.data.get("features") else None
 
     def features_of(self, x: Input) -> np.ndarray:
         """(frames, dims) features: computed from an audio file (any wav.scp entry), or `x` itself."""
         if isinstance(x, (str, os.PathLike)):
             if self.features is None:
                 raise ValueError("this model's config has no data.features: give features, not audio")
-            samples, rate = read_audio(os.fspath(x))
-            if rate != self.features.sample_rate:
-                raise ValueError(f"{x}: sample rate {rate}, the model expects {self.features.sample_rate}")
-            x = self.features(samples)
+            x = self.features(read_checked_audio(os.fspath(x), self.features.sample_rate, x))
         feats = np.array(x, dtype=np.float32)
         if feats.ndim != 2 or feats.shape[1] != self.features_per_frame:
             raise ValueError(f"features of shape {feats.shape}, expected (frames, {self.features_per_frame})")

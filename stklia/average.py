@@ -17,9 +17,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from stklia.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, resolve_checkpoint
-from stklia.errors import InputError, exit_on_input_error
 from stklia.atomic import atomic_output
+from stklia.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, resolve_checkpoint
+from stklia.config import register_resolvers
+from stklia.errors import InputError, exit_on_input_error
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def average_checkpoints(model_dir: str | os.PathLike, paths: Sequence[Path], nam
 
 @hydra.main(version_base="1.3", config_path="conf/trained", config_name="average")
 def main(cfg: DictConfig) -> None:
+    register_resolvers()
     with exit_on_input_error():
         paths = select_checkpoints(cfg.model_dir, cfg.last, cfg.checkpoints)
         name = cfg.name or (f"avg_last{cfg.last}" if cfg.last else None)

@@ -18,11 +18,11 @@ from typing import Protocol
 
 import torch
 
-from stklia.errors import InputError
 from stklia.atomic import atomic_output, write_json
+from stklia.errors import InputError
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-_PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")  # left by a save that was killed (see io.atomic_output)
+_PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")  # left by a save that was killed (see atomic.atomic_output)
 _RESTART_COUNTS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,19 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig
 
 from stklia.errors import InputError, exit_on_input_error
-from stklia.experiment import resolve_device
 from stklia.preemption import Preemption, hand_over
 
 log = logging.getLogger(__name__)
 
 # Ranks wait at a barrier while rank 0 validates, which takes minutes on a large eval set.
 GROUP_TIMEOUT = timedelta(hours=1)
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device of a `device` setting: auto (cuda when available), cpu, cuda, cuda:1, ..."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,9 @@ class RandomStates:
             torch.cuda.set_rng_state(local["cuda"], self.world.device)
 
 
-def launch(cfg: DictConfig, fn: Callable[[World], float], logging_config: dict | None = None) -> float:
-    """Run `fn` in every process of the run and return rank 0's result (NaN on other ranks).
+def launch(cfg: DictConfig, fn: Callable[[World], float | None], logging_config: dict | None = None
+           ) -> float | None:
+    """Run `fn` in every process of the run and return rank 0's result.
 
     `logging_config` (a logging.config.dictConfig dict, e.g. Hydra's job logging) configures the
     processes that `multi_gpu` spawns.
@@ -138,7 +145,7 @@ def _processes(multi_gpu: bool | int) -> int:
     return multi_gpu
 
 
-def _in_group(fn: Callable[[World], float], device_setting: str) -> float:
+def _in_group(fn: Callable[[World], float | None], device_setting: str) -> float | None:
     """Join the process group described by the environment (env://), run fn, leave the group."""
     rank, size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device = resolve_device(device_setting)
@@ -162,7 +169,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(cfg: DictConfig, fn: Callable[[World], float], processes: int, logging_config: dict | None) -> float:
+def _spawn(cfg: DictConfig, fn: Callable[[World], float | None], processes: int,
+           logging_config: dict | None) -> float | None:
     """Start `processes` local ranks and wait for them; signals are passed on to them."""
     results = mp.get_context("spawn").SimpleQueue()
     port = _free_port()
@@ -183,7 +191,7 @@ def _spawn(cfg: DictConfig, fn: Callable[[World], float], processes: int, loggin
     return results.get()
 
 
-def _spawned(rank: int, size: int, port: int, device_setting: str, fn: Callable[[World], float],
+def _spawned(rank: int, size: int, port: int, device_setting: str, fn: Callable[[World], float | None],
              logging_config: dict | None, results: mp.SimpleQueue) -> None:
     """Entry point of a process spawned by `multi_gpu` (module level, so that spawn can import it)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),

@@ -25,9 +25,9 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from stklia.atomic import atomic_output
 from stklia.data.datasets import Utterances
 from stklia.data.kaldi import DataSet
-from stklia.atomic import atomic_output
 
 FORMATS = ("ark", "txt", "pt")
 SORT_POOL_BATCHES = 32  # batches' worth of frames sorted together: enough for little padding

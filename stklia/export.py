@@ -16,8 +16,9 @@ import torch
 from omegaconf import DictConfig
 
 from stklia.api import Embedder, load
-from stklia.errors import InputError, exit_on_input_error
 from stklia.atomic import atomic_output
+from stklia.config import register_resolvers
+from stklia.errors import InputError, exit_on_input_error
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def export(model_dir: str | os.PathLike, fmt: str, checkpoint: str | int = "last
 
 @hydra.main(version_base="1.3", config_path="conf/trained", config_name="export")
 def main(cfg: DictConfig) -> None:
+    register_resolvers()
     with exit_on_input_error():
         print(f"wrote {export(cfg.model_dir, cfg.format, cfg.checkpoint, cfg.out)}")
 

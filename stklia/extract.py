@@ -5,24 +5,26 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from stklia.api import load_trained
+from stklia.config import register_resolvers
+from stklia.data.splits import SPLITS, load_dirs, load_split, prepare_data
+from stklia.distributed import resolve_device
 from stklia.embeddings import FORMATS, embed_utterances, write_embeddings
 from stklia.errors import InputError, exit_on_input_error
-from stklia.experiment import SPLITS, load_experiment, load_split, prepare_data, resolve_device
 
 
 @hydra.main(version_base="1.3", config_path="conf/trained", config_name="extract")
 def main(cfg: DictConfig) -> None:
+    register_resolvers()
     with exit_on_input_error():
         if cfg.format not in FORMATS:
             raise InputError("format", f"'{cfg.format}' is not one of {', '.join(FORMATS)}")
-        experiment, generator, _ = load_experiment(cfg.model_dir, cfg.checkpoint)
+        experiment, generator, _ = load_trained(cfg.model_dir, cfg.checkpoint)
         if cfg.data in SPLITS:  # one of the experiment's own data sets
-            split, name = cfg.data, cfg.data
             prepare_data(experiment.data)
+            data, name = load_split(experiment.data, cfg.data), cfg.data
         else:  # any Kaldi data directory
-            split, name = "extract", Path(cfg.data).name
-            experiment.data.extract = cfg.data
-        data = load_split(experiment.data, split)
+            data, name = load_dirs(cfg.data, experiment.data), Path(cfg.data).name
         device = resolve_device(cfg.device)
         emb = embed_utterances(generator.to(device), data, data.utts, experiment.data.cmn, device, cfg.num_workers,
                                cfg.progress, **cfg.extraction)

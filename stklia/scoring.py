@@ -26,21 +26,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from stklia.data.kaldi import DataSet, Trials
+from stklia.atomic import atomic_output, write_json
+from stklia.data.kaldi import DataSet, EvalData, Trials
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
-from stklia.atomic import atomic_output, write_json
 from stklia.metrics import compute_eer, compute_min_dcf
-
-
-@dataclass
-class EvalData:
-    """What an evaluation needs: the data and trial lists, and optional speaker sets."""
-
-    data: DataSet  # the utterances the trials name
-    trial_lists: list[Trials]
-    enroll: DataSet | None = None  # speakers whose models `<label> <speaker> <utt>` trials score
-    cohort: DataSet | None = None  # AS-norm cohort speakers (None: raw scores only)
 
 
 @dataclass

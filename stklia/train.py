@@ -1,4 +1,4 @@
-"""`python -m stklia.train [overrides]`: train a generator as composed from conf/train.yaml.
+"""`python -m stklia.train [overrides]`: train a generator as composed from stklia/conf/train.yaml.
 
 Also `torchrun --nproc_per_node=N -m stklia.train [overrides]` for DistributedDataParallel.
 """
@@ -10,14 +10,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from stklia.config import check_complete, register_resolvers
 from stklia.distributed import launch
 from stklia.errors import exit_on_input_error
-from stklia.experiment import check_complete
 from stklia.trainer import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    register_resolvers()
     hydra_cfg = HydraConfig.get()
     model_dir = Path(hydra_cfg.runtime.output_dir)  # in a sweep, each job's own directory
     with open_dict(cfg):

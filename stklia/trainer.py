@@ -1,10 +1,16 @@
 """The training loop: generator + classifier head on random crops, checkpoints, validation, logs.
 
-`train` is one process of a run (see stklia.distributed). With several processes each takes its
-share of every batch and DistributedDataParallel averages the gradients; rank 0 alone validates
-and writes checkpoints, logs and TensorBoard. Everything the rest of a run depends on is in its
-checkpoints, so a resumed run (`checkpoint=last`, or a requeued job) is the run that would have
-happened; on a pre-emption signal the run stops after the current step with a checkpoint.
+`train` is one process of a run (see stklia.distributed) and reads top to bottom: check the config,
+load the data, build the parts, initialise or restore them, loop over the batches, test. With several
+processes each takes its share of every batch and DistributedDataParallel averages the gradients;
+rank 0 alone validates and writes checkpoints, logs and TensorBoard. Everything the rest of a run
+depends on is in its checkpoints, so a resumed run (`checkpoint=last`, or a requeued job) is the run
+that would have happened; on a pre-emption signal the run stops after the current step with a
+checkpoint.
+
+The loop does not wait for the device at every step: loss and accuracy are summed on the device and
+read at log intervals, and processes agree on a pre-emption signal (one collective) every
+`preempt_check_interval` steps and at checkpoints; a single process checks it at every step.
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -36,20 +42,25 @@ from stklia.checkpoint import (
     save_checkpoint,
     snapshot,
 )
+from stklia.config import build, save_config
 from stklia.data.datasets import BatchSchedule, TrainingCrops
+from stklia.data.kaldi import EvalData
+from stklia.data.splits import load_split, load_trial_split, prepare_data
 from stklia.distributed import RandomStates, World
 from stklia.errors import InputError
-from stklia.experiment import load_split, load_trial_split, prepare_data, save_config, test_model
+from stklia.evaluation import test_model
 from stklia.preemption import Preemption, hand_over
 from stklia.scoring import evaluate
 
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# what `train` can return to a sweeper (`optimized_metric`), and the data each needs
+OPTIMIZED_METRICS = {"eval_eer": "eval", "test_eer": "test"}
 
 
-class Classifier(nn.Module):
-    """Generator and head as one module, so that DistributedDataParallel synchronises both."""
+class TrainingModel(nn.Module):
+    """Generator and head as one module (what is trained), so that DistributedDataParallel synchronises both."""
 
     def __init__(self, generator: nn.Module, head: nn.Module):
         super().__init__()
@@ -57,6 +68,26 @@ class Classifier(nn.Module):
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head(self.generator(feats), labels)
+
+
+def check_config(cfg: DictConfig, world: World) -> None:
+    """Settings that cannot work stop the run before anything is loaded or written."""
+    if cfg.amp is not None and cfg.amp not in AMP_DTYPES:
+        raise InputError("config", f"amp must be null, {' or '.join(AMP_DTYPES)}, not '{cfg.amp}'")
+    if cfg.batch_size % world.size:
+        raise InputError("config", f"batch_size {cfg.batch_size} is not a multiple of the {world.size} processes")
+    if cfg.keep_last is not None and cfg.keep_last < 1:
+        raise InputError("config", f"keep_last must be null (keep all) or at least 1, not {cfg.keep_last}")
+    if cfg.preempt_check_interval < 1:
+        raise InputError("config", f"preempt_check_interval must be at least 1, not {cfg.preempt_check_interval}")
+    metric = cfg.optimized_metric
+    if metric is not None:
+        if metric not in OPTIMIZED_METRICS:
+            raise InputError("config", f"optimized_metric must be null or one of {', '.join(OPTIMIZED_METRICS)}, "
+                             f"not '{metric}'")
+        split = OPTIMIZED_METRICS[metric]
+        if cfg.data.get(split) is None or not cfg.data.get(f"{split}_trials"):
+            raise InputError("config", f"optimized_metric={metric} needs {split} trials (data.{split}_trials)")
 
 
 def set_deterministic(deterministic: bool) -> None:
@@ -67,145 +98,250 @@ def set_deterministic(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
 
 
-def train(cfg: DictConfig, model_dir: Path, world: World) -> float:
-    """Train as configured, writing into model_dir; return the metric a sweeper should minimise.
+@dataclass
+class RunData:
+    """The data of a run: training crops, and the validation and test trial lists (None when not configured)."""
 
-    That metric is the best validation EER when the data has eval trials, otherwise the test
-    EER of the final model, otherwise the last training loss (NaN on ranks other than 0).
-    """
-    device = world.device
-    if cfg.amp is not None and cfg.amp not in AMP_DTYPES:
-        raise InputError("config", f"amp must be null, {' or '.join(AMP_DTYPES)}, not '{cfg.amp}'")
-    if cfg.batch_size % world.size:
-        raise InputError("config", f"batch_size {cfg.batch_size} is not a multiple of the {world.size} processes")
-    if cfg.keep_last is not None and cfg.keep_last < 1:
-        raise InputError("config", f"keep_last must be null (keep all) or at least 1, not {cfg.keep_last}")
-    preemption = Preemption(cfg.preempt_signals)
-    set_deterministic(cfg.deterministic)
-    torch.manual_seed(cfg.seed)
+    crops: TrainingCrops
+    speakers: list[str]
+    validation: EvalData | None
+    test: EvalData | None
+
+
+def load_run_data(cfg: DictConfig, world: World) -> RunData:
+    """Prepare the data (rank 0, once), then read every split, test included: bad trials must not wait for the end."""
     if world.main:
         prepare_data(cfg.data)
     world.barrier()
     train_data = load_split(cfg.data, "train")
-    validation = load_trial_split(cfg.data, "eval")
-    test_set = load_trial_split(cfg.data, "test")  # read now: bad trials must not wait for the end
     speakers = train_data.speakers
     log.info("training data: %d utterances of %d speakers", len(train_data.utts), len(speakers))
-
-    augment = instantiate(cfg.augment) if cfg.get("augment") else None
+    augment = build(cfg.augment) if cfg.get("augment") else None
     crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn, augment)
-    generator = instantiate(cfg.model)
-    head = instantiate(cfg.head, in_features=generator.emb_size, num_classes=crops.num_classes)
-    model = Classifier(generator, head).to(device)
+    return RunData(crops, speakers, load_trial_split(cfg.data, "eval"), load_trial_split(cfg.data, "test"))
+
+
+@dataclass
+class Parts:
+    """What a run trains and what its checkpoints save and restore."""
+
+    generator: nn.Module
+    head: nn.Module
+    model: TrainingModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    recoverables: dict = field(default_factory=dict)
+
+
+def build_parts(cfg: DictConfig, num_classes: int, world: World) -> Parts:
+    generator = build(cfg.model)
+    head = build(cfg.head, in_features=generator.emb_size, num_classes=num_classes)
+    model = TrainingModel(generator, head).to(world.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optim)(params=list(model.parameters()))
-    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    optimizer = build(cfg.optim)(params=list(model.parameters()))
+    scheduler = build(cfg.scheduler)(optimizer=optimizer)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=cfg.amp == "fp16")
     recoverables = {"generator": generator, "head": head, "optimizer": optimizer, "scheduler": scheduler,
                     "scaler": scaler, "rng": RandomStates(world)}
+    return Parts(generator, head, model, optimizer, scheduler, scaler, recoverables)
 
-    if cfg.init_from is not None:  # a fine-tuning stage: weights only, a fresh optimizer and schedule
-        path = resolve_checkpoint(cfg.init_from, cfg.init_checkpoint)
-        state = load_checkpoint(path)
-        if state["speakers"] != speakers:
-            raise InputError(path, "was trained on other speakers than the configured training data")
-        generator.load_state_dict(state["generator"])
-        head.load_state_dict(state["head"])
-        log.info("initialised from %s", path)
-    step, best = 0, {"step": None, "eer": math.inf}
-    path = checkpoint_to_resume(model_dir, cfg.checkpoint)
-    if path is not None:
-        state = load_checkpoint(path)
-        if state["speakers"] != speakers:
-            raise InputError(path, "was trained on other speakers than the configured training data")
-        restore(recoverables, state, path)
-        step, best = state["step"], state["best"]
-        log.info("resumed from %s at step %d", path, step)
+
+def load_trained_on(path: Path, speakers: list[str]) -> dict:
+    """A checkpoint's state, which must come from training on the same speakers."""
+    state = load_checkpoint(path)
+    if state["speakers"] != speakers:
+        raise InputError(path, "was trained on other speakers than the configured training data")
+    return state
+
+
+def initialise_from(parts: Parts, model_dir: str, checkpoint: str | int, speakers: list[str]) -> None:
+    """A fine-tuning stage starts from another run's weights only, with a fresh optimizer and schedule."""
+    path = resolve_checkpoint(model_dir, checkpoint)
+    state = load_trained_on(path, speakers)
+    parts.generator.load_state_dict(state["generator"])
+    parts.head.load_state_dict(state["head"])
+    log.info("initialised from %s", path)
+
+
+def restore_run(parts: Parts, model_dir: Path, checkpoint: str | int | None, speakers: list[str]) -> tuple[int, dict]:
+    """The step and best validation result to continue from: those of the checkpoint resumed (with every
+    recoverable restored), or a fresh start."""
+    path = checkpoint_to_resume(model_dir, checkpoint)
+    if path is None:
+        return 0, {"step": None, "eer": math.inf}
+    state = load_trained_on(path, speakers)
+    restore(parts.recoverables, state, path)
+    log.info("resumed from %s at step %d", path, state["step"])
+    return state["step"], state["best"]
+
+
+class TrainingMeter:
+    """Loss, accuracy and speed since the last log line. Sums stay on the device: reading them (`read`)
+    is the only host synchronisation, done at log intervals; time spent elsewhere is `excluded`."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.seen = 0
+        self.since = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach() * len(labels)
+        self.correct += (logits.detach().argmax(dim=1) == labels).sum()
+        self.seen += len(labels)
+
+    def exclude(self, seconds: float) -> None:
+        self.since += seconds
+
+    def read(self, world: World) -> tuple[float, float, float]:
+        """Mean loss, accuracy and samples/s over all processes since the last read; then start again."""
+        loss_sum, correct, seen = world.sum([self.loss_sum.item(), self.correct.item(), self.seen])
+        speed = seen / (time.perf_counter() - self.since)
+        self.reset()
+        return loss_sum / seen, correct / seen, speed
+
+
+class Checkpointer:
+    """At checkpoint steps: validate (rank 0), save every recoverable, remember the best, prune old ones."""
+
+    def __init__(self, cfg: DictConfig, model_dir: Path, world: World, parts: Parts, data: RunData,
+                 best: dict, preemption: Preemption, writer: SummaryWriter | None):
+        self.cfg, self.model_dir, self.world, self.parts, self.data = cfg, model_dir, world, parts, data
+        self.best, self.preemption, self.writer = best, preemption, writer
+
+    def validate(self, step: int) -> None:
+        with self.preemption.sheltering_children():
+            results = evaluate(self.parts.generator, self.data.validation, self.cfg.data.cmn, self.world.device,
+                               num_workers=self.cfg.num_workers, progress=False, extraction=self.cfg.extraction)
+        eer = results[0].metrics["eer"]
+        for r in results:
+            self.writer.add_scalar(f"eval/eer/{r.trials.path.name}", r.metrics["eer"], step)
+            self.writer.add_figure(f"eval/det/{r.trials.path.name}", r.figure(), step)
+        log.info("step %d: validation EER %.2f%%", step, eer)
+        if eer < self.best["eer"]:
+            self.best.update(step=step, eer=eer)
+
+    def __call__(self, step: int, validate: bool = True) -> None:
+        if self.world.main and validate and self.data.validation is not None:
+            self.validate(step)
+        state = snapshot(self.parts.recoverables)  # collective: every rank's random state
+        if self.world.main:
+            save_checkpoint(self.model_dir, step, {"step": step, "speakers": self.data.speakers,
+                                                   "best": self.best, **state})
+            if self.best["step"] == step:
+                save_best(self.model_dir, step, self.best["eer"])
+            prune_checkpoints(self.model_dir, self.cfg.keep_last)
+
+
+def make_loader(cfg: DictConfig, crops: TrainingCrops, start_step: int, world: World) -> DataLoader:
+    """Batches of steps start_step.. of this process's share; they depend on (seed, step) only."""
+    schedule = BatchSchedule(crops.labels, cfg.batch_size, cfg.num_iterations, cfg.seed, cfg.sampling, start_step,
+                             world.rank, world.size)
+    # its own generator: drawing worker seeds from the global one would make it depend on where a run started
+    return DataLoader(crops, batch_sampler=schedule, num_workers=cfg.num_workers,
+                      pin_memory=world.device.type == "cuda", persistent_workers=False, generator=torch.Generator())
+
+
+def training_step(parts: Parts, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, step: int,
+                  autocast: torch.autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns the loss and logits (still on the device)."""
+    parts.head.set_step(step)  # margin warm-up / annealing are functions of the step
+    with autocast:
+        logits = model(feats, labels)
+    loss = F.cross_entropy(logits.float(), labels)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    return loss, logits
+
+
+def stop_signal(preemption: Preemption, world: World, step: int, cfg: DictConfig) -> int:
+    """The signal that stops the run after this step (0: none). All processes agree on it, at the steps where
+    they all check: every `preempt_check_interval` steps and at checkpoint steps (every step in one process)."""
+    if world.size == 1:
+        return preemption.received or 0
+    if step % cfg.preempt_check_interval and step % cfg.checkpoint_interval and step != cfg.num_iterations:
+        return 0
+    return world.max(preemption.received or 0)  # a signal to any process stops all
+
+
+def log_progress(meter: TrainingMeter, parts: Parts, world: World, step: int, writer: SummaryWriter | None,
+                 progress: tqdm) -> None:
+    loss, accuracy, speed = meter.read(world)
+    lr = parts.optimizer.param_groups[0]["lr"]
+    if writer is not None:
+        for name, value in (("loss", loss), ("accuracy", accuracy), ("lr", lr), ("samples_per_s", speed)):
+            writer.add_scalar(f"train/{name}", value, step)
+    progress.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.3g}")
+    log.info("step %d: loss %.4f accuracy %.3f lr %.4g, %.0f samples/s", step, loss, accuracy, lr, speed)
+
+
+def fit(cfg: DictConfig, parts: Parts, crops: TrainingCrops, step: int, world: World, checkpoint: Checkpointer,
+        preemption: Preemption, writer: SummaryWriter | None) -> tuple[int, int]:
+    """Train from `step` to the last step, or until a pre-emption signal; return the step reached and the
+    signal (0: none). Checkpoints are written at their interval, at the end and on a signal."""
+    model = DistributedDataParallel(parts.model, device_ids=[world.device] if world.device.type == "cuda" else None) \
+        if world.size > 1 else parts.model
+    autocast = torch.autocast(world.device.type, dtype=AMP_DTYPES.get(cfg.amp), enabled=cfg.amp is not None)
+    meter = TrainingMeter(world.device)
+    model.train()
+    loader = make_loader(cfg, crops, step, world)
+    with preemption.sheltering_children():
+        batches = iter(loader)
+    progress = tqdm(batches, total=len(loader), desc="train", dynamic_ncols=True,
+                    disable=not (cfg.progress and world.main))
+    for feats, labels in progress:
+        feats, labels = feats.to(world.device, non_blocking=True), labels.to(world.device, non_blocking=True)
+        loss, logits = training_step(parts, model, feats, labels, step, autocast)
+        meter.add(loss, logits, labels)
+        step += 1
+        periodic, last = step % cfg.checkpoint_interval == 0, step == cfg.num_iterations
+        if step % cfg.log_interval == 0 or last:
+            log_progress(meter, parts, world, step, writer, progress)
+        stop = stop_signal(preemption, world, step, cfg)
+        if periodic or last or stop:
+            paused = time.perf_counter()
+            checkpoint(step, validate=periodic or last)
+            meter.exclude(time.perf_counter() - paused)  # samples/s measures training, not validation
+        if stop:
+            return step, stop
+    return step, 0
+
+
+def train(cfg: DictConfig, model_dir: Path, world: World) -> float | None:
+    """Train as configured, writing into model_dir; return the `optimized_metric` (None when it is null,
+    and on processes other than rank 0)."""
+    check_config(cfg, world)
+    preemption = Preemption(cfg.preempt_signals)
+    set_deterministic(cfg.deterministic)
+    torch.manual_seed(cfg.seed)
+    data = load_run_data(cfg, world)
+    parts = build_parts(cfg, data.crops.num_classes, world)
+    if cfg.init_from is not None:
+        initialise_from(parts, cfg.init_from, cfg.init_checkpoint, data.speakers)
+    start, best = restore_run(parts, model_dir, cfg.checkpoint, data.speakers)
     if world.main:
         remove_partial_saves(model_dir)
         save_config(cfg, model_dir)
-    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if world.size > 1 else model
-
-    def checkpoint(step: int, validate: bool = True) -> None:
-        if world.main and validate and validation is not None:
-            with preemption.sheltering_children():
-                results = evaluate(generator, validation, cfg.data.cmn, device, num_workers=cfg.num_workers,
-                                   progress=False, extraction=cfg.extraction)
-            eer = results[0].metrics["eer"]
-            for r in results:
-                writer.add_scalar(f"eval/eer/{r.trials.path.name}", r.metrics["eer"], step)
-                writer.add_figure(f"eval/det/{r.trials.path.name}", r.figure(), step)
-            log.info("step %d: validation EER %.2f%%", step, eer)
-            if eer < best["eer"]:
-                best.update(step=step, eer=eer)
-        state = snapshot(recoverables)  # collective: every rank's random state
-        if world.main:
-            save_checkpoint(model_dir, step, {"step": step, "speakers": speakers, "best": best, **state})
-            if best["step"] == step:
-                save_best(model_dir, step, best["eer"])
-            prune_checkpoints(model_dir, cfg.keep_last)
-
-    schedule = BatchSchedule(crops.labels, cfg.batch_size, cfg.num_iterations, cfg.seed, cfg.sampling, step,
-                             world.rank, world.size)
-    # its own generator: drawing worker seeds from the global one would make it depend on where a run started
-    loader = DataLoader(crops, batch_sampler=schedule, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False, generator=torch.Generator())
-    writer = SummaryWriter(model_dir / "tensorboard", purge_step=step + 1) if world.main else None
-    autocast = torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp), enabled=cfg.amp is not None)
-    ddp.train()
-    loss_sum, correct, seen, last_loss, since, stop = 0.0, 0, 0, math.nan, time.perf_counter(), 0
-    with preemption.sheltering_children():
-        batches = iter(loader)
-    progress = tqdm(batches, total=len(schedule), initial=0, desc="train", dynamic_ncols=True,
-                    disable=not (cfg.progress and world.main))
+    writer = SummaryWriter(model_dir / "tensorboard", purge_step=start + 1) if world.main else None
+    checkpoint = Checkpointer(cfg, model_dir, world, parts, data, best, preemption, writer)
+    tested = None
     preemption.install()
     try:
-        for feats, labels in progress:
-            feats = feats.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            head.set_step(step)  # margin warm-up / annealing are functions of the step
-            with autocast:
-                logits = ddp(feats, labels)
-            loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum().item()
-            seen += len(labels)
-            if step % cfg.log_interval == 0 or step == cfg.num_iterations:
-                loss_sum, correct, seen = world.sum([loss_sum, correct, seen])  # over all ranks
-                lr = optimizer.param_groups[0]["lr"]
-                speed = seen / (time.perf_counter() - since)
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss_sum / seen, step)
-                    writer.add_scalar("train/accuracy", correct / seen, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/samples_per_s", speed, step)
-                progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
-                log.info("step %d: loss %.4f accuracy %.3f lr %.4g, %.0f samples/s", step, loss_sum / seen,
-                         correct / seen, lr, speed)
-                last_loss, loss_sum, correct, seen = loss_sum / seen, 0.0, 0, 0
-                since = time.perf_counter()
-            stop = world.max(preemption.received or 0)  # a signal to any rank stops all after this step
-            if step % cfg.checkpoint_interval == 0 or step == cfg.num_iterations:
-                paused = time.perf_counter()
-                checkpoint(step)
-                since += time.perf_counter() - paused  # samples/s measures training, not validation
-            elif stop:
-                checkpoint(step, validate=False)
-            if stop:
-                break
-        tested = None
-        if world.main and not stop and test_set is not None:
-            tested = test_model(generator, test_set, cfg, model_dir, step, device, list(cfg.p_targets),
-                                cfg.progress, writer)
+        step, stop = fit(cfg, parts, data.crops, start, world, checkpoint, preemption, writer)
+        if world.main and not stop and data.test is not None:
+            tested = test_model(parts.generator, data.test, model_dir, step, world.device, cmn=cfg.data.cmn,
+                                p_targets=list(cfg.p_targets), num_workers=cfg.num_workers, progress=cfg.progress,
+                                extraction=cfg.extraction, asnorm_top_n=cfg.data.get("asnorm_top_n") or 0,
+                                writer=writer)
     finally:
         preemption.restore()
         if writer is not None:
@@ -213,9 +349,6 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float:
     if stop:
         log.info("step %d: checkpoint written, stopping", step)
         hand_over(stop)
-
-    if not world.main:
-        return math.nan
-    if best["step"] is not None:
-        return best["eer"]
-    return tested[0]["eer"] if tested else last_loss
+    if not world.main or cfg.optimized_metric is None:
+        return None
+    return best["eer"] if cfg.optimized_metric == "eval_eer" else tested[0]["eer"]

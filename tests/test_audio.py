@@ -12,9 +12,9 @@ import pytest
 import soundfile
 
 from stklia.data.datasets import TrainingCrops
+from stklia.data.features import Fbank
 from stklia.data.kaldi import load_data_dir
 from stklia.errors import InputError
-from stklia.data.features import Fbank
 
 from conftest import TINY_TRAINING, run_stklia
 

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.data.datasets import TrainingCrops
+from stklia.data.features import Fbank
 from stklia.data.kaldi import load_data_dir
 from stklia.errors import InputError
-from stklia.data.features import Fbank
 
 from conftest import SR, TINY_TRAINING, demo_data_overrides, run_stklia, write_list
 
@@ -113,7 +113,7 @@ def test_bad_noise_list_names_its_line(tmp_path: Path) -> None:
     noise = write_list(tmp_path, "noise", [np.ones(100), np.ones(100)])
     soundfile.write(tmp_path / "noise1.wav", np.ones(100, dtype=np.int16), 8000)
     add = AddNoise({"noise": {"list": noise, "snr": [0, 0]}}, prob=1.0)
-    with pytest.raises(InputError, match=rf"{noise}:2: sample rate 8000, expected 16000"):
+    with pytest.raises(InputError, match=rf"{noise}:2: audio has sample rate 8000, expected 16000"):
         for seed in range(20):
             add(tone(0.1, 100), np.random.default_rng(seed))
 

@@ -17,13 +17,12 @@ import torch
 from scipy.special import ndtri
 
 from stklia.data.datasets import normalise
-from stklia.data.kaldi import Trials, load_data, read_trials
+from stklia.data.kaldi import EvalData, Trials, load_data, read_trials
 from stklia.det import MAX_POINTS, det_curve, det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
 from stklia.metrics import compute_eer, compute_min_dcf
 from stklia.scoring import (
-    EvalData,
     asnorm,
     asnorm_stats,
     cosine_scores,

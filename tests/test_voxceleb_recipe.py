@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from scipy import signal
 
 from stklia.data.audio import read_audio
-from stklia.data.kaldi import load_data_dir, read_trials
 from stklia.data.features import Fbank
+from stklia.data.kaldi import load_data_dir, read_trials
 
 from conftest import REPO, SR, TINY_TRAINING, run_recipe, write_list
 

@@ -2,16 +2,21 @@
 
 Samples are returned on the int16 scale (a 16-bit wav read as its integer values), which is
 what Kaldi's compute-fbank-feats sees, so on-the-fly features equal Kaldi's offline ones.
+`read_checked_audio` is the one reader the data sets, augmentation lists and the Python API use.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 
 import kaldiio
 import numpy as np
 import soundfile
+
+from stklia.data.rxfilename import parse_rxfilename
+from stklia.errors import InputError
 
 
 def _int16_scale(samples: np.ndarray) -> np.ndarray:
@@ -27,17 +32,33 @@ def _int16_scale(samples: np.ndarray) -> np.ndarray:
 
 def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
     """(samples, sample rate) of one wav.scp entry; raises OSError/ValueError/RuntimeError on bad audio."""
-    rxfilename = rxfilename.strip()
-    if rxfilename.endswith("|"):
-        proc = subprocess.run(rxfilename[:-1], shell=True, capture_output=True)
+    rx = parse_rxfilename(rxfilename)
+    if rx.kind == "pipe":
+        proc = subprocess.run(rx.command, shell=True, capture_output=True)
         if proc.returncode != 0:
             stderr = proc.stderr.decode(errors="replace").strip().splitlines()
             raise RuntimeError(f"command exited with status {proc.returncode}: {stderr[-1] if stderr else ''}")
         samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="int16")
         return _int16_scale(samples), rate
-    path, _, offset = rxfilename.rpartition(":")
-    if path and offset.isdigit():  # wav-in-ark (e.g. from Kaldi's wav-copy)
-        rate, samples = kaldiio.load_mat(rxfilename)
+    if rx.kind == "ark":  # wav-in-ark (e.g. from Kaldi's wav-copy)
+        rate, samples = kaldiio.load_mat(rxfilename.strip())
         return _int16_scale(np.asarray(samples)), rate
-    samples, rate = soundfile.read(rxfilename, dtype="float32", always_2d=False)
+    if rx.kind == "stdin":
+        raise ValueError("reading audio from stdin ('-') is not supported")
+    samples, rate = soundfile.read(rx.path, dtype="float32", always_2d=False)
     return _int16_scale(samples), rate
+
+
+def read_checked_audio(rxfilename: str, sample_rate: int, where: str | os.PathLike, line: int | None = None,
+                       what: str = "audio") -> np.ndarray:
+    """Int16-scaled samples of one entry at `sample_rate`; any problem is an InputError at `where`:`line`
+    (the list or scp that names the entry), saying `what` could not be read."""
+    try:
+        samples, rate = read_audio(rxfilename)
+    except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
+        raise InputError(where, f"cannot read {what}: {err}", line) from err
+    if rate != sample_rate:
+        raise InputError(where, f"{what} has sample rate {rate}, expected {sample_rate}", line)
+    if len(samples) == 0:
+        raise InputError(where, f"{what} is empty", line)
+    return samples

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from stklia.data.audio import read_audio
+from stklia.data.audio import read_checked_audio
 from stklia.data.kaldi import read_table
 from stklia.errors import InputError
 
@@ -38,15 +38,7 @@ class AudioList:
 
     def read(self, index: int) -> np.ndarray:
         rx, line = self.entries[index]
-        try:
-            samples, rate = read_audio(rx)
-        except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
-            raise InputError(self.path, f"cannot read audio: {err}", line) from err
-        if rate != self.sample_rate:
-            raise InputError(self.path, f"sample rate {rate}, expected {self.sample_rate}", line)
-        if len(samples) == 0:
-            raise InputError(self.path, "empty recording", line)
-        return samples
+        return read_checked_audio(rx, self.sample_rate, self.path, line)
 
 
 def _power(x: np.ndarray) -> float:

@@ -15,7 +15,8 @@ from typing import Protocol
 import kaldiio
 import numpy as np
 
-from stklia.data.audio import read_audio
+from stklia.data.audio import read_checked_audio
+from stklia.data.rxfilename import parse_rxfilename
 from stklia.errors import InputError
 
 PathLike = str | os.PathLike
@@ -48,16 +49,6 @@ def _read_mapping(path: Path, max_fields: int | None) -> tuple[dict[str, str], d
         values[key] = " ".join(fields[1:])
         lines[key] = lineno
     return values, lines
-
-
-def _ark_path(rxfilename: str) -> Path | None:
-    """The file an rxfilename reads from (None for pipes and stdin)."""
-    if rxfilename.endswith("|") or rxfilename == "-":
-        return None
-    path = rxfilename
-    if ":" in path and path.rsplit(":", 1)[1].isdigit():
-        path = path.rsplit(":", 1)[0]
-    return Path(path)
 
 
 class Featurizer(Protocol):
@@ -100,14 +91,7 @@ class DataSet:
     def read_audio(self, utt: str) -> np.ndarray:
         """Int16-scaled samples of an audio utterance, at the featurizer's sample rate."""
         path, line = self.origin[utt]
-        try:
-            samples, rate = read_audio(self.feats[utt])
-        except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
-            raise InputError(path, f"cannot read audio of '{utt}': {err}", line) from err
-        if rate != self.features.sample_rate:
-            raise InputError(path, f"audio of '{utt}' has sample rate {rate} but the features config "
-                             f"expects {self.features.sample_rate}", line)
-        return samples
+        return read_checked_audio(self.feats[utt], self.features.sample_rate, path, line, f"audio of '{utt}'")
 
     def load(self, utt: str) -> np.ndarray:
         """Features of one whole utterance as a float32 (frames, dims) matrix (from audio: not dithered)."""
@@ -124,6 +108,31 @@ class DataSet:
             path, line = self.origin[utt]
             raise InputError(path, f"features of '{utt}' have shape {mat.shape}, expected (frames, dims)", line)
         return mat
+
+
+def _check_spk2utt(path: Path, utt2spk: dict[str, str], utt2spk_path: Path) -> None:
+    """spk2utt must list exactly the utterances of utt2spk, each under its speaker."""
+    seen = set()
+    for lineno, (spk, *utts) in read_table(path, 2):
+        for utt in utts:
+            if utt2spk.get(utt) != spk:
+                raise InputError(path, f"utterance '{utt}' of speaker '{spk}' disagrees with {utt2spk_path}", lineno)
+            seen.add(utt)
+    if len(seen) != len(utt2spk):
+        missing = sorted(set(utt2spk) - seen)[0]
+        raise InputError(path, f"utterance '{missing}' of {utt2spk_path} is missing")
+
+
+def _check_files_exist(scp: Path, entries: dict[str, str], lines: dict[str, int], kind: str) -> None:
+    """Every file an scp's entries read (not pipes) exists; each is checked once."""
+    checked: set[Path] = set()
+    for utt, rx in entries.items():
+        path = parse_rxfilename(rx).path
+        if path is None or path in checked:
+            continue
+        if not (Path.cwd() / path).is_file():  # a relative path is relative to where the command runs
+            raise InputError(scp, f"{kind} file '{Path.cwd() / path}' does not exist", lines[utt])
+        checked.add(path)
 
 
 def load_data_dir(path: PathLike, features: Featurizer | None = None) -> DataSet:
@@ -154,27 +163,8 @@ def load_data_dir(path: PathLike, features: Featurizer | None = None) -> DataSet
         if utt not in utt2spk:
             raise InputError(feats_scp, f"utterance '{utt}' is not in {utt2spk_path}", lineno)
     if spk2utt_path.exists():
-        seen = set()
-        for lineno, (spk, *utts) in read_table(spk2utt_path, 2):
-            for utt in utts:
-                if utt2spk.get(utt) != spk:
-                    message = f"utterance '{utt}' of speaker '{spk}' disagrees with {utt2spk_path}"
-                    raise InputError(spk2utt_path, message, lineno)
-                seen.add(utt)
-        if len(seen) != len(utt2spk):
-            missing = sorted(set(utt2spk) - seen)[0]
-            raise InputError(spk2utt_path, f"utterance '{missing}' of {utt2spk_path} is missing")
-    checked: set[Path] = set()
-    for utt, rx in feats.items():
-        ark = _ark_path(rx)
-        if ark is None or ark in checked:
-            continue
-        if not ark.is_absolute():
-            ark = Path.cwd() / ark
-        if not ark.is_file():
-            raise InputError(feats_scp, f"{'audio' if is_audio else 'feature'} file '{ark}' does not exist",
-                             feat_lines[utt])
-        checked.add(ark)
+        _check_spk2utt(spk2utt_path, utt2spk, utt2spk_path)
+    _check_files_exist(feats_scp, feats, feat_lines, "audio" if is_audio else "feature")
     origin = {utt: (feats_scp, lineno) for utt, lineno in feat_lines.items()}
     return DataSet(sorted(feats), utt2spk, feats, origin, set(feats) if is_audio else set(), features)
 
@@ -261,3 +251,13 @@ def read_trials(path: PathLike, known_utts: set[str] | dict[str, object],
     if not labels:
         raise InputError(path, "empty: no trials")
     return Trials(path, np.array(labels, dtype=np.int8), enroll, test)
+
+
+@dataclass
+class EvalData:
+    """What an evaluation needs: the data and trial lists, and optional speaker sets."""
+
+    data: DataSet  # the utterances the trials name
+    trial_lists: list[Trials]
+    enroll: DataSet | None = None  # speakers whose models `<label> <speaker> <utt>` trials score
+    cohort: DataSet | None = None  # AS-norm cohort speakers (None: raw scores only)

@@ -13,9 +13,9 @@ import argparse
 import shlex
 from pathlib import Path
 
+from stklia.atomic import atomic_output
 from stklia.data.kaldi import read_table
 from stklia.errors import InputError, exit_on_input_error
-from stklia.atomic import atomic_output
 
 EXTENSIONS = (".wav", ".m4a")
 

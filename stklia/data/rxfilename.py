@@ -1,0 +1,30 @@
+"""Kaldi rxfilenames: what an scp entry reads from (a file, `file:offset` in an ark, a `command |` pipe, stdin)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_ARK_OFFSET = re.compile(r"^(?P<path>.+):(?P<offset>\d+)(?P<slice>\[[^\]]*\])?$")
+
+
+@dataclass(frozen=True)
+class RxFilename:
+    """One parsed entry: `pipe` (a shell command), `stdin`, `ark` (a matrix at `offset` of `path`) or `file`."""
+
+    kind: str
+    path: Path | None = None  # the file read (ark and file)
+    command: str | None = None  # the shell command (pipe)
+
+
+def parse_rxfilename(rxfilename: str) -> RxFilename:
+    rx = rxfilename.strip()
+    if rx.endswith("|"):
+        return RxFilename("pipe", command=rx[:-1])
+    if rx == "-":
+        return RxFilename("stdin")
+    match = _ARK_OFFSET.match(rx)
+    if match:
+        return RxFilename("ark", path=Path(match["path"]))
+    return RxFilename("file", path=Path(rx))

@@ -1,0 +1,35 @@
+"""`python -m stklia.evaluate model_dir=DIR [checkpoint=last|best|N]` (also `python -m stklia.test`):
+EER and minDCF of every test trial list of a trained model."""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from stklia.api import load_trained
+from stklia.config import register_resolvers
+from stklia.data.splits import load_test_set, prepare_data
+from stklia.distributed import resolve_device
+from stklia.errors import exit_on_input_error
+from stklia.evaluation import test_model
+
+REPLACEABLE = ("test", "test_trials", "test_enroll", "cohort", "asnorm_top_n")  # data entries the command may replace
+
+
+@hydra.main(version_base="1.3", config_path="conf/trained", config_name="test")
+def main(cfg: DictConfig) -> float:
+    register_resolvers()
+    with exit_on_input_error():
+        experiment, generator, step = load_trained(cfg.model_dir, cfg.checkpoint)
+        data_cfg = OmegaConf.merge(experiment.data, {key: cfg[key] for key in REPLACEABLE if cfg[key] is not None})
+        prepare_data(data_cfg)
+        test_set = load_test_set(data_cfg)
+        device = resolve_device(cfg.device)
+        results = test_model(generator.to(device), test_set, Path(cfg.model_dir), step, device, cmn=data_cfg.cmn,
+                             p_targets=list(cfg.p_targets), num_workers=cfg.num_workers, progress=cfg.progress,
+                             extraction=cfg.extraction, asnorm_top_n=data_cfg.get("asnorm_top_n") or 0)
+        return results[0]["eer"]
+
+
+if __name__ == "__main__":
+    main()
