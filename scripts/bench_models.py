@@ -1,7 +1,8 @@
 """Benchmark training speed of each model preset on this machine, against its FLOP limit.
 
 Each preset of conf/model/ at full size, at the demo's features (40 filterbanks) and crop (150 frames),
-trains a few steps (generator + the demo's AdaCos head + SGD, float32) on random features; the
+trains a few steps (stklia.trainer's build_parts and training_step: generator + the demo's AdaCos head,
+SGD and warm-up + cosine schedule, float32) on random features; the
 table gives training samples/s (the best of `--repeats` timed windows, the least disturbed by
 other load) and the fraction of the FLOP limit it reaches. The FLOP limit is this machine's float32
 matrix-product rate, measured just before each model (best of a few 2048 x 2048 products), divided
@@ -19,17 +20,18 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from stklia.config import build  # noqa: E402
+from stklia.distributed import World  # noqa: E402
 from stklia.models.complexity import count_parameters, forward_flops  # noqa: E402
+from stklia.trainer import build_parts, training_step  # noqa: E402
 
 PRESETS = ["resnet_small", "xvector", "ecapa_tdnn", "ecapa_tdnn_c1024", "campplus", "resnet18", "resnet34",
            "resnet50", "resnet101", "resnet221", "resnet293"]
@@ -54,7 +56,7 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
 def training_flops_per_sample(cfg: DictConfig, batch: int) -> float:
     """Forward + backward FLOPs of the generator per crop, counted on the meta device."""
     with torch.device("meta"):
-        generator = instantiate(cfg.model).train()
+        generator = build(cfg.model).train()
         feats = torch.zeros(batch, cfg.max_seq_len, cfg.data.features_per_frame)
         with FlopCounterMode(display=False) as counter:
             generator(feats).sum().backward()
@@ -65,24 +67,19 @@ def training_samples_per_second(cfg: DictConfig, batch: int, seconds: float, rep
     """Samples/s of whole training steps after one warm-up step: the best of `repeats` windows of at least
     2 steps and `seconds`."""
     torch.manual_seed(0)
-    generator = instantiate(cfg.model).train()
-    head = instantiate(cfg.head, in_features=generator.emb_size, num_classes=SPEAKERS).train()
-    optimizer = instantiate(cfg.optim)(params=[*generator.parameters(), *head.parameters()])
+    parts = build_parts(cfg, SPEAKERS, World(torch.device("cpu")))
+    parts.model.train()
     feats = torch.randn(batch, cfg.max_seq_len, cfg.data.features_per_frame)
     labels = torch.randint(SPEAKERS, (batch,))
-
-    def step() -> None:
-        loss = F.cross_entropy(head(generator(feats), labels).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()
+    no_autocast = torch.autocast("cpu", enabled=False)
+    step = 0
+    training_step(parts, parts.model, feats, labels, step, no_autocast)
     best = 0.0
     for _ in range(repeats):
         steps, start = 0, time.perf_counter()
         while steps < 2 or time.perf_counter() - start < seconds:
-            step()
+            step += 1
+            training_step(parts, parts.model, feats, labels, step, no_autocast)
             steps += 1
         best = max(best, steps * batch / (time.perf_counter() - start))
     return best
@@ -103,7 +100,7 @@ def main() -> None:
     for preset in args.presets:
         cfg = config(preset)
         with torch.device("meta"):
-            full = instantiate(cfg.model, features_per_frame=80)
+            full = build(cfg.model, features_per_frame=80)
         flops = training_flops_per_sample(cfg, args.batch)
         peak = matmul_flops_per_second()
         speed = training_samples_per_second(cfg, args.batch, args.seconds, args.repeats)
