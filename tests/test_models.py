@@ -1,12 +1,13 @@
-"""The model family (conf/model/): sizes against the published figures, padded batches, export, bf16, bad configs.
+"""The model family (conf/model/): sizes against the published figures, padded batches, export, bf16, bad configs,
+and each family through the commands (DDP training on gloo, test, extract, export).
 
 Parameter counts and FLOPs come from the presets at full size, built on the meta device (no memory,
-no computation). Everything else runs each family at a tiny size, with the overrides the command-
-line tests use too.
+no computation). Everything else runs each family at a tiny size.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,12 @@ from omegaconf import DictConfig
 
 from stklia.api import Embedder
 from stklia.config import build
+from stklia.data.kaldi import load_data_dir
 from stklia.errors import InputError
 from stklia.export import export_onnx, export_torchscript
 from stklia.models.complexity import count_parameters, forward_flops
 
-from conftest import REPO
+from conftest import REPO, TINY_SCHEDULE, demo_data_overrides, run_stklia, torchrun
 
 CONF = REPO / "stklia" / "conf"
 FEATURES = 40  # the demo's filterbanks
@@ -46,8 +48,8 @@ SIZES = {
     "resnet_small": (635_312, None, None, None),
 }
 
-# Each family at a size that runs in milliseconds (the command-line tests train with these too). The ResNet
-# is a Bottleneck one (tests/test_embeddings.py and test_model_tools.py check BasicBlock ResNets).
+# Each family at a size that runs in milliseconds. The ResNet is a Bottleneck one (tests/test_embeddings.py and
+# test_model_tools.py check BasicBlock ResNets).
 TINY = {
     "resnet": ["model.layers=[1,1,1,1]", "model.num_filters=[4,8,8,8]", "+model.block=bottleneck",
                "model.emb_size=16"],
@@ -175,3 +177,37 @@ def test_a_config_that_cannot_work_names_its_key(preset: str, overrides: list[st
     with torch.device("meta"), pytest.raises(InputError) as error:
         build(model_config(preset, *overrides))
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("preset", ["ecapa_tdnn", "campplus", "xvector"])  # ResNets: test_cli.py, test_distributed.py
+def test_each_family_trains_with_ddp_then_tests_extracts_and_exports(preset: str, demo_root: Path,
+                                                                     tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    proc = torchrun(*demo_data_overrides(demo_root), *TINY_SCHEDULE, f"model={preset}", *TINY[preset],
+                    f"model_dir={model_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "distributed run: 2 processes (gloo)" in (model_dir / "train.log").read_text()
+    trials = json.loads((model_dir / "results" / "step_00000006.json").read_text())["results"][0]["num_trials"]
+    assert trials > 0  # the run tested its final model
+    proc = run_stklia("test", f"model_dir={model_dir}", "checkpoint=3", "progress=false", cwd=tmp_path)
+    assert "min_dcf@0.01" in proc.stdout
+    run_stklia("extract", f"model_dir={model_dir}", "data=test", "format=pt", f"out_dir={tmp_path / 'emb'}",
+               "progress=false", cwd=tmp_path)
+    run_stklia("export", f"model_dir={model_dir}", "format=torchscript", f"out={tmp_path / 'generator.pt'}",
+               cwd=tmp_path)
+    extracted = torch.load(tmp_path / "emb" / "embeddings.pt", weights_only=True)
+    exported = torch.jit.load(str(tmp_path / "generator.pt"))
+    data = load_data_dir(demo_root / "test")
+    for utt in data.utts[:3]:  # the exported generator embeds as extract did (a padded batch, masked)
+        got = exported(torch.from_numpy(data.load(utt))[None])[0].detach()
+        torch.testing.assert_close(got, extracted[utt], rtol=1e-4, atol=1e-4 * extracted[utt].abs().max().item())
+
+
+def test_a_model_that_cannot_work_stops_with_one_line(demo_root: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_SCHEDULE, "model=ecapa_tdnn",
+                      "model.channels=100", f"model_dir={model_dir}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("stklia: error: model.channels: 100 channels are not divisible "
+                                                    "by the Res2Net scale 8")
+    assert not model_dir.exists() or not {p.name for p in model_dir.iterdir()} & {"config.yaml", "checkpoints"}
