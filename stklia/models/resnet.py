@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from stklia.errors import InputError
 from stklia.models.masking import frame_mask, strided_length, zero_padding
@@ -48,7 +47,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.time_stride = _pair(stride)[0]
+        self.time_stride = stride if isinstance(stride, int) else stride[0]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
@@ -76,7 +75,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.time_stride = _pair(stride)[0]
+        self.time_stride = stride if isinstance(stride, int) else stride[0]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
