@@ -32,7 +32,9 @@ def export_torchscript(embedder: Embedder, path: Path) -> None:
 
 
 def export_onnx(embedder: Embedder, path: Path, features_per_frame: int) -> None:
-    example = torch.randn(1, 100, features_per_frame)
+    # a batch of 2: traced with 1, an operation that treats size 1 specially (a convolution of a channel
+    # slice, in ECAPA-TDNN's Res2Net) would fix the exported batch size at 1
+    example = torch.randn(2, 100, features_per_frame)
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("frames", min=MIN_FRAMES)}
     program = torch.onnx.export(embedder, (example,), input_names=["feats"], output_names=["embedding"],
                                 dynamic_shapes={"feats": dims}, dynamo=True, verbose=False)

@@ -19,12 +19,10 @@ from stklia.models.resnet import ResNet
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A model and schedule small enough for a CLI run in seconds on 2 CPU cores.
-TINY_TRAINING = [
-    "model.layers=[1,1,1,1]", "model.num_filters=[4,8,8,8]", "model.emb_size=16",
-    "batch_size=8", "max_seq_len=40", "num_iterations=6", "checkpoint_interval=3", "log_interval=2",
-    "num_workers=0", "progress=false",
-]
+# A schedule, and with the default ResNet a model, small enough for a CLI run in seconds on 2 CPU cores.
+TINY_SCHEDULE = ["batch_size=8", "max_seq_len=40", "num_iterations=6", "checkpoint_interval=3", "log_interval=2",
+                 "num_workers=0", "progress=false"]
+TINY_TRAINING = ["model.layers=[1,1,1,1]", "model.num_filters=[4,8,8,8]", "model.emb_size=16", *TINY_SCHEDULE]
 N = 4  # checkpoint interval of the short runs of the resume and distributed tests, which train 2N steps
 SR = 16000  # sample rate of the generated recordings
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # processes that share 2 cores (torchrun's default too); same kernels

@@ -1,6 +1,6 @@
 """Temporal pooling: (batch, channels, frames) -> (batch, out_channels), one class per mode.
 
-Each layer exposes `out_channels` so the ResNet can size its embedding layer for any mode.
+Each layer exposes `out_channels` so that a model can size its embedding layer for any mode.
 `forward(x, mask)` takes an optional (batch, frames) bool mask of the valid frames, so that
 padded batches of utterances of different lengths pool exactly like one utterance at a time.
 Moments are computed in at least float32 (half-precision x**4 overflows), on x's device.
@@ -10,7 +10,10 @@ Register new modes in POOLINGS; docs/heads.md describes them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from stklia.errors import InputError
 
 
 def floored(variance: torch.Tensor) -> torch.Tensor:
@@ -33,6 +36,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over valid frames."""
     x, n = _valid(x, mask)
     return x.sum(dim=-1) / n
+
+
+def masked_segment_mean(x: torch.Tensor, mask: torch.Tensor | None, segment_frames: int) -> torch.Tensor:
+    """(batch, channels, frames): each frame's mean over its segment of `segment_frames` frames (the last
+    segment may be shorter), over the valid frames only (CAM++'s segment pooling; F.avg_pool1d with
+    ceil_mode=True for one whole utterance)."""
+    x, _ = _valid(x, mask)
+    batch, channels, frames = x.shape
+    segments = (frames + segment_frames - 1) // segment_frames
+    tail = segments * segment_frames - frames
+    weights = x.new_ones(1, 1, frames) if mask is None else mask[:, None, :].to(x.dtype)
+    sums = F.pad(x, (0, tail)).reshape(batch, channels, segments, segment_frames).sum(dim=-1)
+    counts = F.pad(weights, (0, tail)).reshape(weights.shape[0], 1, segments, segment_frames).sum(dim=-1)
+    return (sums / counts.clamp(min=1)).repeat_interleave(segment_frames, dim=-1)[..., :frames]
 
 
 def central_moments(x: torch.Tensor, mask: torch.Tensor | None,
@@ -129,19 +146,30 @@ class AttentiveStatisticsPooling(Pooling):
     Frame t gets the score e_t = v^T tanh(W h_t + b) + k (a 1x1 convolution of `attention_channels`
     units then one of 1 unit), weights alpha = softmax_t(e) over the valid frames (padded frames get
     weight 0), mean mu = sum_t alpha_t h_t and std sqrt(sum_t alpha_t (h_t - mu)**2).
+
+    `channel_dependent`: one score per channel and frame (v_c, k_c: a last convolution of `channels`
+    units); `global_context`: the attention also sees the utterance's mean and standard deviation
+    over its valid frames, [h_t; mean; std] (ECAPA-TDNN, Desplanques et al., 2020, section 3.3).
     """
 
     expansion = 2
 
-    def __init__(self, channels: int, attention_channels: int = 128):
+    def __init__(self, channels: int, attention_channels: int = 128, channel_dependent: bool = False,
+                 global_context: bool = False):
         super().__init__(channels)
+        self.global_context = global_context
         self.attention = nn.Sequential(
-            nn.Conv1d(channels, attention_channels, kernel_size=1), nn.Tanh(),
-            nn.Conv1d(attention_channels, 1, kernel_size=1),
+            nn.Conv1d(channels * 3 if global_context else channels, attention_channels, kernel_size=1), nn.Tanh(),
+            nn.Conv1d(attention_channels, channels if channel_dependent else 1, kernel_size=1),
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        scores = self.attention(x)  # (batch, 1, frames)
+        context = x
+        if self.global_context:
+            frames = x.shape[-1]
+            stats = [masked_mean(x, mask), masked_std(x, mask)]
+            context = torch.cat([x] + [s.to(x.dtype)[..., None].expand(-1, -1, frames) for s in stats], dim=1)
+        scores = self.attention(context)  # (batch, 1 or channels, frames)
         x, _ = _valid(x, mask)
         scores = scores.to(x.dtype)
         if mask is not None:
@@ -150,6 +178,13 @@ class AttentiveStatisticsPooling(Pooling):
         mean = (alpha * x).sum(dim=-1)
         var = (alpha * (x - mean[..., None]) ** 2).sum(dim=-1)
         return torch.cat([mean, floored(var).sqrt()], dim=1)
+
+
+class ChannelContextAttentivePooling(AttentiveStatisticsPooling):
+    """ECAPA-TDNN's channel- and context-dependent attentive statistics pooling (bottleneck of 128)."""
+
+    def __init__(self, channels: int, attention_channels: int = 128):
+        super().__init__(channels, attention_channels, channel_dependent=True, global_context=True)
 
 
 POOLINGS: dict[str, type[Pooling]] = {
@@ -161,11 +196,12 @@ POOLINGS: dict[str, type[Pooling]] = {
     "std_skew": StdSkewPooling,
     "std_kurtosis": StdKurtosisPooling,
     "attentive": AttentiveStatisticsPooling,
+    "channel_context_attentive": ChannelContextAttentivePooling,
 }
 
 
 def build_pooling(mode: str, channels: int) -> Pooling:
     """The pooling layer called `mode` for inputs of `channels` channels."""
     if mode not in POOLINGS:
-        raise ValueError(f"unknown pooling '{mode}', choose one of: {', '.join(POOLINGS)}")
+        raise InputError("model.pooling", f"unknown pooling '{mode}', choose one of: {', '.join(POOLINGS)}")
     return POOLINGS[mode](channels)

@@ -5,13 +5,8 @@ blocks (BasicBlock up to ResNet-34, Bottleneck above; the first stage keeps the 
 others halve it), then the frequency axis is folded into channels, frames are pooled, and a linear
 layer + batch norm gives the embedding. `resnet18()` ... `resnet293()` build WeSpeaker's depths.
 
-Padded batches: `forward(feats, lengths)` embeds utterances of different lengths padded to one
-tensor exactly as each would be embedded alone. Alone, every 3x3 convolution sees zeros beyond
-the utterance's end (its zero padding); in a batch it sees whatever the previous layer made of
-the padded frames (batch norm adds its bias there). So the padded frames are zeroed again before
-every convolution, the valid length follows each stride (L -> ceil(L / 2)), and the pooling
-ignores them through its mask. This holds in eval mode; in training mode batch norm statistics
-would include the padded frames.
+Padded batches (`forward(feats, lengths)`) embed each utterance as alone (stklia.models.masking):
+the padded frames are zeroed before every 3x3 convolution and the valid length follows each stride.
 """
 
 from __future__ import annotations
@@ -22,40 +17,29 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from stklia.errors import InputError
+from stklia.models.masking import frame_mask, strided_length, zero_padding
 from stklia.models.pooling import build_pooling
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+def conv3x3(in_planes: int, out_planes: int, stride: int | tuple[int, int] = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
-def strided_length(lengths: torch.Tensor, stride: int) -> torch.Tensor:
-    """Valid frames after a convolution of this stride (kernel 3 padding 1, or kernel 1 padding 0)."""
-    return (lengths - 1) // stride + 1
-
-
-def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """(batch, frames) bool mask of the valid frames."""
-    return torch.arange(frames, device=lengths.device) < lengths[:, None]
-
-
-def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """x (B, C, T, F) with the frames at and beyond each utterance's length set to zero."""
-    if lengths is None:
-        return x
-    return x * frame_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
-
-
-def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+def conv1x1(in_planes: int, out_planes: int, stride: int | tuple[int, int] = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (the first strided) and a shortcut: ResNet-18/34."""
+    """Two 3x3 convolutions (the first strided) and a shortcut: ResNet-18/34.
+
+    `stride`: of both axes, or (time, frequency) (CAM++'s front end strides frequency only).
+    """
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int | tuple[int, int] = 1,
+                 downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -63,11 +47,11 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.stride = stride
+        self.time_stride = stride if isinstance(stride, int) else stride[0]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
-        out_lengths = None if lengths is None else strided_length(lengths, self.stride)
+        out_lengths = None if lengths is None else strided_length(lengths, self.time_stride)
         identity = x if self.downsample is None else self.downsample(x)
         out = zero_padding(self.relu(self.bn1(self.conv1(x))), out_lengths)
         out = self.bn2(self.conv2(out))
@@ -80,7 +64,8 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int | tuple[int, int] = 1,
+                 downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -90,11 +75,11 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.stride = stride
+        self.time_stride = stride if isinstance(stride, int) else stride[0]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
-        out_lengths = None if lengths is None else strided_length(lengths, self.stride)
+        out_lengths = None if lengths is None else strided_length(lengths, self.time_stride)
         identity = x if self.downsample is None else self.downsample(x)
         out = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # the 3x3 must see zeros there
         out = self.relu(self.bn2(self.conv2(out)))
@@ -103,6 +88,19 @@ class Bottleneck(nn.Module):
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def make_stage(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, blocks: int,
+               stride: int | tuple[int, int]) -> nn.Sequential:
+    """`blocks` residual blocks of width `planes` (output planes * block.expansion), the first one strided."""
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(
+            conv1x1(inplanes, planes * block.expansion, stride),
+            nn.BatchNorm2d(planes * block.expansion),
+        )
+    first = block(inplanes, planes, stride, downsample)
+    return nn.Sequential(first, *(block(planes * block.expansion, planes) for _ in range(1, blocks)))
 
 
 class ResNet(nn.Module):
@@ -123,21 +121,24 @@ class ResNet(nn.Module):
         block: str = "basic",
     ):
         super().__init__()
-        if len(layers) != len(num_filters):
-            raise ValueError(f"layers {list(layers)} and num_filters {list(num_filters)} differ in length")
+        if len(layers) != len(num_filters) or not layers:
+            raise InputError("model.layers", f"{list(layers)} and num_filters {list(num_filters)} must give "
+                             "the same number (at least one) of stages")
+        if min(layers) < 1:
+            raise InputError("model.layers", f"{list(layers)}: every stage needs at least one block")
         if block not in BLOCKS:
-            raise ValueError(f"unknown block '{block}', choose one of: {', '.join(BLOCKS)}")
+            raise InputError("model.block", f"unknown block '{block}', choose one of: {', '.join(BLOCKS)}")
         block_type = BLOCKS[block]
         self.features_per_frame = features_per_frame
         self.emb_size = emb_size
-        self.inplanes = num_filters[0]
-        self.conv1 = conv3x3(1, self.inplanes)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.conv1 = conv3x3(1, num_filters[0])
+        self.bn1 = nn.BatchNorm2d(num_filters[0])
         self.relu = nn.ReLU(inplace=True)
-        self.stages = nn.Sequential(*(
-            self._make_stage(block_type, planes, blocks, stride=1 if i == 0 else 2)
-            for i, (planes, blocks) in enumerate(zip(num_filters, layers))
-        ))
+        stages, inplanes = [], num_filters[0]
+        for i, (planes, blocks) in enumerate(zip(num_filters, layers)):
+            stages.append(make_stage(block_type, inplanes, planes, blocks, stride=1 if i == 0 else 2))
+            inplanes = planes * block_type.expansion
+        self.stages = nn.Sequential(*stages)
         out_freq = math.ceil(features_per_frame / 2 ** (len(layers) - 1))
         self.pooling = build_pooling(pooling, num_filters[-1] * block_type.expansion * out_freq)
         self.fc = nn.Linear(self.pooling.out_channels, emb_size)
@@ -156,19 +157,6 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def _make_stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
-                    stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * block.expansion, stride),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        stage = [block(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * block.expansion
-        stage += [block(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*stage)
-
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, T, F) -> (B, emb_size); `lengths` (B,): valid frames of each padded utterance."""
         x = zero_padding(feats.unsqueeze(1), lengths)  # (B, 1, T, F), padded frames as the conv padding
@@ -176,8 +164,8 @@ class ResNet(nn.Module):
         for stage in self.stages:
             for block in stage:
                 x = block(x, lengths)  # (B, C', T', F')
-                lengths = None if lengths is None else strided_length(lengths, block.stride)
-        mask = None if lengths is None else frame_mask(lengths, x.shape[2])
+                lengths = None if lengths is None else strided_length(lengths, block.time_stride)
+        mask = frame_mask(lengths, x.shape[2])
         x = x.permute(0, 1, 3, 2).flatten(1, 2)  # (B, C' * F', T')
         return self.bn2(self.fc(self.pooling(x, mask)))
 

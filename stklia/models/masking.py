@@ -1,0 +1,36 @@
+"""Padded batches: the valid frames of each utterance, followed through the layers of every model.
+
+A generator's `forward(feats, lengths)` embeds utterances of different lengths padded to one
+tensor exactly as each would be embedded alone. Alone, every convolution wider than one frame
+sees zeros beyond the utterance's end (its zero padding); in a batch it sees whatever the
+previous layer made of the padded frames (batch norm adds its bias there). So the models zero the
+padded frames again before every such convolution, follow the valid length through each time
+stride (L -> ceil(L / stride)), and average over time (squeeze-excitation, context, pooling) with
+a mask of the valid frames. This holds in eval mode; in training mode batch norm statistics would
+include the padded frames (training crops all have one length and no `lengths`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def strided_length(lengths: torch.Tensor, stride: int) -> torch.Tensor:
+    """Valid frames after a convolution of this time stride with 'same' padding (kernel k, padding (k - 1) // 2)."""
+    return (lengths - 1) // stride + 1
+
+
+def frame_mask(lengths: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+    """(batch, frames) bool mask of the valid frames; None (all valid) without lengths."""
+    if lengths is None:
+        return None
+    return torch.arange(frames, device=lengths.device) < lengths[:, None]
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """x (B, C, T) or (B, C, T, F) with the frames at and beyond each utterance's length set to zero."""
+    mask = frame_mask(lengths, x.shape[2])
+    if mask is None:
+        return x
+    mask = mask[:, None, :] if x.dim() == 3 else mask[:, None, :, None]
+    return x * mask.to(x.dtype)

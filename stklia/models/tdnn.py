@@ -1,0 +1,91 @@
+"""x-vector TDNN (Snyder et al., "X-vectors: robust DNN embeddings for speaker recognition", ICASSP 2018).
+
+Five frame-level TDNN layers (1-D convolutions of contexts [t-2, t+2], {t-2, t, t+2}, {t-3, t, t+3},
+{t}, {t}; 512, 512, 512, 512 and 1500 channels), statistics pooling (mean and standard deviation),
+and two segment-level layers: segment6 (affine, ReLU, batch norm) and segment7, whose affine output
+is the embedding the classifier head sees, as in WeSpeaker's XVEC (Kaldi extracts segment6's affine
+output, segment7 then being part of its classifier). Every layer is affine, ReLU, then batch norm
+without learned scale and offset, as Kaldi's relu-batchnorm layers.
+
+Frame layers zero-pad in time, so every input frame has an output frame (Kaldi and WeSpeaker drop
+the 7 frames at each end without full context): any length embeds, and padded batches mask like the
+other models (stklia.models.masking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from stklia.errors import InputError
+from stklia.models.masking import frame_mask, zero_padding
+from stklia.models.pooling import build_pooling
+
+
+class TDNNLayer(nn.Module):
+    """1-D convolution over time ('same' zero padding), ReLU, batch norm: a TDNN layer.
+
+    The padded frames of a batch are zeroed before the convolution (stklia.models.masking).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                 affine: bool = True):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation,
+                              padding=(kernel_size - 1) // 2 * dilation)
+        self.relu = nn.ReLU(inplace=True)
+        self.bn = nn.BatchNorm1d(out_channels, affine=affine)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bn(self.relu(self.conv(zero_padding(x, lengths))))
+
+
+def check_odd(key: str, kernel_sizes: Sequence[int]) -> None:
+    """'Same' padding centres a kernel on its frame: it needs an odd width."""
+    if any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+        raise InputError(key, f"{list(kernel_sizes)}: kernel sizes must be odd and positive (centred contexts)")
+
+
+class XVector(nn.Module):
+    """x-vector generator: features (B, T, F) -> embedding of size `emb_size`.
+
+    `channels`, `kernel_sizes` and `dilations` describe the frame layers (the last one feeds the
+    pooling); `segment_channels` is segment6's width.
+    """
+
+    def __init__(
+        self,
+        features_per_frame: int,
+        channels: Sequence[int] = (512, 512, 512, 512, 1500),
+        kernel_sizes: Sequence[int] = (5, 3, 3, 1, 1),
+        dilations: Sequence[int] = (1, 2, 3, 1, 1),
+        segment_channels: int = 512,
+        emb_size: int = 512,
+        pooling: str = "statistical",
+    ):
+        super().__init__()
+        if not len(channels) == len(kernel_sizes) == len(dilations) or not channels:
+            raise InputError("model.channels", f"{list(channels)}, kernel_sizes {list(kernel_sizes)} and dilations "
+                             f"{list(dilations)} must describe the same number (at least one) of frame layers")
+        check_odd("model.kernel_sizes", kernel_sizes)
+        self.features_per_frame = features_per_frame
+        self.emb_size = emb_size
+        inputs = [features_per_frame, *channels[:-1]]
+        self.frame_layers = nn.ModuleList(
+            TDNNLayer(i, o, k, d, affine=False) for i, o, k, d in zip(inputs, channels, kernel_sizes, dilations)
+        )
+        self.pooling = build_pooling(pooling, channels[-1])
+        self.segment6 = nn.Linear(self.pooling.out_channels, segment_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.bn6 = nn.BatchNorm1d(segment_channels, affine=False)
+        self.segment7 = nn.Linear(segment_channels, emb_size)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """feats (B, T, F) -> (B, emb_size); `lengths` (B,): valid frames of each padded utterance."""
+        x = feats.transpose(1, 2)  # (B, F, T)
+        for layer in self.frame_layers:
+            x = layer(x, lengths)
+        stats = self.pooling(x, frame_mask(lengths, x.shape[-1]))
+        return self.segment7(self.bn6(self.relu(self.segment6(stats))))
