@@ -124,6 +124,9 @@ def load_run_data(cfg: DictConfig, world: World) -> RunData:
     warn_about_pipes(train_data)
     augment = build(cfg.augment) if cfg.get("augment") else None
     on_device = features_on_device(cfg.features_on_device, train_data, world)
+    if train_data.audio:
+        log.info("audio features and augmentation: %s", f"on the training device ({world.device})" if on_device
+                 else "in the loader workers")
     crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn, augment, on_device)
     return RunData(crops, speakers, load_trial_split(cfg.data, "eval"), load_trial_split(cfg.data, "test"))
 

@@ -25,12 +25,15 @@ num_average_lm=${NUM_AVERAGE_LM:-3} # fine-tuning checkpoints averaged for the t
 asnorm_top_n=${ASNORM_TOP_N:-300}   # 0: raw cosine scores only
 . ../parse_options.sh
 
-vox2_audio=$(ls -d "$vox2"/aac "$vox2"/wav 2>/dev/null | head -1)
-if [ "$convert" = true ] && [ "$vox2_audio" = "$vox2/aac" ]; then
-  if stage_in 0; then
-    python local/convert_audio.py "$vox2/aac" "$vox2_flac" --nj "$nj"
+vox2_audio=$vox2/wav
+if [ -d "$vox2/aac" ]; then
+  vox2_audio=$vox2/aac
+  if [ "$convert" = true ]; then
+    if stage_in 0; then
+      python local/convert_audio.py "$vox2/aac" "$vox2_flac" --nj "$nj"
+    fi
+    vox2_audio=$vox2_flac
   fi
-  vox2_audio=$vox2_flac
 fi
 
 if stage_in 1; then
