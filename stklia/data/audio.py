@@ -9,11 +9,9 @@ its own length, not its utterance's. Pipes and wav-in-ark entries are decoded wh
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import subprocess
-from collections.abc import Iterator
 
 import kaldiio
 import numpy as np
@@ -65,24 +63,24 @@ class Recording:
         self.where, self.line, self.what = where, line, what
         self._file: soundfile.SoundFile | None = None
         self._samples: np.ndarray | None = None
-        with self._checked():
+        try:
             rx = parse_rxfilename(rxfilename)
             if rx.kind == "file":
-                self._file = soundfile.SoundFile(rx.path)
+                self._file = soundfile.SoundFile(str(rx.path))
                 rate, self.num_samples = self._file.samplerate, self._file.frames
                 self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
             else:
                 self._samples, rate = read_audio(rxfilename)
                 self.num_samples = len(self._samples)
-        if rate != sample_rate:
+        except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
+            raise self._error(err) from err
+        if rate != sample_rate or self.num_samples == 0:
             self.close()
-            raise InputError(where, f"{what} has sample rate {rate}, expected {sample_rate}", line)
-        if self.num_samples == 0:
-            self.close()
-            raise InputError(where, f"{what} is empty", line)
+            problem = f"has sample rate {rate}, expected {sample_rate}" if rate != sample_rate else "is empty"
+            raise InputError(where, f"{what} {problem}", line)
 
-    def _checked(self) -> contextlib.AbstractContextManager:
-        return _as_input_error(self.where, self.line, f"cannot read {self.what}")
+    def _error(self, err: Exception) -> InputError:
+        return InputError(self.where, f"cannot read {self.what}: {err}", self.line)
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Float32 samples start..stop-1 (default: to the end); zeros where the window is outside the recording."""
@@ -98,9 +96,11 @@ class Recording:
     def _read(self, first: int, last: int) -> np.ndarray:
         if self._samples is not None:
             return self._samples[first:last]
-        with self._checked():
+        try:
             self._file.seek(first)
             return _int16_scale(self._file.read(last - first, dtype=self._dtype))
+        except Exception as err:
+            raise self._error(err) from err
 
     def close(self) -> None:
         if self._file is not None:
@@ -111,16 +111,6 @@ class Recording:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def _as_input_error(where: str | os.PathLike, line: int | None, message: str) -> Iterator[None]:
-    try:
-        yield
-    except InputError:
-        raise
-    except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
-        raise InputError(where, f"{message}: {err}", line) from err
 
 
 def read_checked_audio(rxfilename: str, sample_rate: int, where: str | os.PathLike, line: int | None = None,

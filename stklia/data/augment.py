@@ -54,7 +54,7 @@ class AudioList:
 
 
 def _power(x: np.ndarray) -> float:
-    return float(np.mean(np.square(x, dtype=np.float64))) + 1e-10
+    return float(np.dot(x, x)) / len(x) + 1e-10
 
 
 def power(x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +77,8 @@ class SpeedPerturb:
 
     def __init__(self, prob: float = 0.6, factors: Sequence[float] = (0.9, 1.1), new_speakers: bool = False):
         self.prob, self.factors, self.new_speakers = prob, list(factors), new_speakers
+        fractions = [Fraction(f).limit_denominator(100) for f in self.factors]
+        self._ratios = [(f.denominator, f.numerator) for f in fractions]
         self._kernels: dict[int, tuple[np.ndarray, int]] = {}
 
     @property
@@ -90,8 +92,7 @@ class SpeedPerturb:
 
     def ratio(self, choice: int) -> tuple[int, int]:
         """(up, down): choice's perturbed signal is the source resampled by up / down (factor down / up)."""
-        factor = Fraction(self.factors[choice - 1]).limit_denominator(100)
-        return factor.denominator, factor.numerator
+        return self._ratios[choice - 1]
 
     def perturbed_length(self, num_samples: int, choice: int) -> int:
         if choice == 0:
@@ -208,15 +209,16 @@ class AddNoise:
         if rng.random() >= self.prob:
             return None
         noises, (low, high), (min_count, max_count) = self.sources[int(rng.integers(len(self.sources)))]
-        total = np.zeros(length)
+        total = np.zeros(length, dtype=np.float32)
         for _ in range(int(rng.integers(min_count, max_count + 1))):
             with noises.open(int(rng.integers(len(noises)))) as recording:
                 start = int(rng.integers(max(recording.num_samples - length, 0) + 1))
                 noise = recording.read(start, min(start + length, recording.num_samples))
-            noise = np.resize(noise, length).astype(np.float64)
+            if len(noise) < length:
+                noise = np.resize(noise, length)
             snr = rng.uniform(low, high)
-            total += noise / np.sqrt(_power(noise) * 10 ** (snr / 10))
-        return total.astype(np.float32)
+            total += np.float32(1 / np.sqrt(_power(noise) * 10 ** (snr / 10))) * noise
+        return total
 
     @staticmethod
     def apply(samples: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -60,8 +60,8 @@ class Fbank:
         n = np.arange(self.window_size)
         povey = (0.5 - 0.5 * np.cos(2 * math.pi * n / (self.window_size - 1))) ** 0.85
         self._window = torch.from_numpy(povey.astype(np.float32))
-        self._mel_banks = torch.from_numpy(kaldi_mel_banks(num_mel_bins, self.padded_window, sample_rate, low_freq,
-                                                           high_freq).astype(np.float32))
+        banks = kaldi_mel_banks(num_mel_bins, self.padded_window, sample_rate, low_freq, high_freq)
+        self._mel_banks = torch.from_numpy(np.pad(banks, ((0, 1), (0, 0))).astype(np.float32))  # + Nyquist: 0
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -89,12 +89,15 @@ class Fbank:
         if samples.shape[1] < self.window_size:
             return samples.new_zeros((samples.shape[0], 0, self.num_mel_bins))
         window, mel_banks = self._constants(samples.device)
-        frames = samples.unfold(1, self.window_size, self.window_shift)
-        frames = frames - frames.mean(dim=2, keepdim=True)  # DC removal
-        frames = frames - 0.97 * torch.cat([frames[..., :1], frames[..., :-1]], dim=2)  # pre-emphasis
+        # Per frame, Kaldi removes the mean m, then pre-emphasises: y[i] = x[i] - 0.97 x[i-1] - 0.03 m for i > 0.
+        # The signal is pre-emphasised once instead of every (overlapping) frame; y[0] does not matter: the povey
+        # window is 0 there.
+        emphasised = torch.cat([samples[:, :1], samples[:, 1:] - 0.97 * samples[:, :-1]], dim=1)
+        means = samples.unfold(1, self.window_size, self.window_shift).mean(dim=2, keepdim=True)
+        frames = emphasised.unfold(1, self.window_size, self.window_shift) - 0.03 * means
         spectrum = torch.fft.rfft(frames * window, n=self.padded_window)
         power = spectrum.real.square() + spectrum.imag.square()
-        return (power[..., : self.padded_window // 2] @ mel_banks).clamp_min(FLT_EPSILON).log()
+        return (power @ mel_banks).clamp_min(FLT_EPSILON).log()
 
     def __call__(self, samples: np.ndarray, dither_seed: int | None = None) -> np.ndarray:
         """(frames, num_mel_bins) float32 features of one recording's int16-scaled samples; audio shorter than

@@ -38,9 +38,10 @@ class AudioCrop:
 
 def _stack_padded(arrays: list[np.ndarray]) -> torch.Tensor:
     """(len(arrays), longest) float32, zero-padded on the right."""
-    out = torch.zeros((len(arrays), max((len(a) for a in arrays), default=0)))
+    out = torch.empty((len(arrays), max((len(a) for a in arrays), default=0)))
     for row, a in zip(out, arrays):
         row[: len(a)] = torch.from_numpy(a)
+        row[len(a) :] = 0
     return out
 
 
