@@ -55,10 +55,10 @@ def training_loop(checkout: Path, overrides: list[str], steps: int, log_interval
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-        subprocess.run([sys.executable, "-m", "stklia.train", *overrides, "num_workers=1", f"num_iterations={steps}",
-                        f"log_interval={log_interval}", "checkpoint_interval=100000", "data.eval=null", "data.test=null",
-                        "progress=false", f"model_dir={model_dir}"], cwd=tmp, env=env, check=True,
-                       capture_output=True)
+        run = [*overrides, "num_workers=1", f"num_iterations={steps}", f"log_interval={log_interval}",
+               "checkpoint_interval=100000", "data.eval=null", "data.test=null", "progress=false",
+               f"model_dir={model_dir}"]
+        subprocess.run([sys.executable, "-m", "stklia.train", *run], cwd=tmp, env=env, check=True, capture_output=True)
         speeds = [float(s) for s in re.findall(r"([\d.]+) samples/s", (model_dir / "train.log").read_text())]
     return sum(speeds[1:]) / len(speeds[1:])
 
@@ -73,9 +73,9 @@ def main() -> None:
     checkout = args.stklia.resolve()
     sys.path.insert(0, str(checkout))
     import torch
+    from bench_loader import build_dirs
     from hydra import compose, initialize_config_dir
 
-    from bench_loader import build_dirs
     from stklia.data.demo import ensure_demo
 
     torch.set_num_threads(1)

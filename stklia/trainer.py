@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PIPES_WARNED = 1000  # training utterances read through pipes from which a run warns
-PIPE_ITEMS_PER_S = (12, 400)  # items/s per loader core, m4a pipes vs FLAC (docs/benchmarks.md, bench_loader.py)
 # what `train` can return to a sweeper (`optimized_metric`), and the data each needs
 OPTIMIZED_METRICS = {"eval_eer": "eval", "test_eer": "test"}
 
@@ -143,10 +142,10 @@ def warn_about_pipes(data: DataSet) -> None:
     pipes = data.num_pipes()
     if pipes >= PIPES_WARNED:
         log.warning("%d training utterances are read through `command |` pipes in wav.scp: each training item runs "
-                    "its command and decodes the whole recording (an 8 s m4a through ffmpeg: ~%d items/s per loader "
-                    "core, against ~%d from FLAC); convert them once to FLAC (recipes/voxceleb/local/convert_audio.py, "
-                    "stage 0 of recipes/voxceleb/run.sh) and train on the converted data dir", pipes,
-                    *PIPE_ITEMS_PER_S)
+                    "its command and decodes the whole recording (an 8 s m4a through ffmpeg costs a loader core about "
+                    "30 times a FLAC crop, docs/benchmarks.md); convert them once to FLAC "
+                    "(recipes/voxceleb/local/convert_audio.py, stage 0 of recipes/voxceleb/run.sh) and train on the "
+                    "converted data dir", pipes)
 
 
 @dataclass

@@ -83,18 +83,17 @@ class TrainingCrops(Dataset):
         """The random choices of an audio item after its speed (crop, impulse response, noise, dither,
         SpecAugment bands, in this order) and the samples they need."""
         length = self.crop_samples
-        speed_perturb = self.augment.speed if speed else None
+        perturb = self.augment.speed if speed else None
         with self.data.open_audio(utt) as recording:
-            perturbed = speed_perturb.perturbed_length(recording.num_samples, speed) if speed else \
-                recording.num_samples
+            perturbed = perturb.perturbed_length(recording.num_samples, speed) if speed else recording.num_samples
+            take = min(length, perturbed)
             start = int(rng.integers(0, perturbed - length + 1)) if perturbed >= length else 0
-            first, stop, offset = speed_perturb.window(speed, start, min(length, perturbed)) if speed else \
-                (start, start + min(length, perturbed), 0)
+            first, stop, offset = perturb.window(speed, start, take) if speed else (start, start + take, 0)
             samples = recording.read(first, stop)
         if perturbed < length:  # a short utterance: repeated until long enough, after its speed perturbation
             if speed:
-                samples = speed_perturb.resample(torch.from_numpy(samples)[None], speed, torch.tensor([offset]),
-                                                 perturbed)[0].numpy()
+                samples = perturb.resample(torch.from_numpy(samples)[None], speed, torch.tensor([offset]),
+                                           perturbed)[0].numpy()
             samples, speed, offset = np.resize(samples, length), 0, 0
         augment = self.augment or Augment()
         rir = augment.reverb.draw(rng) if augment.reverb else None
