@@ -258,14 +258,13 @@ class SpecAugment:
     @staticmethod
     def apply(feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """(batch, frames, bins) features with the bands of masks[b] (as `draw` gives them) of row b zeroed."""
+        frames = feats.shape[1]
+        # frames and bins on one axis (bins after the frames): a band of bins starts `frames` further
         axis, start, width = masks.unbind(dim=2)
-
-        def hit(size: int, which: int) -> torch.Tensor:  # (batch, size): inside one of the row's bands of `which`
-            index = torch.arange(size, device=feats.device)[None, None]
-            inside = (index >= start[..., None]) & (index < (start + width)[..., None]) & (axis == which)[..., None]
-            return inside.any(dim=1)
-
-        return feats.masked_fill(hit(feats.shape[1], 0)[:, :, None] | hit(feats.shape[2], 1)[:, None, :], 0)
+        start = (start + axis * frames)[..., None]
+        position = torch.arange(frames + feats.shape[2], device=feats.device)
+        hit = ((position >= start) & (position < start + width[..., None])).any(dim=1)
+        return feats.masked_fill(hit[:, :frames, None] | hit[:, None, frames:], 0)
 
     def __call__(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         masks = self.draw(rng, *feats.shape)
