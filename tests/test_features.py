@@ -47,7 +47,7 @@ def test_fbank_matches_kaldi_native_fbank(demo_root: Path, num_mel_bins: int) ->
     difference, energy = np.concatenate(differences), np.concatenate(energies)
     assert (energy > AWAY_FROM_SILENCE).mean() > 0.8
     assert difference[energy > AWAY_FROM_SILENCE].max() <= 1e-3
-    assert difference.mean() <= 2e-5 and difference.max() <= 0.05  # near-silent bins: float32 rounding of both
+    assert difference.mean() <= 2e-5 and difference.max() <= 0.1  # near-silent bins: float32 rounding of both
 
 
 def test_a_batch_gives_each_row_its_own_features(demo_root: Path) -> None:
