@@ -14,7 +14,9 @@ from stklia.data.datasets import BatchSchedule, TrainingCrops
 from stklia.data.features import Fbank
 from stklia.data.frontend import AudioBatch
 from stklia.data.kaldi import load_data_dir
+from stklia.distributed import World
 from stklia.errors import InputError
+from stklia.trainer import features_on_device
 
 from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
 
@@ -69,3 +71,11 @@ def test_cli_trains_with_the_device_path_and_loader_workers(demo_root: Path, tmp
     assert "Test results" in proc.stdout
     log = (tmp_path / "model" / "train.log").read_text()
     assert "audio features and augmentation: on the training device (cpu)" in log
+
+
+def test_auto_puts_features_on_the_device_when_training_audio_on_a_gpu(demo_root: Path) -> None:
+    audio, feats = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40)), load_data_dir(demo_root / "train")
+    gpu, cpu = World(torch.device("cuda")), World(torch.device("cpu"))
+    assert features_on_device("auto", audio, gpu) and not features_on_device("auto", feats, gpu)
+    assert not features_on_device("auto", audio, cpu)
+    assert features_on_device(True, audio, cpu) and not features_on_device(False, audio, gpu)
