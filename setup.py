@@ -14,15 +14,16 @@ setup(
         "hydra-core>=1.3.2",
         "omegaconf>=2.3",
         "kaldiio>=2.18",
-        "kaldi-native-fbank>=1.18",
         "tensorboard>=2.14",
         "tqdm>=4.60",
         "matplotlib>=3.5",
         "soundfile>=0.12",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         "slurm": ["hydra-submitit-launcher>=1.2"],
-        "dev": ["pytest>=7.4", "ruff>=0.4", "scikit-learn>=1.3"],  # sklearn: test references
+        "dev": ["pytest>=7.4", "ruff>=0.4", "scikit-learn>=1.3",  # test references
+                "kaldi-native-fbank>=1.18"],  # fbank parity tests
         "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
 )

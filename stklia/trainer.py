@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -44,7 +45,7 @@ from stklia.checkpoint import (
 )
 from stklia.config import build, save_config
 from stklia.data.datasets import BatchSchedule, TrainingCrops
-from stklia.data.kaldi import EvalData
+from stklia.data.kaldi import DataSet, EvalData
 from stklia.data.splits import load_split, load_trial_split, prepare_data
 from stklia.distributed import RandomStates, World
 from stklia.errors import InputError
@@ -55,6 +56,7 @@ from stklia.scoring import evaluate
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PIPES_WARNED = 1000  # training utterances read through pipes from which a run warns
 # what `train` can return to a sweeper (`optimized_metric`), and the data each needs
 OPTIMIZED_METRICS = {"eval_eer": "eval", "test_eer": "test"}
 
@@ -78,6 +80,8 @@ def check_config(cfg: DictConfig, world: World) -> None:
         raise InputError("config", f"batch_size {cfg.batch_size} is not a multiple of the {world.size} processes")
     if cfg.keep_last is not None and cfg.keep_last < 1:
         raise InputError("config", f"keep_last must be null (keep all) or at least 1, not {cfg.keep_last}")
+    if cfg.features_on_device not in ("auto", True, False):
+        raise InputError("config", f"features_on_device must be auto, true or false, not '{cfg.features_on_device}'")
     if cfg.preempt_check_interval < 1:
         raise InputError("config", f"preempt_check_interval must be at least 1, not {cfg.preempt_check_interval}")
     metric = cfg.optimized_metric
@@ -116,9 +120,32 @@ def load_run_data(cfg: DictConfig, world: World) -> RunData:
     train_data = load_split(cfg.data, "train")
     speakers = train_data.speakers
     log.info("training data: %d utterances of %d speakers", len(train_data.utts), len(speakers))
+    warn_about_pipes(train_data)
     augment = build(cfg.augment) if cfg.get("augment") else None
-    crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn, augment)
+    on_device = features_on_device(cfg.features_on_device, train_data, world)
+    if train_data.audio:
+        log.info("audio features and augmentation: %s", f"on the training device ({world.device})" if on_device
+                 else "in the loader workers")
+    crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn, augment, on_device)
     return RunData(crops, speakers, load_trial_split(cfg.data, "eval"), load_trial_split(cfg.data, "test"))
+
+
+def features_on_device(setting: str | bool, data: DataSet, world: World) -> bool:
+    """Whether the training device computes the features of audio crops: `auto` does on a GPU, for audio data."""
+    if setting == "auto":
+        return world.device.type == "cuda" and len(data.audio) == len(data.utts)
+    return setting
+
+
+def warn_about_pipes(data: DataSet) -> None:
+    """One line when many training utterances are `command |` pipes: every item of them decodes a whole file."""
+    pipes = data.num_pipes()
+    if pipes >= PIPES_WARNED:
+        log.warning("%d training utterances are read through `command |` pipes in wav.scp: each training item runs "
+                    "its command and decodes the whole recording (an 8 s m4a through ffmpeg costs a loader core about "
+                    "30 times a FLAC crop, docs/benchmarks.md); convert them once to FLAC "
+                    "(recipes/voxceleb/local/convert_audio.py, stage 0 of recipes/voxceleb/run.sh) and train on the "
+                    "converted data dir", pipes)
 
 
 @dataclass
@@ -243,9 +270,17 @@ def make_loader(cfg: DictConfig, crops: TrainingCrops, start_step: int, world: W
     """Batches of steps start_step.. of this process's share; they depend on (seed, step) only."""
     schedule = BatchSchedule(crops.labels, cfg.batch_size, cfg.num_iterations, cfg.seed, cfg.sampling, start_step,
                              world.rank, world.size)
-    # its own generator: drawing worker seeds from the global one would make it depend on where a run started
-    return DataLoader(crops, batch_sampler=schedule, num_workers=cfg.num_workers,
-                      pin_memory=world.device.type == "cuda", persistent_workers=False, generator=torch.Generator())
+    # its own generator: drawing worker seeds from the global one would make it depend on where a run started.
+    # One pass over every step: the workers live for the whole run (persistent_workers would change nothing).
+    return DataLoader(crops, batch_sampler=schedule, num_workers=cfg.num_workers, collate_fn=crops.collate,
+                      pin_memory=world.device.type == "cuda", worker_init_fn=one_thread_per_worker,
+                      prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None, generator=torch.Generator())
+
+
+def one_thread_per_worker(worker_id: int) -> None:
+    """A loader worker makes one item at a time: one torch and one BLAS thread, so N workers use N cores."""
+    torch.set_num_threads(1)
+    threadpool_limits(1)
 
 
 def training_step(parts: Parts, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, step: int,
@@ -298,8 +333,8 @@ def fit(cfg: DictConfig, parts: Parts, crops: TrainingCrops, step: int, world: W
         batches = iter(loader)
     progress = tqdm(batches, total=len(loader), desc="train", dynamic_ncols=True,
                     disable=not (cfg.progress and world.main))
-    for feats, labels in progress:
-        feats, labels = feats.to(world.device, non_blocking=True), labels.to(world.device, non_blocking=True)
+    for batch in progress:
+        feats, labels = crops.to_device(batch, world.device)
         loss, logits = training_step(parts, model, feats, labels, step, autocast)
         meter.add(loss, logits, labels)
         step += 1

@@ -10,11 +10,16 @@ import kaldiio
 import numpy as np
 import pytest
 import soundfile
+import torch
+from scipy import signal
 
+from stklia.data.audio import Recording
+from stklia.data.augment import Augment, SpeedPerturb
 from stklia.data.datasets import TrainingCrops
 from stklia.data.features import Fbank
 from stklia.data.kaldi import load_data_dir
 from stklia.errors import InputError
+from stklia.trainer import PIPES_WARNED
 
 from conftest import TINY_TRAINING, run_stklia
 
@@ -57,12 +62,86 @@ def test_pipes_and_wav_in_ark_read_the_same_samples(demo_root: Path, wav_dir: Pa
         np.testing.assert_allclose(data.load(utt), offline[utt], rtol=0, atol=1e-4)
 
 
+def test_windows_of_every_kind_of_entry_are_the_whole_recordings_samples(wav_dir: Path, tmp_path: Path) -> None:
+    """Partial reads (soundfile's seek + read for files) give the samples of the whole read, zeros outside."""
+    path = (wav_dir / "wav.scp").read_text().split()[1]
+    samples = soundfile.read(path, dtype="int16")[0]
+    soundfile.write(tmp_path / "a.flac", samples, 16000)
+    kaldiio.save_ark(str(tmp_path / "a.ark"), {"a": (16000, samples)}, scp=str(tmp_path / "a.scp"))
+    entries = [path, str(tmp_path / "a.flac"), f"cat {path} |", (tmp_path / "a.scp").read_text().split()[1]]
+    n = len(samples)
+    padded = np.pad(samples.astype(np.float32), 1000)
+    for entry in entries:
+        with Recording(entry, 16000, "wav.scp") as recording:
+            assert recording.num_samples == n
+            for start, stop in ((0, n), (100, 5000), (-300, 200), (n - 50, n + 70), (n + 5, n + 9), (-20, -10)):
+                window = recording.read(start, stop)
+                assert window.dtype == np.float32
+                np.testing.assert_array_equal(window, padded[start + 1000 : stop + 1000])
+
+
+@pytest.mark.parametrize("suffix", ["wav", "flac"])
+def test_speed_perturbed_crops_are_windows_of_the_whole_perturbed_utterance(demo_root: Path, tmp_path: Path,
+                                                                            suffix: str) -> None:
+    """A crop reads only a window of its file, yet equals the same window of the whole utterance resampled
+    by scipy.signal.resample_poly (a short utterance: all of it, repeated)."""
+    wavs = sorted((demo_root / "wav" / "test").rglob("*.wav"))
+    long = np.concatenate([soundfile.read(p, dtype="int16")[0] for p in wavs])[: 8 * 16000]
+    d = tmp_path / "data"
+    d.mkdir()
+    for utt, samples in (("a-long", long), ("b-short", long[:8000])):
+        soundfile.write(d / f"{utt}.{suffix}", samples, 16000)
+    (d / "wav.scp").write_text(f"a-long {d}/a-long.{suffix}\nb-short {d}/b-short.{suffix}\n")
+    (d / "utt2spk").write_text("a-long a\nb-short b\n")
+    data = load_data_dir(d, Fbank(num_mel_bins=40))
+    speed = SpeedPerturb(prob=0.7, factors=[0.9, 1.1], new_speakers=True)
+    crops = TrainingCrops(data, 100, cmn=False, augment=Augment(speed), on_device=True)
+    length = crops.crop_samples
+    seen = set()
+    for index, samples in enumerate((long, long[:8000])):
+        for seed in range(8):
+            crop = crops[index, seed]  # on_device: the raw crop and its draws
+            choice = crop.label // 2  # speeds as new speakers: the label tells the speed
+            seen.add(choice)
+            assert len(crop.samples) < len(samples) or index == 1  # a window, not the file
+            if crop.speed:
+                got = speed.resample(torch.from_numpy(crop.samples)[None], crop.speed, torch.tensor([crop.offset]),
+                                     length)[0].numpy()
+            else:
+                got = crop.samples[:length]
+            whole = samples.astype(np.float64)
+            if choice:
+                whole = signal.resample_poly(whole, *speed.ratio(choice))
+            if index == 1:
+                np.testing.assert_allclose(got, np.resize(whole, length), rtol=0, atol=0.05)
+                continue
+            starts = np.lib.stride_tricks.sliding_window_view(whole, 64)[: len(whole) - length + 1]
+            start = int(np.abs(starts - got[:64]).sum(axis=1).argmin())
+            np.testing.assert_allclose(got, whole[start : start + length], rtol=0, atol=0.05)
+    assert seen == {0, 1, 2}
+
+
+def test_many_pipes_in_the_training_data_get_a_one_line_warning(demo_root: Path, tmp_path: Path) -> None:
+    train = tmp_path / "train"
+    train.mkdir()
+    wavs = [line.split() for line in (demo_root / "train" / "wav.scp").read_text().splitlines()]
+    utts = [(f"{utt}-{copy:03d}", path) for copy in range(-(-PIPES_WARNED // len(wavs))) for utt, path in wavs]
+    (train / "wav.scp").write_text("".join(f"{utt} cat {path} |\n" for utt, path in utts))
+    (train / "utt2spk").write_text("".join(f"{utt} {utt.split('-')[0]}\n" for utt, _ in utts))
+    run = [f"data.root={demo_root}", "data.prepare=null", f"data.train=[{train}]", "data.eval=null",
+           "data.test=null", *TINY_TRAINING, "num_iterations=1"]
+    proc = run_stklia("train", *run, f"model_dir={tmp_path / 'model'}", cwd=tmp_path)
+    warnings = [line for line in (tmp_path / "model" / "train.log").read_text().splitlines() if "pipes" in line]
+    assert len(warnings) == 1 and f"{len(utts)} training utterances" in warnings[0]
+    assert "convert_audio.py" in warnings[0] and "WARNING" in warnings[0], proc.stderr
+
+
 def test_dither_only_in_training_and_a_function_of_the_seed(wav_dir: Path) -> None:
     fbank = Fbank(num_mel_bins=40, dither=1.0)
     data = load_data_dir(wav_dir, fbank)
     samples = data.read_audio(data.utts[0])
     plain = fbank(samples)
-    a, b, c = (fbank(samples, np.random.default_rng(seed)) for seed in (1, 1, 2))
+    a, b, c = (fbank(samples, dither_seed) for dither_seed in (1, 1, 2))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, plain)
     np.testing.assert_array_equal(plain, data.load(data.utts[0]))  # evaluation: no dither

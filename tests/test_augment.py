@@ -10,6 +10,7 @@ import pytest
 import soundfile
 import torch
 from omegaconf import OmegaConf
+from scipy import signal
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.data.datasets import TrainingCrops
@@ -63,6 +64,33 @@ def test_speed_perturbation_scales_duration_and_pitch() -> None:
         spectrum = np.abs(np.fft.rfft(y))
         assert np.fft.rfftfreq(len(y), 1 / SR)[spectrum.argmax()] == pytest.approx(500 * factor, abs=2)
     np.testing.assert_array_equal(speed.apply(x, 0), x)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1, 0.95])
+def test_speed_resampling_is_scipys_resample_poly_also_for_windows(factor: float) -> None:
+    """The batched resampler gives the whole signal of scipy.signal.resample_poly, and the window SpeedPerturb.window
+    asks for gives the same samples as cutting the whole perturbed signal (edges included)."""
+    rng = np.random.default_rng(0)
+    x = tone(1.0, 300) + rng.normal(0, 500, SR).astype(np.float32)
+    speed = SpeedPerturb(prob=1.0, factors=[factor])
+    up, down = speed.ratio(1)
+    assert up / down == pytest.approx(1 / factor)
+    whole = signal.resample_poly(x.astype(np.float64), up, down)
+    assert len(whole) == speed.perturbed_length(len(x), 1)
+    np.testing.assert_allclose(speed.apply(x, 1), whole, rtol=0, atol=1e-3)
+    padded = np.pad(x.astype(np.float64), 2000)  # zeros around the recording, as Recording.read gives
+    windows, offsets, expected = [], [], []
+    length = 3000
+    for start in (0, 1, 777, len(whole) // 2, len(whole) - length):
+        first, stop, offset = speed.window(1, start, length)
+        windows.append(padded[first + 2000 : stop + 2000])
+        offsets.append(offset)
+        expected.append(whole[start : start + length])
+    batch = torch.zeros((len(windows), max(map(len, windows))), dtype=torch.float64)
+    for row, window in zip(batch, windows):
+        row[: len(window)] = torch.from_numpy(window)
+    resampled = speed.resample(batch, 1, torch.tensor(offsets), length).numpy()
+    np.testing.assert_allclose(resampled, np.stack(expected), rtol=0, atol=1e-6)
 
 
 def test_specaugment_masks_bands_with_zeros() -> None:

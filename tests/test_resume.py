@@ -53,6 +53,21 @@ def test_sigkill_then_resume_is_bitwise_identical(demo_root: Path, tmp_path: Pat
     assert_same_run(load_checkpoint(checkpoint_path(model_dir, 2 * N)), straight)
 
 
+def test_device_path_resumes_bitwise(demo_root: Path, tmp_path: Path) -> None:
+    """Audio features and augmentation computed by the training device (the CPU here) from the workers' raw crops:
+    a killed and resumed run is still the uninterrupted one."""
+    run = [*short_run(demo_root), "experiment=demo_aug", "features_on_device=true", "num_workers=1"]
+    run_stklia("train", *run, f"model_dir={tmp_path / 'straight'}", cwd=tmp_path)
+    model_dir = tmp_path / "model"
+    killed = run_stklia("train", *run, *interrupted_at(N + 1, "SIGKILL"), f"model_dir={model_dir}", cwd=tmp_path,
+                        check=False)
+    assert killed.returncode == -signal.SIGKILL
+    run_stklia("train", *run, f"model_dir={model_dir}", "checkpoint=last", cwd=tmp_path)
+    assert "on the training device (cpu)" in (model_dir / "train.log").read_text()
+    assert_same_run(load_checkpoint(checkpoint_path(model_dir, 2 * N)),
+                    load_checkpoint(checkpoint_path(tmp_path / "straight", 2 * N)))
+
+
 def test_preemption_signal_checkpoints_stops_and_a_requeue_resumes(demo_root: Path, tmp_path: Path,
                                                                     straight: dict) -> None:
     model_dir = tmp_path / "model"

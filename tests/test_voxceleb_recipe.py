@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import kaldiio
 import numpy as np
 import pytest
+import soundfile
 from omegaconf import OmegaConf
 from scipy import signal
 
@@ -21,6 +24,8 @@ from stklia.data.kaldi import load_data_dir, read_trials
 from conftest import REPO, SR, TINY_TRAINING, run_recipe, write_list
 
 RECIPE = REPO / "recipes" / "voxceleb"
+sys.path.insert(0, str(RECIPE / "local"))
+from prepare import wav_entry  # noqa: E402
 
 
 def fake_voxceleb(demo_root: Path, root: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -60,10 +65,10 @@ def run_voxceleb(root: Path, *args: str, **env: str) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
-    """The fake corpus with stage 0 run on it."""
+    """The fake corpus with stages 0 (m4a -> FLAC) and 1 (data dirs) run on it."""
     root = tmp_path_factory.mktemp("voxceleb")
     vox1, vox2 = fake_voxceleb(demo_root, root)
-    run_voxceleb(root, "--stage", "0", "--stop-stage", "0")
+    run_voxceleb(root, "--stage", "0", "--stop-stage", "1", NJ="2")
     return root, vox1, vox2
 
 
@@ -71,7 +76,7 @@ def utt_id(official: str) -> str:
     return official.rsplit(".", 1)[0].replace("/", "-")
 
 
-def test_stage_0_prepares_data_dirs_and_trials(corpus: tuple[Path, dict, dict], demo_root: Path) -> None:
+def test_stage_1_prepares_data_dirs_and_trials(corpus: tuple[Path, dict, dict], demo_root: Path) -> None:
     root, source, _ = corpus
     data = root / "data"
     vox1 = load_data_dir(data / "vox1", Fbank(num_mel_bins=40))
@@ -86,14 +91,88 @@ def test_stage_0_prepares_data_dirs_and_trials(corpus: tuple[Path, dict, dict], 
     assert trials.labels.tolist() == [1, 0, 1, 0] and trials.enroll[0] == vox1.utts[0]
 
 
-def test_stage_0_decodes_m4a_through_ffmpeg_pipes(corpus: tuple[Path, dict, dict]) -> None:
+def wav_scp(data_dir: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in (data_dir / "wav.scp").read_text().splitlines())
+
+
+def test_stage_0_converts_m4a_to_flac_and_the_data_dir_reads_it(corpus: tuple[Path, dict, dict]) -> None:
     root, _, source = corpus
-    wav_scp = dict(line.split(" ", 1) for line in (root / "data" / "vox2_dev" / "wav.scp").read_text().splitlines())
-    assert sorted(wav_scp) == sorted(utt_id(p) for p in source)
-    spk2utt = (root / "data" / "vox2_dev" / "spk2utt").read_text().splitlines()
+    entries = wav_scp(root / "data" / "vox2_dev")
+    assert sorted(entries) == sorted(utt_id(p) for p in source)
+    for official in source:
+        flac = root / "data" / "vox2_dev_flac" / official.replace(".m4a", ".flac")
+        assert entries[utt_id(official)] == str(flac.resolve())
+        info = soundfile.info(str(flac))
+        assert (info.format, info.samplerate, info.channels, info.subtype) == ("FLAC", SR, 1, "PCM_16")
+        # lossless: the samples the recipe's `ffmpeg ... |` pipe would decode at every training item
+        piped, _ = read_audio(wav_entry(root / "vox2" / "aac" / official))
+        np.testing.assert_array_equal(read_audio(str(flac))[0], piped)
+
+
+def test_conversion_resumes_and_redoes_only_missing_or_broken_files(corpus: tuple[Path, dict, dict],
+                                                                   tmp_path: Path) -> None:
+    root, _, source = corpus
+    out = Path(shutil.copytree(root / "data" / "vox2_dev_flac", tmp_path / "flac"))
+    files = sorted(out.rglob("*.flac"))
+    again = convert(root, out)
+    assert again.endswith(f"0 files converted, {len(files)} already done")
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    samples = read_audio(str(files[1]))[0]
+    files[0].unlink()
+    files[1].write_bytes(b"half a file")
+    stale = files[2].with_name(f".{files[2].name}.tmp-4242")  # what a killed conversion leaves
+    stale.write_bytes(b"partial")
+    assert convert(root, out).endswith(f"2 files converted, {len(files) - 2} already done")
+    assert not stale.exists() and sorted(out.rglob("*.flac")) == files
+    assert [f for f in files if f.stat().st_mtime_ns != stamps.get(f)] == files[:2]
+    np.testing.assert_array_equal(read_audio(str(files[1]))[0], samples)
+
+
+def convert(root: Path, out: Path, *args: str) -> str:
+    proc = subprocess.run(["python", str(RECIPE / "local" / "convert_audio.py"), str(root / "vox2" / "aac"), str(out),
+                           "--nj", "2", *args], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_a_broken_or_truncated_m4a_is_a_one_line_error(tmp_path: Path) -> None:
+    src = tmp_path / "aac" / "id00001" / "vid"
+    src.mkdir(parents=True)
+    tone = (3000 * np.sin(np.arange(4 * SR) / 5)).astype(np.int16)
+    soundfile.write(tmp_path / "tone.wav", tone, SR)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", tmp_path / "tone.wav", "-c:a", "aac",
+                    "-movflags", "+faststart", src / "00001.m4a"], check=True)
+    whole = (src / "00001.m4a").read_bytes()
+    (src / "00001.m4a").write_bytes(whole[: len(whole) // 2])  # a download cut short: the header says 4 s
+    (src / "00002.m4a").write_bytes(whole[:300])  # not even a header
+    command = ["python", str(RECIPE / "local" / "convert_audio.py"), str(tmp_path / "aac"), str(tmp_path / "flac")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    error = proc.stderr.splitlines()[-1]  # after the progress bar
+    assert re.fullmatch(rf"stklia: error: {src}/00001.m4a: cannot convert: converted to [\d.]+ s of audio, but it "
+                        r"lasts 4.00 s \(1 other files failed too\)", error)
+    assert not list((tmp_path / "flac").rglob("*.flac"))
+    (src / "00001.m4a").unlink()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert re.fullmatch(rf"stklia: error: {src}/00002.m4a: cannot convert: ffmpeg exited with status 1: .+",
+                        proc.stderr.splitlines()[-1])
+
+
+def test_without_conversion_m4a_are_decoded_through_ffmpeg_pipes(corpus: tuple[Path, dict, dict],
+                                                                  tmp_path: Path) -> None:
+    root, _, source = corpus
+    run_recipe(RECIPE / "run.sh", "--stage", "0", "--stop-stage", "1", VOX1=str(root / "vox1"),
+               VOX2=str(root / "vox2"), DATA=str(tmp_path / "data"), CONVERT="false")
+    assert not (tmp_path / "data" / "vox2_dev_flac").exists()
+    entries = wav_scp(tmp_path / "data" / "vox2_dev")
+    assert sorted(entries) == sorted(utt_id(p) for p in source)
+    spk2utt = (tmp_path / "data" / "vox2_dev" / "spk2utt").read_text().splitlines()
     assert [line.split()[0] for line in spk2utt] == sorted({p.split("/")[0] for p in source})
     for official, path in source.items():
-        entry = wav_scp[utt_id(official)]
+        entry = entries[utt_id(official)]
         assert entry.startswith("ffmpeg ") and entry.endswith(" - |")
         decoded, rate = read_audio(entry)
         original, _ = read_audio(path)
@@ -115,7 +194,7 @@ def test_every_stage_runs_end_to_end(corpus: tuple[Path, dict, dict], tmp_path: 
         write_list(musan, name, [rng.normal(0, 1000, SR) for _ in range(7 if name == "speech" else 1)])
     rirs = write_list(tmp_path, "rirs", [signal.windows.exponential(800, 0, 100, False) * 10000])
     exp = tmp_path / "exp" / "resnet34_aam"
-    run_voxceleb(root, "--stage", "1", *TINY_TRAINING, EXP=str(exp),
+    run_voxceleb(root, "--stage", "2", *TINY_TRAINING, EXP=str(exp),
                MUSAN=str(musan), RIRS=str(rirs), NUM_AVERAGE="2", NUM_AVERAGE_LM="2", ASNORM_TOP_N="3")
     assert (exp / "checkpoints" / "avg_last2.pt").is_file()
     lm = Path(f"{exp}_lm")

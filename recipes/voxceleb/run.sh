@@ -2,18 +2,22 @@
 # VoxCeleb recipe: ResNet34 + AAM on VoxCeleb2 dev audio with online augmentation, large-margin
 # fine-tuning, checkpoint averaging, test on VoxCeleb1-O/E/H. Run from this directory:
 #   ./run.sh [--stage N] [--stop-stage M] [HYDRA_OVERRIDE ...]
-# Stages: 0 data dirs + trial lists, 1 train, 2 large-margin fine-tuning, 3 average, 4 test with
-# AS-norm. Overrides go to both training stages, after the recipe's own (e.g. num_workers=16).
+# Stages: 0 VoxCeleb2 m4a -> FLAC (once, in parallel, resumable), 1 data dirs + trial lists, 2 train,
+# 3 large-margin fine-tuning, 4 average, 5 test with AS-norm. Overrides go to both training stages,
+# after the recipe's own (e.g. num_workers=16).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 stage=0
-stop_stage=4
+stop_stage=5
 vox1=${VOX1:-/data/voxceleb1}       # wav/<spk>/<video>/<n>.wav and the official trial lists
 vox2=${VOX2:-/data/voxceleb2/dev}   # aac/<spk>/<video>/<n>.m4a (or wav/)
 musan=${MUSAN:-/data/musan}         # Kaldi dirs or lists: noise, music, speech (babble)
 rirs=${RIRS:-/data/rirs}            # Kaldi dir or list of room impulse responses
 data=${DATA:-data}
+convert=${CONVERT:-true}            # false: read VoxCeleb2's m4a through ffmpeg pipes (a whole decode per item)
+vox2_flac=${VOX2_FLAC:-$data/vox2_dev_flac}  # where stage 0 writes VoxCeleb2 as <spk>/<video>/<n>.flac
+nj=${NJ:-$(nproc)}                  # files converted at once
 exp=${EXP:-exp/resnet34_aam}
 cohort=${COHORT:-}                  # AS-norm cohort (default: the training data, as WeSpeaker)
 num_average=${NUM_AVERAGE:-10}      # checkpoints averaged before fine-tuning
@@ -21,9 +25,20 @@ num_average_lm=${NUM_AVERAGE_LM:-3} # fine-tuning checkpoints averaged for the t
 asnorm_top_n=${ASNORM_TOP_N:-300}   # 0: raw cosine scores only
 . ../parse_options.sh
 
-if stage_in 0; then
+vox2_audio=$vox2/wav
+if [ -d "$vox2/aac" ]; then
+  vox2_audio=$vox2/aac
+  if [ "$convert" = true ]; then
+    if stage_in 0; then
+      python local/convert_audio.py "$vox2/aac" "$vox2_flac" --nj "$nj"
+    fi
+    vox2_audio=$vox2_flac
+  fi
+fi
+
+if stage_in 1; then
   python local/prepare.py data "$vox1/wav" "$data/vox1"
-  python local/prepare.py data "$(ls -d "$vox2"/aac "$vox2"/wav 2>/dev/null | head -1)" "$data/vox2_dev"
+  python local/prepare.py data "$vox2_audio" "$data/vox2_dev"
   # Official lists: O = veri_test, E = list_test_all, H = list_test_hard; "2" = cleaned versions.
   for pair in O:veri_test O_cleaned:veri_test2 E:list_test_all E_cleaned:list_test_all2 \
               H:list_test_hard H_cleaned:list_test_hard2; do
@@ -37,21 +52,21 @@ train_args=(experiment=voxceleb_resnet34_aam "data.train=[$data/vox2_dev]" "data
   "augment.noise.sources.noise.list=$musan/noise" "augment.noise.sources.music.list=$musan/music"
   "augment.noise.sources.babble.list=$musan/speech" ${overrides[@]+"${overrides[@]}"})
 
-if stage_in 1; then
+if stage_in 2; then
   python -m stklia.train "${train_args[@]}" "model_dir=$exp"
 fi
 
-if stage_in 2; then
+if stage_in 3; then
   python -m stklia.average "model_dir=$exp" "last=$num_average"
   python -m stklia.train "${train_args[@]}" +stage=lmft "init_from=$exp" "init_checkpoint=avg_last$num_average" \
     "model_dir=${exp}_lm"
 fi
 
-if stage_in 3; then
+if stage_in 4; then
   python -m stklia.average "model_dir=${exp}_lm" "last=$num_average_lm"
 fi
 
-if stage_in 4; then
+if stage_in 5; then
   trials=$(ls "$data"/vox1/trials_* | paste -sd, -)
   python -m stklia.test "model_dir=${exp}_lm" "checkpoint=avg_last$num_average_lm" "test_trials=[$trials]" \
     "cohort=${cohort:-$data/vox2_dev}" "asnorm_top_n=$asnorm_top_n"

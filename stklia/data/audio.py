@@ -2,7 +2,9 @@
 
 Samples are returned on the int16 scale (a 16-bit wav read as its integer values), which is
 what Kaldi's compute-fbank-feats sees, so on-the-fly features equal Kaldi's offline ones.
-`read_checked_audio` is the one reader the data sets, augmentation lists and the Python API use.
+`open_checked_audio` is the one reader the data sets, augmentation lists and the Python API use:
+it reads windows of a file (wav, FLAC, ...) without decoding the rest, so a training crop costs
+its own length, not its utterance's. Pipes and wav-in-ark entries are decoded whole.
 """
 
 from __future__ import annotations
@@ -49,16 +51,70 @@ def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
     return _int16_scale(samples), rate
 
 
+class Recording:
+    """One entry opened for reading: its length, and windows of its int16-scaled samples.
+
+    Every problem is an InputError at `where`:`line` (the list or scp that names the entry), saying
+    `what` could not be read.
+    """
+
+    def __init__(self, rxfilename: str, sample_rate: int, where: str | os.PathLike, line: int | None = None,
+                 what: str = "audio"):
+        self.where, self.line, self.what = where, line, what
+        self._file: soundfile.SoundFile | None = None
+        self._samples: np.ndarray | None = None
+        try:
+            rx = parse_rxfilename(rxfilename)
+            if rx.kind == "file":
+                self._file = soundfile.SoundFile(str(rx.path))
+                rate, self.num_samples = self._file.samplerate, self._file.frames
+                self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
+            else:
+                self._samples, rate = read_audio(rxfilename)
+                self.num_samples = len(self._samples)
+        except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
+            raise self._error(err) from err
+        if rate != sample_rate or self.num_samples == 0:
+            self.close()
+            problem = f"has sample rate {rate}, expected {sample_rate}" if rate != sample_rate else "is empty"
+            raise InputError(where, f"{what} {problem}", line)
+
+    def _error(self, err: Exception) -> InputError:
+        return InputError(self.where, f"cannot read {self.what}: {err}", self.line)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Float32 samples start..stop-1 (default: to the end); zeros where the window is outside the recording."""
+        stop = self.num_samples if stop is None else stop
+        first, last = max(start, 0), min(stop, self.num_samples)
+        if first == start and last == stop:
+            return self._read(first, last)
+        window = np.zeros(stop - start, dtype=np.float32)
+        if last > first:
+            window[first - start : last - start] = self._read(first, last)
+        return window
+
+    def _read(self, first: int, last: int) -> np.ndarray:
+        if self._samples is not None:
+            return self._samples[first:last]
+        try:
+            self._file.seek(first)
+            return _int16_scale(self._file.read(last - first, dtype=self._dtype))
+        except Exception as err:
+            raise self._error(err) from err
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_checked_audio(rxfilename: str, sample_rate: int, where: str | os.PathLike, line: int | None = None,
                        what: str = "audio") -> np.ndarray:
-    """Int16-scaled samples of one entry at `sample_rate`; any problem is an InputError at `where`:`line`
-    (the list or scp that names the entry), saying `what` could not be read."""
-    try:
-        samples, rate = read_audio(rxfilename)
-    except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
-        raise InputError(where, f"cannot read {what}: {err}", line) from err
-    if rate != sample_rate:
-        raise InputError(where, f"{what} has sample rate {rate}, expected {sample_rate}", line)
-    if len(samples) == 0:
-        raise InputError(where, f"{what} is empty", line)
-    return samples
+    """All the int16-scaled samples of one entry at `sample_rate` (see Recording)."""
+    with Recording(rxfilename, sample_rate, where, line, what) as recording:
+        return recording.read()

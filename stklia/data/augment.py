@@ -1,9 +1,13 @@
 """Online data augmentation of training items: speed perturbation, reverberation, additive noise
-(on audio, before the features are computed) and SpecAugment masking (on the feature crop).
+(on the audio crop, before the features are computed) and SpecAugment masking (on the feature crop).
 
-Every random choice is drawn from the item's own generator (seeded by its crop seed), so an
-augmented batch is a pure function of (seed, step) and resumed runs stay exact. Each
-augmentation draws its coin even when it is skipped, so the draws never shift.
+Each augmentation comes in two halves. `draw` makes the random choices of one item with the item's
+own generator (seeded by its crop seed) and reads what they need (a room impulse response, windows of
+noise recordings); the data loader's workers run it. `apply` carries the choices out on a batch of
+torch tensors, on whatever device the batch is: in a worker for one item (the CPU path), or on the
+training device for a whole batch (stklia.data.frontend). Either way an augmented batch is a pure
+function of (seed, step), so resumed runs stay exact. Each augmentation draws its coin even when it
+is skipped, so the draws never shift. `__call__(x, rng)` does both halves for one whole signal.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import signal
+from scipy.fft import next_fast_len
 
-from stklia.data.audio import read_checked_audio
+from stklia.data.audio import Recording, read_checked_audio
 from stklia.data.kaldi import read_table
 from stklia.errors import InputError
 
@@ -36,24 +43,43 @@ class AudioList:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def open(self, index: int) -> Recording:
+        """Recording `index`, opened to read windows of it."""
+        rx, line = self.entries[index]
+        return Recording(rx, self.sample_rate, self.path, line)
+
     def read(self, index: int) -> np.ndarray:
         rx, line = self.entries[index]
         return read_checked_audio(rx, self.sample_rate, self.path, line)
 
 
 def _power(x: np.ndarray) -> float:
-    return float(np.mean(np.square(x, dtype=np.float64))) + 1e-10
+    return float(np.dot(x, x)) / len(x) + 1e-10
+
+
+def power(x: torch.Tensor) -> torch.Tensor:
+    """Mean square of each row, (batch, 1)."""
+    return x.square().mean(dim=1, keepdim=True) + 1e-10
+
+
+def _one(apply_output: torch.Tensor) -> np.ndarray:
+    return apply_output[0].numpy()
 
 
 class SpeedPerturb:
-    """Resample by a random factor of `factors` (sox `speed`: tempo and pitch change together).
+    """Resample by a random factor of `factors` (sox `speed`: tempo and pitch change together), as
+    scipy.signal.resample_poly does with its default Kaiser-windowed filter.
 
-    With `new_speakers`, each factor's utterances form new classes (WeSpeaker): the speaker
-    labels are multiplied by 1 + len(factors).
+    A training crop needs only a window of the source around it (`window`); resampling that window gives
+    the crop's samples of the whole perturbed utterance. With `new_speakers`, each factor's utterances form
+    new classes (WeSpeaker): the speaker labels are multiplied by 1 + len(factors).
     """
 
     def __init__(self, prob: float = 0.6, factors: Sequence[float] = (0.9, 1.1), new_speakers: bool = False):
         self.prob, self.factors, self.new_speakers = prob, list(factors), new_speakers
+        fractions = [Fraction(f).limit_denominator(100) for f in self.factors]
+        self._ratios = [(f.denominator, f.numerator) for f in fractions]
+        self._kernels: dict[int, tuple[np.ndarray, int]] = {}
 
     @property
     def num_label_copies(self) -> int:
@@ -64,11 +90,71 @@ class SpeedPerturb:
         coin, pick = rng.random(), int(rng.integers(len(self.factors)))
         return 1 + pick if coin < self.prob else 0
 
+    def ratio(self, choice: int) -> tuple[int, int]:
+        """(up, down): choice's perturbed signal is the source resampled by up / down (factor down / up)."""
+        return self._ratios[choice - 1]
+
+    def perturbed_length(self, num_samples: int, choice: int) -> int:
+        if choice == 0:
+            return num_samples
+        up, down = self.ratio(choice)
+        return -(-num_samples * up // down)
+
+    def window(self, choice: int, start: int, length: int) -> tuple[int, int, int]:
+        """(first, stop, offset): resampling the source samples first..stop-1 (zeros outside the recording) gives
+        samples start..start+length-1 of the whole perturbed signal at offset..offset+length-1.
+
+        The filter reaches 10 * max(up, down) upsampled samples each way; `first` is a multiple of `down`, which
+        keeps the window's output samples in phase with the whole signal's."""
+        if choice == 0:
+            return start, start + length, 0
+        up, down = self.ratio(choice)
+        reach = 10 * max(up, down)
+        first = (start * down - reach) // up
+        first -= first % down
+        stop = ((start + length - 1) * down + reach) // up + 1
+        return first, stop, start - first * up // down
+
+    def _kernel(self, choice: int) -> tuple[np.ndarray, int]:
+        """The polyphase form of resample_poly's filter: (up, taps) weights of a strided convolution whose output
+        channel r gives the resampled samples r, r + up, r + 2 up, ..., and the source shift of tap 0."""
+        if choice not in self._kernels:
+            up, down = self.ratio(choice)
+            reach = 10 * max(up, down)
+            h = signal.firwin(2 * reach + 1, 1 / max(up, down), window=("kaiser", 5.0)) * up
+            # y[m] = sum_j h[j] x_up[m * down + reach - j], x_up[i] = x[i / up] where up divides i
+            phases = [((r * down + reach) % up, (r * down + reach) // up) for r in range(up)]
+            shift = min(last - (len(h) - 1 - phase) // up for phase, last in phases)
+            weights = np.zeros((up, max(last for _, last in phases) - shift + 1))
+            for r, (phase, last) in enumerate(phases):
+                taps = h[phase::up]  # taps k = 0, 1, ... multiply x[last - k]
+                weights[r, last - shift - np.arange(len(taps))] = taps
+            self._kernels[choice] = weights, shift
+        return self._kernels[choice]
+
+    def resample(self, windows: torch.Tensor, choice: int, offsets: torch.Tensor, length: int) -> torch.Tensor:
+        """(batch, length): samples offsets[b]..offsets[b]+length-1 of row b of `windows` resampled by choice's
+        ratio (zeros past each row's end), on the rows' device."""
+        up, down = self.ratio(choice)
+        weights, shift = self._kernel(choice)
+        kernel = torch.from_numpy(weights).to(windows)[:, None]
+        per_phase = -(-(int(offsets.max()) + length) // up)  # outputs needed from each phase
+        size = (per_phase - 1) * down + kernel.shape[-1]
+        x = F.pad(windows, (-shift, max(size + shift - windows.shape[1], 0)))[:, None, :size]
+        out = F.conv1d(x, kernel, stride=down)  # (batch, up, per_phase): phase r holds samples r + up t
+        resampled = out.transpose(1, 2).reshape(len(windows), -1)
+        return resampled.gather(1, offsets[:, None] + torch.arange(length, device=windows.device))
+
     def apply(self, samples: np.ndarray, choice: int) -> np.ndarray:
+        """The whole signal at choice's speed (float32)."""
         if choice == 0:
             return samples
-        ratio = Fraction(self.factors[choice - 1]).limit_denominator(100)
-        return signal.resample_poly(samples, ratio.denominator, ratio.numerator).astype(np.float32)
+        length = self.perturbed_length(len(samples), choice)
+        first, stop, offset = self.window(choice, 0, length)
+        source = np.zeros(stop - first)
+        source[-first : -first + len(samples)] = samples
+        return _one(self.resample(torch.from_numpy(source)[None], choice, torch.tensor([offset]), length)
+                    ).astype(np.float32)
 
 
 class Reverb:
@@ -77,15 +163,31 @@ class Reverb:
     def __init__(self, rirs: str | os.PathLike, prob: float = 0.2, sample_rate: int = 16000):
         self.rirs, self.prob = AudioList(rirs, sample_rate), prob
 
-    def __call__(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, rng: np.random.Generator) -> np.ndarray | None:
+        """The impulse response of one item (unit norm, float32), or None."""
         coin, index = rng.random(), int(rng.integers(len(self.rirs)))
         if coin >= self.prob:
-            return samples
+            return None
         rir = self.rirs.read(index).astype(np.float64)
-        rir /= np.linalg.norm(rir)
-        delay = int(np.argmax(np.abs(rir)))
-        wet = signal.fftconvolve(samples, rir)[delay:delay + len(samples)]
-        return (wet * np.sqrt(_power(samples) / _power(wet))).astype(np.float32)
+        return (rir / np.sqrt(np.square(rir).sum())).astype(np.float32)
+
+    @staticmethod
+    def apply(samples: torch.Tensor, rirs: torch.Tensor) -> torch.Tensor:
+        """Row b convolved with rirs[b] (zero-padded), from the impulse response's largest tap on, scaled back to
+        the row's power."""
+        length, taps = samples.shape[1], rirs.shape[1]
+        n_fft = next_fast_len(length + taps - 1, real=True)
+        wet = torch.fft.irfft(torch.fft.rfft(samples, n_fft) * torch.fft.rfft(rirs, n_fft), n_fft)
+        delays = rirs.abs().argmax(dim=1, keepdim=True)
+        wet = wet.gather(1, delays + torch.arange(length, device=samples.device))
+        return wet * (power(samples) / power(wet)).sqrt()
+
+    def __call__(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        rir = self.draw(rng)
+        if rir is None:
+            return samples
+        x = torch.from_numpy(np.asarray(samples, dtype=np.float64))[None]
+        return _one(self.apply(x, torch.from_numpy(rir.astype(np.float64))[None])).astype(np.float32)
 
 
 class AddNoise:
@@ -93,7 +195,7 @@ class AddNoise:
 
     `sources` maps a category (e.g. MUSAN's noise, music, babble) to {list: Kaldi dir or list file,
     snr: [low, high] dB, count: [low, high] recordings summed (default [1, 1])}. A noise shorter
-    than the utterance is repeated; a longer one is cut at a random offset.
+    than the utterance is repeated; of a longer one, a window at a random offset is read.
     """
 
     def __init__(self, sources: Mapping[str, Mapping], prob: float = 0.6, sample_rate: int = 16000):
@@ -101,19 +203,33 @@ class AddNoise:
         self.sources = [(AudioList(s["list"], sample_rate), tuple(s["snr"]), tuple(s.get("count", (1, 1))))
                         for s in sources.values()]
 
-    def __call__(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, rng: np.random.Generator, length: int) -> np.ndarray | None:
+        """The noise of one item of `length` samples, or None: each recording drawn scaled to its drawn SNR
+        against a signal of unit power, summed (float32). `apply` scales it by the speech's RMS."""
         if rng.random() >= self.prob:
-            return samples
+            return None
         noises, (low, high), (min_count, max_count) = self.sources[int(rng.integers(len(self.sources)))]
-        out = samples.astype(np.float64)
-        speech_power = _power(samples)
+        total = np.zeros(length, dtype=np.float32)
         for _ in range(int(rng.integers(min_count, max_count + 1))):
-            noise = noises.read(int(rng.integers(len(noises))))
-            start = int(rng.integers(max(len(noise) - len(samples), 0) + 1))
-            noise = np.resize(noise[start:], len(samples)).astype(np.float64)
+            with noises.open(int(rng.integers(len(noises)))) as recording:
+                start = int(rng.integers(max(recording.num_samples - length, 0) + 1))
+                noise = recording.read(start, min(start + length, recording.num_samples))
+            if len(noise) < length:
+                noise = np.resize(noise, length)
             snr = rng.uniform(low, high)
-            out += noise * np.sqrt(speech_power / (_power(noise) * 10 ** (snr / 10)))
-        return out.astype(np.float32)
+            total += np.float32(1 / np.sqrt(_power(noise) * 10 ** (snr / 10))) * noise
+        return total
+
+    @staticmethod
+    def apply(samples: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return samples + power(samples).sqrt() * noise
+
+    def __call__(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noise = self.draw(rng, len(samples))
+        if noise is None:
+            return samples
+        x = torch.from_numpy(np.asarray(samples, dtype=np.float64))[None]
+        return _one(self.apply(x, torch.from_numpy(noise.astype(np.float64))[None])).astype(np.float32)
 
 
 class SpecAugment:
@@ -125,20 +241,34 @@ class SpecAugment:
         self.num_time_masks, self.max_time = num_time_masks, max_time
         self.num_freq_masks, self.max_freq = num_freq_masks, max_freq
 
-    def __call__(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, rng: np.random.Generator, num_frames: int, dim: int) -> np.ndarray:
+        """The bands of one item: (num_time_masks + num_freq_masks, 3) rows (axis, start, width), axis 0 for
+        frames and 1 for bins; every width is 0 when the item is not masked."""
+        axes = [0] * self.num_time_masks + [1] * self.num_freq_masks
+        masks = np.zeros((len(axes), 3), dtype=np.int64)
+        masks[:, 0] = axes
         if rng.random() >= self.prob:
-            return feats
-        feats = feats.copy()
-        masks = ((0, self.num_time_masks, self.max_time), (1, self.num_freq_masks, self.max_freq))
-        for axis, count, max_width in masks:
-            size = feats.shape[axis]
-            for _ in range(count):
-                width = int(rng.integers(0, min(max_width, size) + 1))
-                start = int(rng.integers(0, size - width + 1))
-                index = [slice(None), slice(None)]
-                index[axis] = slice(start, start + width)
-                feats[tuple(index)] = 0
-        return feats
+            return masks
+        for row, axis in enumerate(axes):
+            size, max_width = (num_frames, self.max_time) if axis == 0 else (dim, self.max_freq)
+            width = int(rng.integers(0, min(max_width, size) + 1))
+            masks[row, 1:] = int(rng.integers(0, size - width + 1)), width
+        return masks
+
+    @staticmethod
+    def apply(feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, bins) features with the bands of masks[b] (as `draw` gives them) of row b zeroed."""
+        frames = feats.shape[1]
+        # frames and bins on one axis (bins after the frames): a band of bins starts `frames` further
+        axis, start, width = masks.unbind(dim=2)
+        start = (start + axis * frames)[..., None]
+        position = torch.arange(frames + feats.shape[2], device=feats.device)
+        hit = ((position >= start) & (position < start + width[..., None])).any(dim=1)
+        return feats.masked_fill(hit[:, :frames, None] | hit[:, None, frames:], 0)
+
+    def __call__(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        masks = self.draw(rng, *feats.shape)
+        return _one(self.apply(torch.from_numpy(feats)[None], torch.from_numpy(masks)[None]))
 
 
 class Augment:
@@ -153,19 +283,3 @@ class Augment:
     def num_label_copies(self) -> int:
         """How many classes each speaker becomes (speed perturbation as new speakers)."""
         return self.speed.num_label_copies if self.speed else 1
-
-    def choose_speed(self, rng: np.random.Generator) -> int:
-        return self.speed.choose(rng) if self.speed else 0
-
-    def perturb_speed(self, samples: np.ndarray, speed: int) -> np.ndarray:
-        return self.speed.apply(samples, speed) if self.speed else samples
-
-    def corrupt(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Reverberation, then additive noise (each with its probability)."""
-        for transform in (self.reverb, self.noise):
-            if transform:
-                samples = transform(samples, rng)
-        return samples
-
-    def spectral(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.specaugment(feats, rng) if self.specaugment else feats

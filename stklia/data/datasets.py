@@ -6,10 +6,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
-from stklia.data.augment import Augment
+from stklia.data.augment import Augment, SpecAugment
+from stklia.data.frontend import AudioBatch, AudioCrop, FrontEnd
 from stklia.data.kaldi import DataSet
+from stklia.errors import InputError
 
 
 def normalise(feats: np.ndarray, cmn: bool) -> np.ndarray:
@@ -28,49 +30,92 @@ def random_crop(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndar
 class TrainingCrops(Dataset):
     """Item (utterance index, crop seed) -> (crop of max_seq_len frames, class label), optionally augmented.
 
-    Audio utterances are cropped before augmentation and feature computation (as WeSpeaker does),
-    so their cost does not grow with the utterance's length; their mean normalisation is over the
-    crop. Feature utterances are normalised over the whole utterance, then cropped.
+    Audio utterances are cropped before augmentation and feature computation (as WeSpeaker does), and only
+    the samples the crop needs are read (the source window of a speed-perturbed crop), so an item costs the
+    same whatever its utterance's length; their mean normalisation is over the crop. With `on_device`, an
+    audio item is its AudioCrop (the raw samples and every random choice) and the training device computes
+    its features (stklia.data.frontend); otherwise the worker does, with the same code and the same choices.
+    Feature utterances are normalised over the whole utterance, then cropped.
     The class is the speaker's, or with speed perturbation as new speakers, speaker + k * num_speakers.
     """
 
-    def __init__(self, data: DataSet, max_seq_len: int, cmn: bool, augment: Augment | None = None):
+    def __init__(self, data: DataSet, max_seq_len: int, cmn: bool, augment: Augment | None = None,
+                 on_device: bool = False):
         self.data = data
         self.labels = data.speaker_labels()
+        self.num_speakers = len(data.speakers)
         self.max_seq_len = max_seq_len
         self.cmn = cmn
         self.augment = augment
-        self.num_classes = len(data.speakers) * (augment.num_label_copies if augment else 1)
+        self.on_device = on_device
+        self.num_classes = self.num_speakers * (augment.num_label_copies if augment else 1)
+        self.frontend = None
+        if data.features is not None:
+            self.crop_samples = data.features.num_samples(max_seq_len)
+            self.frontend = FrontEnd(data.features, self.crop_samples, cmn, augment)
+        if on_device and len(data.audio) < len(data.utts):
+            utt = next(u for u in data.utts if u not in data.audio)
+            path, line = data.origin[utt]
+            raise InputError(path, f"features_on_device needs audio input, but '{utt}' has precomputed features",
+                             line)
 
     def __len__(self) -> int:
         return len(self.data.utts)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int] | AudioCrop:
         index, crop_seed = item
         rng = np.random.default_rng(crop_seed)
         utt = self.data.utts[index]
         label = int(self.labels[index])
-        speed = self.augment.choose_speed(rng) if self.augment else 0  # drawn for every item: draws never shift
+        speed = self.augment.speed.choose(rng) if self.augment and self.augment.speed else 0  # drawn for every item
         if utt in self.data.audio:
-            crop = normalise(self._audio_features(utt, speed, rng), self.cmn)
             if self.augment and self.augment.num_label_copies > 1:
-                label += speed * len(self.data.speakers)
-        else:
-            crop = random_crop(normalise(self.data.load(utt), self.cmn), self.max_seq_len, rng)
-        if self.augment:
-            crop = self.augment.spectral(crop, rng)
-        return torch.from_numpy(np.ascontiguousarray(crop)), label
+                label += speed * self.num_speakers
+            crop = self.audio_crop(utt, speed, label, rng)
+            return crop if self.on_device else (self.frontend(AudioBatch.collate([crop]))[0], label)
+        feats = torch.from_numpy(random_crop(normalise(self.data.load(utt), self.cmn), self.max_seq_len, rng))
+        if self.augment and self.augment.specaugment:
+            masks = self.augment.specaugment.draw(rng, *feats.shape)
+            feats = SpecAugment.apply(feats[None], torch.from_numpy(masks)[None])[0]
+        return feats.contiguous(), label
 
-    def _audio_features(self, utt: str, speed: int, rng: np.random.Generator) -> np.ndarray:
-        """Dithered features of a random audio crop of max_seq_len frames, after speed perturbation, with
-        reverberation and noise."""
-        samples = self.data.read_audio(utt)
-        if self.augment:
-            samples = self.augment.perturb_speed(samples, speed)
-        samples = random_crop(samples, self.data.features.num_samples(self.max_seq_len), rng)
-        if self.augment:
-            samples = self.augment.corrupt(samples, rng)
-        return self.data.features(samples, rng)
+    def audio_crop(self, utt: str, speed: int, label: int, rng: np.random.Generator) -> AudioCrop:
+        """The random choices of an audio item after its speed (crop, impulse response, noise, dither,
+        SpecAugment bands, in this order) and the samples they need."""
+        length = self.crop_samples
+        perturb = self.augment.speed if speed else None
+        with self.data.open_audio(utt) as recording:
+            perturbed = perturb.perturbed_length(recording.num_samples, speed) if speed else recording.num_samples
+            take = min(length, perturbed)
+            start = int(rng.integers(0, perturbed - length + 1)) if perturbed >= length else 0
+            first, stop, offset = perturb.window(speed, start, take) if speed else (start, start + take, 0)
+            samples = recording.read(first, stop)
+        if perturbed < length:  # a short utterance: repeated until long enough, after its speed perturbation
+            if speed:
+                samples = perturb.resample(torch.from_numpy(samples)[None], speed, torch.tensor([offset]),
+                                           perturbed)[0].numpy()
+            samples, speed, offset = np.resize(samples, length), 0, 0
+        augment = self.augment or Augment()
+        rir = augment.reverb.draw(rng) if augment.reverb else None
+        noise = augment.noise.draw(rng, length) if augment.noise else None
+        dither_seed = int(rng.integers(2**63 - 1))
+        num_frames, dim = self.max_seq_len, self.data.features.dim
+        masks = augment.specaugment.draw(rng, num_frames, dim) if augment.specaugment else \
+            np.zeros((0, 3), dtype=np.int64)
+        return AudioCrop(samples, speed, offset, rir, noise, dither_seed, masks, label)
+
+    def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor] | AudioBatch:
+        """The DataLoader's collate_fn: AudioCrops (on_device) into an AudioBatch, else features and labels."""
+        return AudioBatch.collate(items) if self.on_device else default_collate(items)
+
+    def to_device(self, batch: tuple[torch.Tensor, torch.Tensor] | AudioBatch,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) of a loader batch on `device`: an AudioBatch goes through the front end there."""
+        if isinstance(batch, AudioBatch):
+            batch = batch.to(device)
+            return self.frontend(batch), batch.labels
+        feats, labels = batch
+        return feats.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
 class BatchSchedule(Sampler[list[tuple[int, int]]]):

@@ -39,7 +39,7 @@ from stklia.data.features import Fbank
 from stklia.metrics import compute_eer
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
-_VERSION = 5
+_VERSION = 6  # 6: features by the torch fbank, augmentation by its torch application
 _SPLITS = ("train", "eval", "test")
 _TRIALS_SPLITS = ("eval", "test", "test_noisy")
 

@@ -1,19 +1,51 @@
-"""Acoustic features computed on the fly from audio: Kaldi-compatible log-mel filterbanks.
+"""Acoustic features computed on the fly from audio: Kaldi-compatible log-mel filterbanks, in torch.
 
-Dithering is done here (not by kaldi-native-fbank) with the caller's random generator, so a
-training item's features are a pure function of its crop seed and resumed runs stay exact.
+One batched implementation serves both places features are computed: the data loader's workers (one
+crop or utterance at a time, on the CPU) and the training device (a whole batch of crops, see
+stklia.data.frontend). It follows Kaldi's compute-fbank-feats step by step, as kaldi-native-fbank does
+(tests/test_features.py checks it against kaldi-native-fbank). Dither noise comes from a generator
+seeded by the item's own seed, so a training item's features are a pure function of its crop seed.
 """
 
 from __future__ import annotations
 
-import kaldi_native_fbank as knf
+import math
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+
+FLT_EPSILON = float(np.finfo(np.float32).eps)  # Kaldi's floor of the mel energies before the log
+
+
+def mel_scale(freq: np.ndarray) -> np.ndarray:
+    return 1127.0 * np.log(1.0 + freq / 700.0)
+
+
+def kaldi_mel_banks(num_bins: int, padded_window: int, sample_rate: int, low_freq: float,
+                    high_freq: float) -> np.ndarray:
+    """(padded_window // 2, num_bins) triangular filters, equally spaced on the mel scale, as Kaldi's MelBanks
+    (the Nyquist bin gets no weight; high_freq <= 0 is an offset from the Nyquist frequency)."""
+    nyquist = sample_rate / 2
+    high = high_freq if high_freq > 0 else nyquist + high_freq
+    if not 0 <= low_freq < high <= nyquist:
+        raise ValueError(f"bad mel band edges: low_freq={low_freq}, high_freq={high_freq} at {sample_rate} Hz")
+    mel_low, mel_high = mel_scale(np.float64(low_freq)), mel_scale(np.float64(high))
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    left = mel_low + delta * np.arange(num_bins)[None, :]
+    center, right = left + delta, left + 2 * delta
+    mel = mel_scale(np.arange(padded_window // 2) * sample_rate / padded_window)[:, None]
+    rising, falling = (mel - left) / (center - left), (right - mel) / (right - center)
+    weights = np.where(mel <= center, rising, falling)
+    return np.where((mel > left) & (mel < right), weights, 0.0)
 
 
 class Fbank:
-    """Kaldi `compute-fbank-feats` (povey window, pre-emphasis 0.97, DC removal, snip edges).
+    """Kaldi `compute-fbank-feats` (povey window, pre-emphasis 0.97, DC removal, snip edges, power spectrum,
+    log of mel energies floored at FLT_EPSILON).
 
-    `dither` is the Kaldi dither amount, applied only when a random generator is given (training).
+    `dither` is the Kaldi dither amount: Gaussian noise of that standard deviation (on the int16 scale) added to
+    the waveform, only when a dither seed is given (training).
     """
 
     def __init__(self, sample_rate: int = 16000, num_mel_bins: int = 80, frame_length_ms: float = 25.0,
@@ -22,6 +54,15 @@ class Fbank:
         self.sample_rate, self.num_mel_bins = sample_rate, num_mel_bins
         self.frame_length_ms, self.frame_shift_ms = frame_length_ms, frame_shift_ms
         self.low_freq, self.high_freq, self.dither = low_freq, high_freq, dither
+        self.window_size, self.window_shift = (round(ms * sample_rate / 1000) for ms in (frame_length_ms,
+                                                                                           frame_shift_ms))
+        self.padded_window = 1 << (self.window_size - 1).bit_length()
+        n = np.arange(self.window_size)
+        povey = (0.5 - 0.5 * np.cos(2 * math.pi * n / (self.window_size - 1))) ** 0.85
+        self._window = torch.from_numpy(povey.astype(np.float32))
+        banks = kaldi_mel_banks(num_mel_bins, self.padded_window, sample_rate, low_freq, high_freq)
+        self._mel_banks = torch.from_numpy(np.pad(banks, ((0, 1), (0, 0))).astype(np.float32))  # + Nyquist: 0
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def dim(self) -> int:
@@ -29,32 +70,46 @@ class Fbank:
 
     def num_samples(self, frames: int) -> int:
         """The number of samples that gives `frames` frames (snip edges: one window, then one shift each)."""
-        window, shift = (round(ms * self.sample_rate / 1000) for ms in (self.frame_length_ms, self.frame_shift_ms))
-        return window + (frames - 1) * shift
+        return self.window_size + (frames - 1) * self.window_shift
 
-    def _options(self) -> knf.FbankOptions:
-        opts = knf.FbankOptions()
-        opts.frame_opts.samp_freq = self.sample_rate
-        opts.frame_opts.frame_length_ms = self.frame_length_ms
-        opts.frame_opts.frame_shift_ms = self.frame_shift_ms
-        opts.frame_opts.dither = 0.0
-        opts.mel_opts.num_bins = self.num_mel_bins
-        opts.mel_opts.low_freq = self.low_freq
-        opts.mel_opts.high_freq = self.high_freq
-        return opts
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window and mel banks on `device` (copied there once)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self._window.to(device), self._mel_banks.to(device))
+        return self._on_device[device]
 
-    def __call__(self, samples: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """(frames, num_mel_bins) float32 features of int16-scaled samples at `sample_rate`.
+    def __getstate__(self) -> dict:  # loader workers get the constants on the CPU only
+        return {**self.__dict__, "_on_device": {}}
 
-        Audio shorter than one frame gives zero frames. Dither (Gaussian noise of standard
-        deviation `dither` on the int16 scale) is added to the waveform when `rng` is given.
-        """
-        samples = np.asarray(samples, dtype=np.float32)
-        if rng is not None and self.dither > 0:
-            samples = samples + self.dither * rng.standard_normal(len(samples), dtype=np.float32)
-        fbank = knf.OnlineFbank(self._options())
-        fbank.accept_waveform(self.sample_rate, samples)
-        fbank.input_finished()
-        if fbank.num_frames_ready == 0:
-            return np.zeros((0, self.num_mel_bins), dtype=np.float32)
-        return np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
+    def batch(self, samples: torch.Tensor, dither_seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """(batch, frames, num_mel_bins) features of a (batch, samples) float32 tensor of int16-scaled audio at
+        `sample_rate`, on the tensor's device. Row b is dithered with a generator seeded by dither_seeds[b]."""
+        if dither_seeds is not None and self.dither > 0:
+            samples = samples + self.dither * seeded_normal(dither_seeds, samples.shape[1], samples.device)
+        if samples.shape[1] < self.window_size:
+            return samples.new_zeros((samples.shape[0], 0, self.num_mel_bins))
+        window, mel_banks = self._constants(samples.device)
+        # Per frame, Kaldi removes the mean m, then pre-emphasises: y[i] = x[i] - 0.97 x[i-1] - 0.03 m for i > 0.
+        # The signal is pre-emphasised once instead of every (overlapping) frame; y[0] does not matter: the povey
+        # window is 0 there.
+        emphasised = torch.cat([samples[:, :1], samples[:, 1:] - 0.97 * samples[:, :-1]], dim=1)
+        means = samples.unfold(1, self.window_size, self.window_shift).mean(dim=2, keepdim=True)
+        frames = emphasised.unfold(1, self.window_size, self.window_shift) - 0.03 * means
+        spectrum = torch.fft.rfft(frames * window, n=self.padded_window)
+        power = spectrum.real.square() + spectrum.imag.square()
+        return (power @ mel_banks).clamp_min(FLT_EPSILON).log()
+
+    def __call__(self, samples: np.ndarray, dither_seed: int | None = None) -> np.ndarray:
+        """(frames, num_mel_bins) float32 features of one recording's int16-scaled samples; audio shorter than
+        one frame gives zero frames. Dithered when a seed is given."""
+        x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
+        with torch.inference_mode():
+            return self.batch(x, None if dither_seed is None else [dither_seed])[0].numpy()
+
+
+def seeded_normal(seeds: Sequence[int], length: int, device: torch.device) -> torch.Tensor:
+    """(len(seeds), length) standard normal noise on `device`, row b from a generator seeded with seeds[b]: the
+    same item gets the same noise whatever batch it is in (a device gives its own generator's numbers)."""
+    generator = torch.Generator(device)
+    rows = [torch.randn(length, generator=generator.manual_seed(int(seed)), device=device) for seed in seeds]
+    return torch.stack(rows) if rows else torch.zeros((0, length), device=device)

@@ -14,8 +14,9 @@ from typing import Protocol
 
 import kaldiio
 import numpy as np
+import torch
 
-from stklia.data.audio import read_checked_audio
+from stklia.data.audio import Recording
 from stklia.data.rxfilename import parse_rxfilename
 from stklia.errors import InputError
 
@@ -55,8 +56,13 @@ class Featurizer(Protocol):
     """Features of audio (stklia.data.features.Fbank): int16-scaled samples -> (frames, dims)."""
 
     sample_rate: int
+    dim: int
 
-    def __call__(self, samples: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray: ...
+    def __call__(self, samples: np.ndarray, dither_seed: int | None = None) -> np.ndarray: ...
+
+    def batch(self, samples: torch.Tensor, dither_seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """(batch, frames, dims) features of a (batch, samples) tensor."""
+        ...
 
     def num_samples(self, frames: int) -> int:
         """The number of samples that gives `frames` frames."""
@@ -88,10 +94,19 @@ class DataSet:
         index = {spk: i for i, spk in enumerate(self.speakers)}
         return np.array([index[self.utt2spk[u]] for u in self.utts], dtype=np.int64)
 
-    def read_audio(self, utt: str) -> np.ndarray:
-        """Int16-scaled samples of an audio utterance, at the featurizer's sample rate."""
+    def open_audio(self, utt: str) -> Recording:
+        """An audio utterance opened to read windows of its int16-scaled samples, at the featurizer's sample rate."""
         path, line = self.origin[utt]
-        return read_checked_audio(self.feats[utt], self.features.sample_rate, path, line, f"audio of '{utt}'")
+        return Recording(self.feats[utt], self.features.sample_rate, path, line, f"audio of '{utt}'")
+
+    def read_audio(self, utt: str) -> np.ndarray:
+        """All the int16-scaled samples of an audio utterance."""
+        with self.open_audio(utt) as recording:
+            return recording.read()
+
+    def num_pipes(self) -> int:
+        """How many utterances are read through `command |` pipes (each read runs the command)."""
+        return sum(parse_rxfilename(self.feats[utt]).kind == "pipe" for utt in self.audio)
 
     def load(self, utt: str) -> np.ndarray:
         """Features of one whole utterance as a float32 (frames, dims) matrix (from audio: not dithered)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ class RxFilename:
     command: str | None = None  # the shell command (pipe)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # training reads the same entries again and again
 def parse_rxfilename(rxfilename: str) -> RxFilename:
     rx = rxfilename.strip()
     if rx.endswith("|"):

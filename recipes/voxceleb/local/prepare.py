@@ -1,10 +1,11 @@
 """VoxCeleb as distributed -> Kaldi data dirs and stklia trial lists.
 
-    python local/prepare.py data CORPUS_DIR OUT_DIR     # CORPUS_DIR/<speaker>/<video>/<n>.wav|.m4a
+    python local/prepare.py data CORPUS_DIR OUT_DIR     # CORPUS_DIR/<speaker>/<video>/<n>.wav|.flac|.m4a
     python local/prepare.py trials OFFICIAL_LIST OUT    # `1 id10270/x6uYqmx31kE/00001.wav id10270/...`
 
 Utterance ids are `<speaker>-<video>-<n>`, so they sort by speaker as Kaldi requires. m4a files
-(VoxCeleb2) become `ffmpeg ... |` pipe entries of wav.scp, decoded on the fly at 16 kHz.
+(VoxCeleb2) become `ffmpeg ... |` pipe entries of wav.scp, decoded on the fly at 16 kHz: slow for
+training (a whole decode per training item), which is why run.sh converts them to FLAC first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from stklia.atomic import atomic_output
 from stklia.data.kaldi import read_table
 from stklia.errors import InputError, exit_on_input_error
 
-EXTENSIONS = (".wav", ".m4a")
+EXTENSIONS = (".wav", ".flac", ".m4a")
 
 
 def utt_id(relative: str) -> str:

@@ -1,0 +1,193 @@
+"""Benchmark the training data path at VoxCeleb scale: items/s per loader core, for every input kind.
+
+    python scripts/bench_loader.py [--items 300] [--work DIR] [--stklia CHECKOUT]
+
+Builds (once, in --work) VoxCeleb-shaped Kaldi dirs from the demo corpus's audio: 8 s utterances (a
+demo speaker's recordings joined and cut) as wav, FLAC, m4a read through the `ffmpeg ... |` pipes of
+recipes/voxceleb/local/prepare.py, and feats.scp (80 fbanks); 2 s and 20 s utterances as FLAC; and
+musan_rirs-style augmentation lists (the demo's noise, music, babble and RIR sets). Then measures, in
+this one process with one torch thread, 200-frame crops, items per CPU second (of the process and of the
+ffmpeg it runs: the cost on one core, which other load on the machine barely changes):
+
+* the CPU path (features in the loader workers): TrainingCrops items/s, without augmentation and with
+  experiment=voxceleb_resnet34_aam's (speed, reverberation, noise/music/babble, SpecAugment);
+* the device path (features_on_device=true): the workers' share (items collated into batches of 128),
+  and the device's share, the FrontEnd time of a batch, measured on this CPU (a GPU's is far smaller);
+* the loader cores a GPU training at 3,000 samples/s needs on each path;
+* 2 s against 20 s utterances (an item's cost must not depend on its utterance's length).
+
+`--stklia CHECKOUT` measures another checkout of stklia (e.g. `git archive main`): the "before" figures;
+what it lacks (the device path) is reported as n/a. Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SECONDS = {"8 s": 8, "2 s": 2, "20 s": 20}
+GPU_RATE = 3000  # samples/s a current data-centre GPU trains a ResNet34 at (bf16)
+BATCH = 128
+CROP = 200
+
+
+def build_dirs(demo_root: Path, work: Path, stklia_root: Path) -> dict[str, Path]:
+    """Kaldi dirs of the demo's train audio joined into utterances of 2, 8 and 20 s, in each input kind."""
+    import kaldiio
+    import soundfile
+
+    from stklia.data.features import Fbank
+
+    spec = importlib.util.spec_from_file_location("prepare", stklia_root / "recipes/voxceleb/local/prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    dirs = {}
+    by_speaker: dict[str, list[str]] = {}
+    for line in (demo_root / "train" / "wav.scp").read_text().splitlines():
+        utt, path = line.split()
+        by_speaker.setdefault(utt.split("-")[0], []).append(path)
+    for name, seconds in SECONDS.items():
+        utts = []
+        for speaker, paths in sorted(by_speaker.items())[:10]:
+            joined = np.concatenate([soundfile.read(p, dtype="int16")[0] for p in paths])
+            n = seconds * 16000
+            utts += [(f"{speaker}-{i:02d}", joined[i * n : (i + 1) * n]) for i in range(min(len(joined) // n, 4))]
+        kinds = ("wav", "flac", "m4a", "feats") if name == "8 s" else ("flac",)
+        for kind in kinds:
+            d = work / f"{name.replace(' ', '')}_{kind}"
+            dirs[f"{name} {kind}"] = d
+            if (d / "utt2spk").exists():
+                continue
+            (d / "audio").mkdir(parents=True, exist_ok=True)
+            scp = []
+            for utt, samples in utts:
+                path = d / "audio" / f"{utt}.{'wav' if kind == 'feats' else kind}"
+                if kind == "m4a":
+                    soundfile.write(path.with_suffix(".wav"), samples, 16000)
+                    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", path.with_suffix(".wav"),
+                                    "-c:a", "aac", "-b:a", "64k", path], check=True)
+                    path.with_suffix(".wav").unlink()
+                    scp.append(f"{utt} {prepare.wav_entry(path)}")
+                else:
+                    soundfile.write(path, samples, 16000)
+                    scp.append(f"{utt} {path}")
+            if kind == "feats":
+                fbank = Fbank(num_mel_bins=80, dither=0)
+                with kaldiio.WriteHelper(f"ark,scp:{d / 'feats.ark'},{d / 'feats.scp'}") as writer:
+                    for utt, samples in utts:
+                        writer(utt, fbank(samples.astype(np.float32)))
+            else:
+                (d / "wav.scp").write_text("".join(f"{line}\n" for line in scp))
+            (d / "utt2spk").write_text("".join(f"{utt} {utt.split('-')[0]}\n" for utt, _ in utts))
+    return dirs
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the ffmpeg of pipes): what a loader core spends."""
+    return sum(os.times()[:4])
+
+
+def items_per_second(make: object, items: list, repeats: int) -> float:
+    """Items per CPU second (per core, whatever else runs on the machine), best of `repeats`."""
+    best = np.inf
+    for _ in range(repeats):
+        start = cpu_seconds()
+        make(items)
+        best = min(best, cpu_seconds() - start)
+    return len(items) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=384, help="items per measurement (m4a pipes: a tenth)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stklia-bench-loader"))
+    parser.add_argument("--demo", help="demo corpus root (default: the cache)")
+    parser.add_argument("--stklia", type=Path, default=Path(__file__).resolve().parents[1],
+                        help="the stklia checkout to measure (default: this one)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.stklia))
+
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from stklia.data.datasets import TrainingCrops
+    from stklia.data.demo import ensure_demo
+    from stklia.data.kaldi import load_data
+
+    torch.set_num_threads(1)
+    demo = ensure_demo(args.demo)
+    work = args.work / ("before" if args.stklia.resolve() != Path(__file__).resolve().parents[1] else "after")
+    dirs = build_dirs(demo, work, args.stklia)
+    sets = demo / "augment"
+    with initialize_config_dir(str(args.stklia / "stklia" / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=voxceleb_resnet34_aam", f"augment.reverb.rirs={sets / 'rirs'}",
+            f"augment.noise.sources.noise.list={sets / 'noise'}", f"augment.noise.sources.music.list={sets / 'music'}",
+            f"augment.noise.sources.babble.list={sets / 'babble'}"])
+    features = instantiate(cfg.data.features)
+    augment = instantiate(cfg.augment)
+    has_device_path = "on_device" in inspect.signature(TrainingCrops).parameters
+    print(f"stklia at {args.stklia}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"crops of {CROP} frames, one torch thread, items per CPU second, best of {args.repeats}\n")
+
+    def measure(kind: str, augmented: bool) -> dict[str, float]:
+        data = load_data(str(dirs[kind]), features)
+        count = args.items // 10 if "m4a" in kind else args.items
+        rng = np.random.default_rng(0)
+        items = list(zip(rng.integers(len(data.utts), size=count).tolist(), rng.integers(2**62, size=count).tolist()))
+        used = augment if augmented else None
+        cpu = TrainingCrops(data, CROP, True, used)
+        out = {"cpu": items_per_second(lambda its: [cpu[i] for i in its], items, args.repeats)}
+        if has_device_path and "feats" not in kind:
+            device = TrainingCrops(data, CROP, True, used, on_device=True)
+            batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+            out["workers"] = items_per_second(lambda its: [device.collate([device[i] for i in b]) for b in batches],
+                                              items, args.repeats)
+            batch = device.collate([device[i] for i in batches[0]])
+            seconds = 1 / items_per_second(lambda its: device.frontend(batch), [0], args.repeats)
+            out["device_ms"] = seconds * 1000
+            out["device_items"] = len(batches[0]) / seconds
+        return out
+
+    def cell(value: float | None, unit: str = "") -> str:
+        return "n/a" if value is None else f"{value:,.0f}{unit}"
+
+    print("| input (8 s utterances) | augmentation | CPU path: items/s/core | cores per GPU at 3,000/s "
+          "| device path: workers' items/s/core | cores per GPU at 3,000/s | device's batch of 128 on this CPU |")
+    print("|---|---|---|---|---|---|---|")
+    results = {}
+    for kind in ("8 s feats", "8 s wav", "8 s flac", "8 s m4a"):
+        for augmented in (False, True):
+            r = results[kind, augmented] = measure(kind, augmented)
+            workers = r.get("workers")
+            device = f"{r['device_ms']:.0f} ms ({r['device_items']:,.0f} items/s)" if "device_ms" in r else "n/a"
+            label = "SpecAugment" if augmented and "feats" in kind else "musan_rirs" if augmented else "none"
+            print(f"| {kind.split()[-1].replace('feats', 'feats.scp').replace('m4a', 'm4a (ffmpeg pipes)')} "
+                  f"| {label} | {cell(r['cpu'])} | {GPU_RATE / r['cpu']:.1f} | {cell(workers)} "
+                  f"| {'n/a' if workers is None else f'{GPU_RATE / workers:.1f}'} | {device} |", flush=True)
+    print("\n| FLAC utterances | augmentation | CPU path: items/s/core | device path: workers' items/s/core |")
+    print("|---|---|---|---|")
+    for augmented in (False, True):
+        for name in ("2 s", "8 s", "20 s"):
+            r = results.get((f"{name} flac", augmented)) or measure(f"{name} flac", augmented)
+            results[f"{name} flac", augmented] = r
+            print(f"| {name} | {'musan_rirs' if augmented else 'none'} | {cell(r['cpu'])} | {cell(r.get('workers'))} |",
+                  flush=True)
+    for augmented in (False, True):
+        short, long = results["2 s flac", augmented], results["20 s flac", augmented]
+        ratios = [f"{path} {long[path] / short[path]:.2f}" for path in ("cpu", "workers") if path in short]
+        print(f"\n20 s / 2 s items/s, {'musan_rirs' if augmented else 'no augmentation'}: {', '.join(ratios)}")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

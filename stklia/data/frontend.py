@@ -1,0 +1,123 @@
+"""From raw audio crops to training features, batched: speed perturbation, reverberation, additive noise,
+dithered Kaldi fbank, mean normalisation over the crop, SpecAugment.
+
+The data loader's workers make one `AudioCrop` per training item (stklia.data.datasets.TrainingCrops):
+every random choice, drawn from the item's seed, and the samples those choices need (the source window of
+the crop, the impulse response, the noise). `FrontEnd` carries them out on a batch with torch, on whatever
+device the batch is: in the worker for one item (the CPU path), or on the training device for the whole
+batch (`features_on_device`), which leaves the loader's cores nothing to do but read audio. Both paths
+draw the same choices and compute the same features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment
+from stklia.data.features import Fbank
+
+
+@dataclass
+class AudioCrop:
+    """A training item before its features: the crop's samples and what remains to be done to them."""
+
+    samples: np.ndarray  # the crop's samples, or, with `speed`, the source window that resamples to them
+    speed: int  # the speed perturbation still to apply (SpeedPerturb choice; 0: none)
+    offset: int  # where the crop starts in the resampled window
+    rir: np.ndarray | None  # the impulse response to convolve with
+    noise: np.ndarray | None  # the noise to add, at unit speech power (AddNoise.draw)
+    dither_seed: int
+    masks: np.ndarray  # the SpecAugment bands (SpecAugment.draw)
+    label: int
+
+
+def _stack_padded(arrays: list[np.ndarray]) -> torch.Tensor:
+    """(len(arrays), longest) float32, zero-padded on the right."""
+    out = torch.empty((len(arrays), max((len(a) for a in arrays), default=0)))
+    for row, a in zip(out, arrays):
+        row[: len(a)] = torch.from_numpy(a)
+        row[len(a) :] = 0
+    return out
+
+
+@dataclass
+class AudioBatch:
+    """AudioCrops collated: what the device needs, with the rows of each kind of work listed in advance (so the
+    device never waits for the host to find them)."""
+
+    samples: torch.Tensor  # (batch, longest source window), zero-padded
+    offsets: torch.Tensor  # (batch,)
+    speed_rows: dict[int, torch.Tensor]  # speed choice -> the rows perturbed with it
+    reverb_rows: torch.Tensor
+    rirs: torch.Tensor  # (len(reverb_rows), longest impulse response)
+    noise_rows: torch.Tensor
+    noise: torch.Tensor  # (len(noise_rows), crop samples)
+    dither_seeds: list[int]
+    masks: torch.Tensor  # (batch, bands, 3)
+    labels: torch.Tensor  # (batch,)
+
+    @classmethod
+    def collate(cls, crops: list[AudioCrop]) -> AudioBatch:
+        def rows(keep: list[bool]) -> torch.Tensor:
+            return torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.int64)
+
+        speeds = [c.speed for c in crops]
+        return cls(
+            samples=_stack_padded([c.samples for c in crops]),
+            offsets=torch.tensor([c.offset for c in crops], dtype=torch.int64),
+            speed_rows={s: rows([x == s for x in speeds]) for s in sorted(set(speeds) - {0})},
+            reverb_rows=rows([c.rir is not None for c in crops]),
+            rirs=_stack_padded([c.rir for c in crops if c.rir is not None]),
+            noise_rows=rows([c.noise is not None for c in crops]),
+            noise=_stack_padded([c.noise for c in crops if c.noise is not None]),
+            dither_seeds=[c.dither_seed for c in crops],
+            masks=torch.from_numpy(np.stack([c.masks for c in crops])),
+            labels=torch.tensor([c.label for c in crops], dtype=torch.int64),
+        )
+
+    def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> AudioBatch:
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = move(value)
+            elif isinstance(value, dict):
+                changes[f.name] = {k: move(v) for k, v in value.items()}
+        return replace(self, **changes)
+
+    def to(self, device: torch.device) -> AudioBatch:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> AudioBatch:
+        """Called by the DataLoader (pin_memory=True), for asynchronous copies to the GPU."""
+        return self._map(torch.Tensor.pin_memory)
+
+
+class FrontEnd:
+    """AudioBatch -> (batch, frames, bins) training features, on the batch's device: each row's speed
+    perturbation, reverberation, noise, dithered fbank of `crop_samples` samples, mean normalisation over the
+    crop (`cmn`), SpecAugment bands."""
+
+    def __init__(self, features: Fbank, crop_samples: int, cmn: bool, augment: Augment | None = None):
+        self.features, self.crop_samples, self.cmn = features, crop_samples, cmn
+        self.speed = augment.speed if augment else None
+
+    @torch.no_grad()
+    def __call__(self, batch: AudioBatch) -> torch.Tensor:
+        x = F.pad(batch.samples, (0, max(self.crop_samples - batch.samples.shape[1], 0)))[:, : self.crop_samples]
+        for choice, rows in batch.speed_rows.items():
+            perturbed = self.speed.resample(batch.samples[rows], choice, batch.offsets[rows], self.crop_samples)
+            x = x.index_put((rows,), perturbed)
+        if len(batch.reverb_rows):
+            x = x.index_put((batch.reverb_rows,), Reverb.apply(x[batch.reverb_rows], batch.rirs))
+        if len(batch.noise_rows):
+            x = x.index_put((batch.noise_rows,), AddNoise.apply(x[batch.noise_rows], batch.noise))
+        feats = self.features.batch(x, batch.dither_seeds)
+        if self.cmn:
+            feats = feats - feats.mean(dim=1, keepdim=True)
+        return SpecAugment.apply(feats, batch.masks)

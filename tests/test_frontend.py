@@ -1,0 +1,81 @@
+"""Features and augmentation on the training device (features_on_device): the workers deliver raw crops and
+the front end computes a whole batch; it must draw and compute what the CPU path does item by item."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
+from stklia.data.datasets import BatchSchedule, TrainingCrops
+from stklia.data.features import Fbank
+from stklia.data.frontend import AudioBatch
+from stklia.data.kaldi import load_data_dir
+from stklia.distributed import World
+from stklia.errors import InputError
+from stklia.trainer import features_on_device
+
+from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+
+
+def demo_augment(demo_root: Path) -> Augment:
+    """Every augmentation, each likely enough that a few batches exercise all of them together."""
+    sets = demo_root / "augment"
+    return Augment(SpeedPerturb(prob=0.7, factors=[0.9, 1.1], new_speakers=True), Reverb(sets / "rirs", prob=0.5),
+                   AddNoise({"noise": {"list": sets / "noise", "snr": [0, 15]},
+                             "babble": {"list": sets / "babble", "snr": [13, 20], "count": [3, 5]}}, prob=0.7),
+                   SpecAugment(prob=0.6, num_time_masks=2))
+
+
+def test_the_device_path_draws_and_computes_what_the_cpu_path_does(demo_root: Path) -> None:
+    data = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40))
+    augment = demo_augment(demo_root)
+    cpu = TrainingCrops(data, 60, True, augment)
+    device = TrainingCrops(data, 60, True, augment, on_device=True)
+    schedule = BatchSchedule(cpu.labels, batch_size=12, num_steps=3, seed=5)
+    work = {"speed": 0, "reverb": 0, "noise": 0}
+    for step in range(3):
+        items = schedule.batch(step)
+        expected = [cpu[item] for item in items]  # the CPU path: one item at a time, in the worker
+        batch = device.collate([device[item] for item in items])
+        assert isinstance(batch, AudioBatch)
+        feats, labels = device.to_device(batch, torch.device("cpu"))
+        assert labels.tolist() == [label for _, label in expected]
+        np.testing.assert_allclose(feats.numpy(), torch.stack([f for f, _ in expected]).numpy(), rtol=0, atol=2e-3)
+        assert torch.isfinite(feats).all() and feats.shape == (12, 60, 40)
+        work["speed"] += sum(len(rows) for rows in batch.speed_rows.values())
+        work["reverb"] += len(batch.reverb_rows)
+        work["noise"] += len(batch.noise_rows)
+    assert all(count > 0 for count in work.values()), work
+
+
+def test_the_device_path_needs_audio_input(demo_root: Path, tmp_path: Path) -> None:
+    data = load_data_dir(demo_root / "train")  # feats.scp
+    with pytest.raises(InputError, match=r"feats.scp:1: features_on_device needs audio input"):
+        TrainingCrops(data, 60, True, on_device=True)
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, "features_on_device=true",
+                      f"model_dir={tmp_path / 'model'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith("features_on_device needs audio input, but 'spk0000-0000' has precomputed "
+                                        "features")
+    assert not (tmp_path / "model" / "checkpoints").exists()
+
+
+def test_cli_trains_with_the_device_path_and_loader_workers(demo_root: Path, tmp_path: Path) -> None:
+    proc = run_stklia("train", f"data.root={demo_root}", "data.prepare=null", *TINY_TRAINING, "experiment=demo_aug",
+                      "features_on_device=true", "num_workers=2", "prefetch_factor=3",
+                      f"model_dir={tmp_path / 'model'}", cwd=tmp_path)
+    assert "Test results" in proc.stdout
+    log = (tmp_path / "model" / "train.log").read_text()
+    assert "audio features and augmentation: on the training device (cpu)" in log
+
+
+def test_auto_puts_features_on_the_device_when_training_audio_on_a_gpu(demo_root: Path) -> None:
+    audio, feats = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40)), load_data_dir(demo_root / "train")
+    gpu, cpu = World(torch.device("cuda")), World(torch.device("cpu"))
+    assert features_on_device("auto", audio, gpu) and not features_on_device("auto", feats, gpu)
+    assert not features_on_device("auto", audio, cpu)
+    assert features_on_device(True, audio, cpu) and not features_on_device(False, audio, gpu)
