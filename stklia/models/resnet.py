@@ -11,7 +11,9 @@ the utterance's end (its zero padding); in a batch it sees whatever the previous
 the padded frames (batch norm adds its bias there). So the padded frames are zeroed again before
 every convolution, the valid length follows each stride (L -> ceil(L / 2)), and the pooling
 ignores them through its mask. This holds in eval mode; in training mode batch norm statistics
-would include the padded frames.
+would include the padded frames. The zeroing is done in place, on batch norm outputs (before the
+ReLU: relu(0) = 0, and autograd allows it there), and on the CPU only where the padding is: no
+extra pass over the activations.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from stklia.models.pooling import build_pooling
 
@@ -39,11 +42,20 @@ def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.arange(frames, device=lengths.device) < lengths[:, None]
 
 
-def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """x (B, C, T, F) with the frames at and beyond each utterance's length set to zero."""
+def zero_padding_(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """x (B, C, T, F), its frames at and beyond each utterance's length set to zero in place.
+
+    On the CPU one slice per utterance is cleared: length-sorted batches pad little, and in channels-last
+    each slice is one contiguous block, so this costs far less than a masked pass over the whole batch.
+    Elsewhere one masked fill: reading the lengths would wait for the device.
+    """
     if lengths is None:
         return x
-    return x * frame_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+    if x.device.type == "cpu":
+        for i in range(x.shape[0]):
+            x[i, :, int(lengths[i]):] = 0.0
+        return x
+    return x.masked_fill_(~frame_mask(lengths, x.shape[2])[:, None, :, None], 0.0)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -69,9 +81,9 @@ class BasicBlock(nn.Module):
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
         out_lengths = None if lengths is None else strided_length(lengths, self.stride)
         identity = x if self.downsample is None else self.downsample(x)
-        out = zero_padding(self.relu(self.bn1(self.conv1(x))), out_lengths)
+        out = self.relu(zero_padding_(self.bn1(self.conv1(x)), out_lengths))
         out = self.bn2(self.conv2(out))
-        return zero_padding(self.relu(out + identity), out_lengths)
+        return self.relu(zero_padding_(out + identity, out_lengths))
 
 
 class Bottleneck(nn.Module):
@@ -96,10 +108,10 @@ class Bottleneck(nn.Module):
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
         out_lengths = None if lengths is None else strided_length(lengths, self.stride)
         identity = x if self.downsample is None else self.downsample(x)
-        out = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # the 3x3 must see zeros there
+        out = self.relu(zero_padding_(self.bn1(self.conv1(x)), lengths))  # the 3x3 must see zeros there
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return zero_padding(self.relu(out + identity), out_lengths)
+        return self.relu(zero_padding_(out + identity, out_lengths))
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -169,10 +181,27 @@ class ResNet(nn.Module):
         stage += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
+    def fold_batch_norms(self) -> ResNet:
+        """Fold every 2-D batch norm into the convolution before it (which gains a bias), for inference.
+
+        The result equals the eval-mode network up to float rounding and saves a pass over the
+        activations per convolution; it bakes in the running statistics, so it is for a copy that is
+        not trained any more (extraction folds its own copy).
+        """
+        for parent in self.modules():  # the stem and the blocks (convN, bnN), the downsamples (0, 1)
+            for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("0", "1")):
+                conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                    setattr(parent, bn_name, nn.Identity())
+        return self
+
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, T, F) -> (B, emb_size); `lengths` (B,): valid frames of each padded utterance."""
-        x = zero_padding(feats.unsqueeze(1), lengths)  # (B, 1, T, F), padded frames as the conv padding
-        x = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # (B, C, T, F)
+        x = feats.unsqueeze(1)  # (B, 1, T, F)
+        if lengths is not None:  # padded frames as the convolution's zero padding (not the caller's tensor)
+            x = zero_padding_(x.clone(), lengths)
+        x = self.relu(zero_padding_(self.bn1(self.conv1(x)), lengths))  # (B, C, T, F)
         for stage in self.stages:
             for block in stage:
                 x = block(x, lengths)  # (B, C', T', F')
