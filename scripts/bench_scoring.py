@@ -7,10 +7,9 @@
 * cosine scoring of --num-trials trials (random string ids) from a --table-size x --dim embedding
   table: stklia.scoring (ids -> rows once, chunked row-wise dot products) vs a per-trial Python
   loop, compared on a --naive-trials subset; plus AS-norm of all trials against a --cohort-size
-  cohort (top --top-n);
-* extraction of a Kaldi data dir (default: the demo corpus' test set) with the default model
-  config (random weights: speed does not depend on them): embed_utterances (length-sorted
-  padded batches) vs the generator called on one utterance at a time; embeddings compared.
+  cohort (top --top-n).
+
+Extraction has its own benchmark: scripts/bench_extraction.py.
 
 Prints Markdown tables. Example: python scripts/bench_scoring.py [--parts metrics]
 """
@@ -31,14 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
 
 from bench_metrics import PREVIOUS, best_of, estimate_naive_full, make_trials, module_at, naive, vectorised  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 
 from stklia.backends.normalize import unit  # noqa: E402
-from stklia.data.datasets import Utterances  # noqa: E402
-from stklia.data.demo import ensure_demo  # noqa: E402
-from stklia.data.kaldi import load_data, read_trials  # noqa: E402
-from stklia.embeddings import embed_utterances  # noqa: E402
+from stklia.data.kaldi import read_trials  # noqa: E402
 from stklia.scoring import asnorm, asnorm_stats, trial_indices, trial_scores, write_scores  # noqa: E402
 
 
@@ -117,38 +111,6 @@ def bench_cosine(args: argparse.Namespace, rng: np.random.Generator) -> tuple[li
             f"{t_read:.2f} s / {t_write:.2f} s | | | |"], t_full
 
 
-def bench_extraction(args: argparse.Namespace) -> list[str]:
-    data_dir = Path(args.data) if args.data else ensure_demo() / "test"
-    with initialize_config_dir(config_dir=str(REPO / "stklia" / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", "data.prepare=null"])
-    generator = instantiate(cfg.model).eval()
-    data = load_data(data_dir)
-    utts = data.utts
-    frames = [len(data.load(u)) for u in utts]
-    device = torch.device("cpu")
-    embed_utterances(generator, data, utts[:4], cfg.data.cmn, device, progress=False)  # warm-up
-
-    def batched() -> np.ndarray:
-        return embed_utterances(generator, data, utts, cfg.data.cmn, device, progress=False,
-                                batch_frames=args.batch_frames)
-
-    def one_by_one() -> np.ndarray:
-        dataset = Utterances(data, utts, cfg.data.cmn)
-        with torch.inference_mode():
-            return np.stack([generator(dataset[i][None])[0].numpy() for i in range(len(utts))])
-
-    t_batched = t_single = np.inf
-    for _ in range(args.extract_repeats):  # interleaved: both see the same machine load
-        t, emb = best_of(batched, 1)
-        t_batched = min(t, t_batched)
-        t, ref = best_of(one_by_one, 1)
-        t_single = min(t, t_single)
-    diff = np.abs(emb - ref).max() / np.abs(ref).max()
-    return [f"| extraction, `model={args.model}`, batch_frames={args.batch_frames} | {len(utts)} utterances "
-            f"({min(frames)}-{max(frames)} frames) | {len(utts) / t_batched:.1f} utt/s | | "
-            f"{len(utts) / t_single:.1f} utt/s one by one | {t_single / t_batched:.1f}x (max rel. diff {diff:.1e}) |"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-trials", type=int, default=1_000_000)
@@ -157,21 +119,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--cohort-size", type=int, default=6_000)
     ap.add_argument("--top-n", type=int, default=300)
-    ap.add_argument("--data", help="Kaldi data dir to extract (default: the demo test set, built if needed)")
-    ap.add_argument("--model", default="resnet_small", help="model config (conf/model)")
-    ap.add_argument("--batch-frames", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--extract-repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--previous", default=PREVIOUS, help="git revision of the previous metrics code")
-    ap.add_argument("--parts", nargs="+", choices=["metrics", "cosine", "extraction"],
-                    default=["metrics", "cosine", "extraction"])
+    ap.add_argument("--parts", nargs="+", choices=["metrics", "cosine"], default=["metrics", "cosine"])
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}; best of {args.repeats} (naive: once; "
-          f"extraction: best of {args.extract_repeats}, interleaved)\n")
+          f"load average {os.getloadavg()[0]:.1f}; best of {args.repeats} (naive: once)\n")
     rows = []
     if "metrics" in args.parts:
         print("| EER + minDCF 0.01 + minDCF 0.001, scores | trials | one sort (SortedTrials) | "
@@ -187,8 +143,6 @@ def main() -> None:
             rows.append(f"| **scoring total** (cosine + metrics) | {args.num_trials:,} trials | "
                         f"**{t_cosine + t_metrics:.3f} s** | | | |")
         rows += cosine_rows[1:]
-    if "extraction" in args.parts:
-        rows += bench_extraction(args)
     print("| task | size | stklia | stklia, naive's size | naive | speed-up at equal size |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

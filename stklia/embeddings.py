@@ -12,6 +12,7 @@ not the whole-utterance embedding.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -28,9 +29,14 @@ from tqdm import tqdm
 from stklia.atomic import atomic_output
 from stklia.data.datasets import Utterances
 from stklia.data.kaldi import DataSet
+from stklia.models.resnet import ResNet
 
 FORMATS = ("ark", "txt", "pt")
 SORT_POOL_BATCHES = 32  # batches' worth of frames sorted together: enough for little padding
+# Default padded frames per batch: on the CPU larger batches fall out of its caches and run slower
+# (docs/benchmarks.md); an accelerator wants as many as its memory allows.
+CPU_BATCH_FRAMES = 2000
+ACCELERATOR_BATCH_FRAMES = 20000
 
 
 def split_chunks(feats: torch.Tensor, max_frames: int | None) -> list[torch.Tensor]:
@@ -67,15 +73,30 @@ def length_batches(pieces: Iterable[tuple[int, torch.Tensor]], batch_frames: int
     yield from flush()
 
 
+def extraction_model(generator: nn.Module, device: torch.device) -> nn.Module:
+    """The copy of the generator that extraction runs: in eval mode, a ResNet's batch norms folded
+    into its convolutions and, on the CPU, channels-last (NHWC) weights, so that the convolutions run
+    in NHWC: oneDNN's NCHW convolutions of a batch of utterances take 2-3x longer per frame than its
+    NHWC ones (docs/benchmarks.md). Neither changes a value beyond float rounding, and the caller's
+    module keeps its mode, weights and layout.
+    """
+    model = copy.deepcopy(generator).eval().requires_grad_(False)
+    if isinstance(model, ResNet):
+        model.fold_batch_norms()
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
 @torch.inference_mode()
 def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: bool,
                      device: torch.device, num_workers: int = 0, progress: bool = True, *,
-                     batch_frames: int = 20000, max_frames: int | None = None) -> np.ndarray:
+                     batch_frames: int | None = None, max_frames: int | None = None) -> np.ndarray:
     """Embeddings (len(utts), emb_size) of whole utterances, with the generator in eval mode.
 
-    `batch_frames` bounds the padded frames per forward pass (memory); `max_frames` chunks
-    longer utterances (see the module docstring).
+    `batch_frames` bounds the padded frames per forward pass (None: CPU_BATCH_FRAMES on the CPU,
+    ACCELERATOR_BATCH_FRAMES elsewhere); `max_frames` chunks longer utterances (see the module docstring).
     """
+    if batch_frames is None:
+        batch_frames = CPU_BATCH_FRAMES if device.type == "cpu" else ACCELERATOR_BATCH_FRAMES
     if batch_frames < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError(f"batch_frames ({batch_frames}) and max_frames ({max_frames}) must be positive")
     loader = DataLoader(Utterances(data, utts, cmn), batch_size=None, num_workers=num_workers)
@@ -89,21 +110,17 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
 
     sums = np.zeros((len(utts), generator.emb_size), dtype=np.float64)
     counts = np.zeros(len(utts), dtype=np.int64)
-    was_training = generator.training
-    generator.eval()
-    try:
-        with tqdm(total=len(utts), desc="embeddings", unit="utt", disable=not progress, leave=False) as bar:
-            for batch in length_batches(pieces(), batch_frames):
-                index = np.array([i for i, _ in batch])
-                lengths = torch.tensor([len(feats) for _, feats in batch])
-                feats = pad_sequence([feats for _, feats in batch], batch_first=True)
-                emb = generator(feats.to(device), lengths.to(device)).float().cpu().numpy()
-                np.add.at(sums, index, emb)
-                np.add.at(counts, index, 1)
-                touched = np.unique(index)
-                bar.update(int(np.count_nonzero(counts[touched] == num_chunks[touched])))
-    finally:
-        generator.train(was_training)
+    model = extraction_model(generator, device)
+    with tqdm(total=len(utts), desc="embeddings", unit="utt", disable=not progress, leave=False) as bar:
+        for batch in length_batches(pieces(), batch_frames):
+            index = np.array([i for i, _ in batch])
+            lengths = torch.tensor([len(feats) for _, feats in batch])
+            feats = pad_sequence([feats for _, feats in batch], batch_first=True)
+            emb = model(feats.to(device), lengths.to(device)).float().cpu().numpy()
+            np.add.at(sums, index, emb)
+            np.add.at(counts, index, 1)
+            touched = np.unique(index)
+            bar.update(int(np.count_nonzero(counts[touched] == num_chunks[touched])))
     return (sums / counts[:, None]).astype(np.float32)
 
 

@@ -39,15 +39,18 @@ def test_padded_batch_equals_one_by_one(pooling: str, block: str) -> None:
     batch = torch.from_numpy(rng.normal(size=(len(lengths), max(lengths), 40)).astype(np.float32))  # garbage padding
     for i, f in enumerate(feats):
         batch[i, : len(f)] = torch.from_numpy(f)
+    given = batch.clone()
     with torch.inference_mode():
         batched = model(batch, torch.tensor(lengths)).numpy()
     assert_close(batched, np.stack([alone(model, f) for f in feats]))
+    assert torch.equal(batch, given)  # the padding is zeroed in the model's copy, not in the caller's tensor
 
 
-@pytest.mark.parametrize("pooling", list(POOLINGS))
-def test_embed_utterances_equals_one_by_one(pooling: str, demo_root: Path) -> None:
+@pytest.mark.parametrize(("pooling", "block"), [(p, "basic") for p in POOLINGS] + [("statistical", "bottleneck")])
+def test_embed_utterances_equals_one_by_one(pooling: str, block: str, demo_root: Path) -> None:
+    # extraction runs a copy with the batch norms folded, in channels-last: the reference is the model as it is
     data = load_data(demo_root / "test")
-    model = tiny_resnet(pooling)
+    model = tiny_resnet(pooling, block=block)
     feats = {u: normalise(data.load(u), True) for u in data.utts}
     assert len({len(f) for f in feats.values()}) > 1  # the batch really mixes lengths
     utts = data.utts[::-1]  # any order in, the same order out
@@ -68,11 +71,12 @@ def test_chunked_embeddings_average_the_chunks(demo_root: Path) -> None:
         assert_close(emb, np.mean([alone(model, c) for c in chunks], axis=0))
 
 
-def test_embed_keeps_training_mode_and_rejects_bad_sizes(demo_root: Path) -> None:
+def test_embed_keeps_training_mode_layout_and_rejects_bad_sizes(demo_root: Path) -> None:
     data = load_data(demo_root / "test")
     model = tiny_resnet("mean").train()
     embed_utterances(model, data, data.utts[:2], True, CPU, progress=False)
     assert model.training
+    assert all(p.is_contiguous() for p in model.parameters())  # the channels-last copy is extraction's own
     with pytest.raises(ValueError, match="must be positive"):
         embed_utterances(model, data, data.utts[:2], True, CPU, progress=False, batch_frames=0)
 

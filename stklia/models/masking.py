@@ -27,10 +27,23 @@ def frame_mask(lengths: torch.Tensor | None, frames: int) -> torch.Tensor | None
     return torch.arange(frames, device=lengths.device) < lengths[:, None]
 
 
-def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """x (B, C, T) or (B, C, T, F) with the frames at and beyond each utterance's length set to zero."""
-    mask = frame_mask(lengths, x.shape[2])
-    if mask is None:
+def zero_padding_(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """x (B, C, T) or (B, C, T, F), its frames at and beyond each utterance's length set to zero in place.
+
+    On the CPU one slice per utterance is cleared: length-sorted batches pad little, and in channels-last
+    each slice is one contiguous block, so this costs far less than a masked pass over the whole batch.
+    Elsewhere one masked fill: reading the lengths would wait for the device.
+    """
+    if lengths is None:
         return x
-    mask = mask[:, None, :] if x.dim() == 3 else mask[:, None, :, None]
-    return x * mask.to(x.dtype)
+    if x.device.type == "cpu":
+        for i in range(x.shape[0]):
+            x[i, :, int(lengths[i]):] = 0.0
+        return x
+    mask = frame_mask(lengths, x.shape[2])
+    return x.masked_fill_(~(mask[:, None, :] if x.dim() == 3 else mask[:, None, :, None]), 0.0)
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """`zero_padding_` on a copy (where autograd needs the input as it was)."""
+    return x if lengths is None else zero_padding_(x.clone(), lengths)

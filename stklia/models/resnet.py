@@ -7,6 +7,9 @@ layer + batch norm gives the embedding. `resnet18()` ... `resnet293()` build WeS
 
 Padded batches (`forward(feats, lengths)`) embed each utterance as alone (stklia.models.masking):
 the padded frames are zeroed before every 3x3 convolution and the valid length follows each stride.
+The zeroing is done in place, on batch norm outputs (before the ReLU: relu(0) = 0, and autograd
+allows it there), and on the CPU only where the padding is: no extra pass over the activations.
+`fold_batch_norms` gives extraction's inference copy.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from stklia.errors import InputError
-from stklia.models.masking import frame_mask, strided_length, zero_padding
+from stklia.models.masking import frame_mask, strided_length, zero_padding_
 from stklia.models.pooling import build_pooling
 
 
@@ -53,9 +57,9 @@ class BasicBlock(nn.Module):
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
         out_lengths = None if lengths is None else strided_length(lengths, self.time_stride)
         identity = x if self.downsample is None else self.downsample(x)
-        out = zero_padding(self.relu(self.bn1(self.conv1(x))), out_lengths)
+        out = self.relu(zero_padding_(self.bn1(self.conv1(x)), out_lengths))
         out = self.bn2(self.conv2(out))
-        return zero_padding(self.relu(out + identity), out_lengths)
+        return self.relu(zero_padding_(out + identity, out_lengths))
 
 
 class Bottleneck(nn.Module):
@@ -81,10 +85,10 @@ class Bottleneck(nn.Module):
         """`lengths`: valid frames of each input (x is zero beyond them), None if unpadded."""
         out_lengths = None if lengths is None else strided_length(lengths, self.time_stride)
         identity = x if self.downsample is None else self.downsample(x)
-        out = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # the 3x3 must see zeros there
+        out = self.relu(zero_padding_(self.bn1(self.conv1(x)), lengths))  # the 3x3 must see zeros there
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return zero_padding(self.relu(out + identity), out_lengths)
+        return self.relu(zero_padding_(out + identity, out_lengths))
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -157,10 +161,27 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
+    def fold_batch_norms(self) -> ResNet:
+        """Fold every 2-D batch norm into the convolution before it (which gains a bias), for inference.
+
+        The result equals the eval-mode network up to float rounding and saves a pass over the
+        activations per convolution; it bakes in the running statistics, so it is for a copy that is
+        not trained any more (extraction folds its own copy).
+        """
+        for parent in self.modules():  # the stem and the blocks (convN, bnN), the downsamples (0, 1)
+            for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("0", "1")):
+                conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                    setattr(parent, bn_name, nn.Identity())
+        return self
+
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, T, F) -> (B, emb_size); `lengths` (B,): valid frames of each padded utterance."""
-        x = zero_padding(feats.unsqueeze(1), lengths)  # (B, 1, T, F), padded frames as the conv padding
-        x = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)  # (B, C, T, F)
+        x = feats.unsqueeze(1)  # (B, 1, T, F)
+        if lengths is not None:  # padded frames as the convolution's zero padding (not the caller's tensor)
+            x = zero_padding_(x.clone(), lengths)
+        x = self.relu(zero_padding_(self.bn1(self.conv1(x)), lengths))  # (B, C, T, F)
         for stage in self.stages:
             for block in stage:
                 x = block(x, lengths)  # (B, C', T', F')
