@@ -1,10 +1,11 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 setup(
     name="stklia",
     version="0.1.0",
     description="Speaker embeddings (x-vectors) with PyTorch and Hydra on Kaldi data",
-    packages=find_packages(include=["stklia", "stklia.*"]),
+    packages=find_packages(include=["stklia", "stklia.*"])
+    + find_namespace_packages(include=["hydra_plugins.*"]),  # the Optuna sweeper (a Hydra plugin)
     package_data={"stklia": ["conf/**/*.yaml", "conf/**/*.md"]},  # the Hydra configs ship with the package
     python_requires=">=3.10",
     install_requires=[
@@ -22,6 +23,7 @@ setup(
     ],
     extras_require={
         "slurm": ["hydra-submitit-launcher>=1.2"],
+        "optuna": ["optuna>=4.0"],  # hparams_search=... (stklia's Hydra sweeper plugin)
         "dev": ["pytest>=7.4", "ruff>=0.4"],
         "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
