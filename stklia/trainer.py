@@ -8,6 +8,9 @@ depends on is in its checkpoints, so a resumed run (`checkpoint=last`, or a requ
 that would have happened; on a pre-emption signal the run stops after the current step with a
 checkpoint.
 
+Rank 0 also records the run for comparing runs (stklia.record): status.json when it starts or resumes,
+at every checkpoint, at the end, on a signal and on a failure, and TensorBoard HParams at the end.
+
 The loop does not wait for the device at every step: loss and accuracy are summed on the device and
 read at log intervals, and processes agree on a pre-emption signal (one collective) every
 `preempt_check_interval` steps and at checkpoints; a single process checks it at every step.
