@@ -93,7 +93,7 @@ def hyperparameters(cfg: DictConfig, model_dir: Path) -> dict[str, Any]:
     choices = yaml.safe_load(hydra_file.read_text())["hydra"]["runtime"]["choices"] if hydra_file.is_file() else {}
     values = {key: yaml.safe_load(value) for key, value in read_overrides(model_dir).items()}
     values.update({"model": choices.get("model", cfg.model._target_), "head": choices.get("head", cfg.head._target_),
-                   "optim.lr": cfg.optim.lr, "batch_size": cfg.batch_size, "max_seq_len": cfg.max_seq_len,
+                   "optim.lr": cfg.optim.get("lr"), "batch_size": cfg.batch_size, "max_seq_len": cfg.max_seq_len,
                    "num_iterations": cfg.num_iterations, "model.emb_size": cfg.model.get("emb_size")})
     return {key: value if isinstance(value, bool | int | float | str) else json.dumps(value)
             for key, value in values.items()}

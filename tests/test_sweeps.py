@@ -11,16 +11,19 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import objective_value
+from stklia.distributed import World
+from stklia.errors import InputError
 from stklia.report import det_overlay, differing_overrides, find_runs, metric_columns, ranked, report_config, rows
 from stklia.report import report as stklia_report
-from stklia.trainer import optimized_value
+from stklia.trainer import check_config, optimized_value
 
-from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_stklia
 
 HEADS = ("softmax", "adacos")
 PREEMPTED = 4  # job 4 (SIGTERM, softmax) is stopped by its signal, which ends the local sweep
@@ -226,13 +229,18 @@ def test_what_a_run_returns_to_a_sweeper_is_a_number_or_a_failure(tmp_path: Path
         objective_value(JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("diverged")))
 
 
-def test_optimized_metric_is_checked_before_training(demo_root: Path, tmp_path: Path) -> None:
-    for overrides, words in ((["optimized_metric=test_eer", "optimized_trials=2"],
-                              "optimized_metric=test_eer on optimized_trials=2 needs that trial list in "
-                              "data.test_trials (2 configured)"),
-                             (["optimized_metric=test_asnorm_eer", "data.asnorm_top_n=0"],
-                              "optimized_metric=test_asnorm_eer needs AS-norm")):
-        proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, *overrides,
-                          f"model_dir={tmp_path / 'model'}", cwd=tmp_path, check=False)
-        assert proc.returncode == 1 and words in proc.stderr.strip().splitlines()[-1]
-        assert not (tmp_path / "model" / "status.json").exists()
+def test_optimized_metric_is_checked_before_training() -> None:
+    from hydra import compose, initialize_config_dir
+
+    def check(*overrides: str) -> None:
+        with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
+            check_config(compose("train", ["data.root=/demo", *overrides]), World(torch.device("cpu")))
+
+    check("optimized_metric=test_asnorm_eer", "optimized_trials=1")  # test_noisy/trials, AS-norm on the demo
+    with pytest.raises(InputError, match=r"optimized_metric=test_eer on optimized_trials=2 needs that trial list in "
+                                         r"data.test_trials \(2 configured\)"):
+        check("optimized_metric=test_eer", "optimized_trials=2")
+    with pytest.raises(InputError, match="optimized_metric=test_asnorm_eer needs AS-norm"):
+        check("optimized_metric=test_asnorm_eer", "data.asnorm_top_n=0")
+    with pytest.raises(InputError, match="optimized_metric=eval_eer on optimized_trials=0 needs that trial list"):
+        check("optimized_metric=eval_eer", "data.eval=null")
