@@ -120,7 +120,7 @@ class Run:
                 if key not in ("trials", "num_trials", "files")}
 
     def label(self, differing: Sequence[str]) -> str:
-        shown = " ".join(f"{key}={self.overrides[key]}" for key in differing if key in self.overrides)
+        shown = " ".join(f"{key}={override_text(self.overrides[key])}" for key in differing if key in self.overrides)
         return f"{self.name}: {shown}" if shown else self.name
 
 
@@ -200,9 +200,12 @@ def cell(column: str, value: Any) -> str:
         return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.2f}" if column.endswith("eer") else f"{value:.3f}"
-    if re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?", str(value)):  # an override Optuna chose: 0.22898514604770379
-        return f"{float(value):.4g}"
-    return str(value)
+    return override_text(str(value))
+
+
+def override_text(value: str) -> str:
+    """An override's value as tables and legends show it: a float Optuna chose (0.22898514604770379) to 4 digits."""
+    return f"{float(value):.4g}" if re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?", value) else value
 
 
 def format_table(table: list[dict[str, Any]], fmt: str) -> str:
