@@ -1,10 +1,22 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
+
+# Optional features, each named in the error a command gives when it misses one (stklia.errors.require_extra).
+EXTRAS = {
+    "slurm": ["hydra-submitit-launcher>=1.2"],  # hydra/launcher=slurm_gpu | submitit_slurm
+    "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],  # stklia.export format=onnx
+    "optuna": ["optuna>=4.0"],  # hparams_search=... (stklia's Hydra sweeper plugin)
+}
+# Everything the test suite imports: every extra, the independent references the tests compare with
+# (scikit-learn, kaldi-native-fbank), and setuptools for the wheel it builds (tests/test_install.py).
+DEV = ["pytest>=7.4", "ruff>=0.4", "setuptools>=70.1", "scikit-learn>=1.3", "kaldi-native-fbank>=1.18",
+       *(package for packages in EXTRAS.values() for package in packages)]
 
 setup(
     name="stklia",
     version="0.1.0",
     description="Speaker embeddings (x-vectors) with PyTorch and Hydra on Kaldi data",
-    packages=find_packages(include=["stklia", "stklia.*"]),
+    packages=find_packages(include=["stklia", "stklia.*"])
+    + find_namespace_packages(include=["hydra_plugins.*"]),  # the Optuna sweeper (a Hydra plugin)
     package_data={"stklia": ["conf/**/*.yaml", "conf/**/*.md"]},  # the Hydra configs ship with the package
     python_requires=">=3.10",
     install_requires=[
@@ -20,10 +32,5 @@ setup(
         "soundfile>=0.12",
         "threadpoolctl>=3.1",
     ],
-    extras_require={
-        "slurm": ["hydra-submitit-launcher>=1.2"],
-        "dev": ["pytest>=7.4", "ruff>=0.4", "scikit-learn>=1.3",  # test references
-                "kaldi-native-fbank>=1.18"],  # fbank parity tests
-        "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
-    },
+    extras_require={**EXTRAS, "dev": DEV},
 )

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from stklia.config import check_complete, register_resolvers
 from stklia.distributed import launch
 from stklia.errors import exit_on_input_error
@@ -30,4 +32,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # registered by hand: Hydra's plugin scan does not see the plugin of an editable (PEP 660) install
+    Plugins.instance().register(OptunaSweeper)
     main()

@@ -8,6 +8,9 @@ depends on is in its checkpoints, so a resumed run (`checkpoint=last`, or a requ
 that would have happened; on a pre-emption signal the run stops after the current step with a
 checkpoint.
 
+Rank 0 also records the run for comparing runs (stklia.record): status.json when it starts or resumes,
+at every checkpoint, at the end, on a signal and on a failure, and TensorBoard HParams at the end.
+
 The loop does not wait for the device at every step: loss and accuracy are summed on the device and
 read at log intervals, and processes agree on a pre-emption signal (one collective) every
 `preempt_check_interval` steps and at checkpoints; a single process checks it at every step.
@@ -51,14 +54,16 @@ from stklia.distributed import RandomStates, World
 from stklia.errors import InputError
 from stklia.evaluation import test_model
 from stklia.preemption import Preemption, hand_over
+from stklia.record import RunStatus, log_hparams
 from stklia.scoring import evaluate
 
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PIPES_WARNED = 1000  # training utterances read through pipes from which a run warns
-# what `train` can return to a sweeper (`optimized_metric`), and the data each needs
-OPTIMIZED_METRICS = {"eval_eer": "eval", "test_eer": "test"}
+# what `train` can return to a sweeper (`optimized_metric`): the split and the result key of each
+OPTIMIZED_METRICS = {"eval_eer": ("eval", "eer"), "test_eer": ("test", "eer"),
+                     "test_asnorm_eer": ("test", "asnorm_eer")}
 
 
 class TrainingModel(nn.Module):
@@ -89,9 +94,13 @@ def check_config(cfg: DictConfig, world: World) -> None:
         if metric not in OPTIMIZED_METRICS:
             raise InputError("config", f"optimized_metric must be null or one of {', '.join(OPTIMIZED_METRICS)}, "
                              f"not '{metric}'")
-        split = OPTIMIZED_METRICS[metric]
-        if cfg.data.get(split) is None or not cfg.data.get(f"{split}_trials"):
-            raise InputError("config", f"optimized_metric={metric} needs {split} trials (data.{split}_trials)")
+        split, key = OPTIMIZED_METRICS[metric]
+        lists = len(cfg.data.get(f"{split}_trials") or []) if cfg.data.get(split) is not None else 0
+        if not 0 <= cfg.optimized_trials < lists:
+            raise InputError("config", f"optimized_metric={metric} on optimized_trials={cfg.optimized_trials} needs "
+                             f"that trial list in data.{split}_trials ({lists} configured)")
+        if key.startswith("asnorm") and (cfg.data.get("cohort") is None or not cfg.data.get("asnorm_top_n")):
+            raise InputError("config", f"optimized_metric={metric} needs AS-norm (data.cohort and data.asnorm_top_n)")
 
 
 def set_deterministic(deterministic: bool) -> None:
@@ -210,6 +219,7 @@ class TrainingMeter:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.logged_samples, self.logged_seconds = 0, 0.0  # over all reads: the run's mean speed
         self.reset()
 
     def reset(self) -> None:
@@ -229,24 +239,29 @@ class TrainingMeter:
     def read(self, world: World) -> tuple[float, float, float]:
         """Mean loss, accuracy and samples/s over all processes since the last read; then start again."""
         loss_sum, correct, seen = world.sum([self.loss_sum.item(), self.correct.item(), self.seen])
-        speed = seen / (time.perf_counter() - self.since)
+        seconds = time.perf_counter() - self.since
+        self.logged_samples += int(seen)
+        self.logged_seconds += seconds
         self.reset()
-        return loss_sum / seen, correct / seen, speed
+        return loss_sum / seen, correct / seen, seen / seconds
 
 
 class Checkpointer:
-    """At checkpoint steps: validate (rank 0), save every recoverable, remember the best, prune old ones."""
+    """At checkpoint steps: validate (rank 0), save every recoverable, remember the best, prune old ones,
+    record the run's status."""
 
     def __init__(self, cfg: DictConfig, model_dir: Path, world: World, parts: Parts, data: RunData,
-                 best: dict, preemption: Preemption, writer: SummaryWriter | None):
+                 best: dict, preemption: Preemption, writer: SummaryWriter | None, status: RunStatus | None):
         self.cfg, self.model_dir, self.world, self.parts, self.data = cfg, model_dir, world, parts, data
-        self.best, self.preemption, self.writer = best, preemption, writer
+        self.best, self.preemption, self.writer, self.status = best, preemption, writer, status
 
     def validate(self, step: int) -> None:
         with self.preemption.sheltering_children():
             results = evaluate(self.parts.generator, self.data.validation, self.cfg.data.cmn, self.world.device,
                                num_workers=self.cfg.num_workers, progress=False, extraction=self.cfg.extraction)
         eer = results[0].metrics["eer"]
+        lowest = self.best.get("lowest_eers") or [math.inf] * len(results)  # per list, for optimized_trials
+        self.best["lowest_eers"] = [min(low, r.metrics["eer"]) for low, r in zip(lowest, results)]
         for r in results:
             self.writer.add_scalar(f"eval/eer/{r.trials.path.name}", r.metrics["eer"], step)
             self.writer.add_figure(f"eval/det/{r.trials.path.name}", r.figure(), step)
@@ -254,7 +269,7 @@ class Checkpointer:
         if eer < self.best["eer"]:
             self.best.update(step=step, eer=eer)
 
-    def __call__(self, step: int, validate: bool = True) -> None:
+    def __call__(self, step: int, meter: TrainingMeter, validate: bool = True) -> None:
         if self.world.main and validate and self.data.validation is not None:
             self.validate(step)
         state = snapshot(self.parts.recoverables)  # collective: every rank's random state
@@ -264,6 +279,7 @@ class Checkpointer:
             if self.best["step"] == step:
                 save_best(self.model_dir, step, self.best["eer"])
             prune_checkpoints(self.model_dir, self.cfg.keep_last)
+            self.status.checkpoint(step, meter.logged_samples, meter.logged_seconds)
 
 
 def make_loader(cfg: DictConfig, crops: TrainingCrops, start_step: int, world: World) -> DataLoader:
@@ -344,16 +360,32 @@ def fit(cfg: DictConfig, parts: Parts, crops: TrainingCrops, step: int, world: W
         stop = stop_signal(preemption, world, step, cfg)
         if periodic or last or stop:
             paused = time.perf_counter()
-            checkpoint(step, validate=periodic or last)
+            checkpoint(step, meter, validate=periodic or last)
             meter.exclude(time.perf_counter() - paused)  # samples/s measures training, not validation
         if stop:
             return step, stop
     return step, 0
 
 
+def optimized_value(cfg: DictConfig, best: dict, tested: list[dict] | None, model_dir: Path) -> float | None:
+    """The `optimized_metric` of a finished run (None when it is null): an EER in %, on trial list
+    `optimized_trials` of its split. A value that is not a finite number fails the run, so that a sweeper gets a
+    failure, never a NaN to minimise."""
+    if cfg.optimized_metric is None:
+        return None
+    split, key = OPTIMIZED_METRICS[cfg.optimized_metric]
+    index = cfg.optimized_trials
+    value = best.get("lowest_eers", [math.nan] * (index + 1))[index] if split == "eval" else tested[index][key]
+    if not math.isfinite(value):
+        raise RuntimeError(f"{model_dir}: optimized_metric={cfg.optimized_metric} (optimized_trials={index}) is "
+                           f"{value}: nothing to return to the sweeper")
+    return value
+
+
 def train(cfg: DictConfig, model_dir: Path, world: World) -> float | None:
     """Train as configured, writing into model_dir; return the `optimized_metric` (None when it is null,
     and on processes other than rank 0)."""
+    started = time.perf_counter()
     check_config(cfg, world)
     preemption = Preemption(cfg.preempt_signals)
     set_deterministic(cfg.deterministic)
@@ -363,27 +395,38 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float | None:
     if cfg.init_from is not None:
         initialise_from(parts, cfg.init_from, cfg.init_checkpoint, data.speakers)
     start, best = restore_run(parts, model_dir, cfg.checkpoint, data.speakers)
+    status = None
     if world.main:
         remove_partial_saves(model_dir)
         save_config(cfg, model_dir)
+        status = RunStatus(model_dir, start, cfg.num_iterations, started)
     writer = SummaryWriter(model_dir / "tensorboard", purge_step=start + 1) if world.main else None
-    checkpoint = Checkpointer(cfg, model_dir, world, parts, data, best, preemption, writer)
-    tested = None
+    checkpoint = Checkpointer(cfg, model_dir, world, parts, data, best, preemption, writer, status)
+    tested = value = None
     preemption.install()
     try:
         step, stop = fit(cfg, parts, data.crops, start, world, checkpoint, preemption, writer)
-        if world.main and not stop and data.test is not None:
-            tested = test_model(parts.generator, data.test, model_dir, step, world.device, cmn=cfg.data.cmn,
-                                p_targets=list(cfg.p_targets), num_workers=cfg.num_workers, progress=cfg.progress,
-                                extraction=cfg.extraction, asnorm_top_n=cfg.data.get("asnorm_top_n") or 0,
-                                writer=writer)
+        if world.main and not stop:
+            if data.test is not None:
+                tested = test_model(parts.generator, data.test, model_dir, step, world.device, cmn=cfg.data.cmn,
+                                    p_targets=list(cfg.p_targets), num_workers=cfg.num_workers,
+                                    progress=cfg.progress, extraction=cfg.extraction,
+                                    asnorm_top_n=cfg.data.get("asnorm_top_n") or 0, writer=writer)
+            log_hparams(writer, cfg, model_dir, step, best["eer"] if best["step"] is not None else None, tested)
+            value = optimized_value(cfg, best, tested, model_dir)
+    except BaseException as err:
+        if status is not None:
+            status.end("failed", f"{type(err).__name__}: {err}")
+        raise
     finally:
         preemption.restore()
         if writer is not None:
             writer.close()
     if stop:
         log.info("step %d: checkpoint written, stopping", step)
+        if status is not None:
+            status.end("pre-empted")
         hand_over(stop)
-    if not world.main or cfg.optimized_metric is None:
-        return None
-    return best["eer"] if cfg.optimized_metric == "eval_eer" else tested[0]["eer"]
+    if status is not None:
+        status.end("finished")
+    return value

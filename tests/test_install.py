@@ -44,6 +44,10 @@ def test_wheel_installs_and_runs_train_test_extract_from_anywhere(demo_root: Pat
     run(python, "-m", "stklia.extract", f"model_dir={model_dir}", "format=pt", "progress=false", cwd=elsewhere,
         env=env)
     assert (model_dir / "embeddings" / "test" / "embeddings.pt").is_file()
+    plugin = run(python, "-c", "import hydra_plugins.stklia_optuna_sweeper as p; print(p.__file__)", cwd=elsewhere,
+                 env=env)
+    assert Path(plugin.strip()).is_relative_to(tmp_path / "venv")  # the Optuna sweeper ships in the wheel
+    assert "OptunaSweeper" in run(python, "-m", "stklia.train", "--info", "plugins", cwd=elsewhere, env=env)
 
 
 def test_own_config_dirs_join_through_hydra_searchpath(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ idempotent; a cluster this module started is stopped at the end (.ci/run starts 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,7 +83,8 @@ def slurm_sweep(partition: str, out: Path, *overrides: str) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def sweep(partition: str, demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 2-point sweep (softmax, adacos) as a Slurm job array; job 0 is sent submitit's SIGUSR2 mid-run."""
+    """A 2-point sweep (softmax, adacos) as a Slurm job array; job 0 is sent submitit's SIGUSR2 mid-run, after
+    `stklia.report` has read the sweep dir while it runs."""
     out = tmp_path_factory.mktemp("slurm") / "sweep"
     start = time.monotonic()
     hydra = slurm_sweep(partition, out, "hydra.launcher.max_num_timeout=1",  # submitit: a short job timed out
@@ -94,13 +96,14 @@ def sweep(partition: str, demo_root: Path, tmp_path_factory: pytest.TempPathFact
             assert time.monotonic() - start < 300, "job 0 wrote no checkpoint"
             time.sleep(0.05)
         job0 = next(p.name for p in (out / ".submitit").iterdir() if p.name.endswith("_0"))
+        during = json.loads(run_stklia("report", str(out), "format=json", "top=0", cwd=out.parent).stdout)
         subprocess.run(["scancel", "--signal=USR2", job0], check=True)
         output, _ = hydra.communicate(timeout=400)
     finally:
         hydra.kill()
     assert hydra.returncode == 0, output
     array = job0.removesuffix("_0")
-    return {"dir": out, "array": array, "seconds": time.monotonic() - start,
+    return {"dir": out, "array": array, "seconds": time.monotonic() - start, "output": output, "during": during,
             "jobs": {task: sacct(f"{array}_{task}") for task in (0, 1)}}
 
 
@@ -131,6 +134,25 @@ def test_preempted_job_checkpoints_is_requeued_and_resumes_exactly(sweep: dict, 
     run_stklia("train", *training(demo_root), "head=softmax", f"model_dir={reference}", cwd=tmp_path, env=ONE_THREAD)
     assert_same_run(load_checkpoint(checkpoint_path(job_dir, STEPS)),
                     load_checkpoint(checkpoint_path(reference, STEPS)))
+
+
+def test_slurm_sweep_is_reported_while_it_runs_and_when_it_ends(sweep: dict) -> None:
+    out = sweep["dir"]
+    assert f"Sweep dir: {out}\nFollow it with: python -m stklia.report {out}\n" in sweep["output"]
+    running = next(row for row in sweep["during"] if row["run"] == "0")  # at its first checkpoint
+    assert running["status"] == "running" and running["steps"] < STEPS and running.get("test/trials:eer") is None
+    table = {row["run"]: row for row in json.loads(run_stklia("report", str(out), "format=json", "top=0",
+                                                              cwd=out.parent).stdout)}
+    assert table["0"]["status"] == "finished (1 pre-emption, resumed)" and table["0"]["steps"] == STEPS
+    assert table["1"]["status"] == "finished" and table["1"]["steps"] == STEPS
+    assert table["0"]["head"] == "softmax" and table["1"]["head"] == "adacos"
+    for job in ("0", "1"):
+        results = json.loads((out / job / "results" / f"step_{STEPS:08d}.json").read_text())["results"]
+        assert table[job]["test/trials:eer"] == results[0]["eer"]
+    # the submitting process printed the same table once the jobs had ended
+    printed = sweep["output"].split(f"Runs of the sweep {out}:\n", 1)[1]
+    assert re.search(r"^\| 0 +\| softmax .*\| finished \(1 pre-emption, resumed\) \|$", printed, re.MULTILINE)
+    assert re.search(r"^\| 1 +\| adacos .*\| finished +\|$", printed, re.MULTILINE)
 
 
 def test_ddp_over_the_tasks_of_a_slurm_job(partition: str, demo_root: Path, tmp_path: Path, ddp_run: Path) -> None:

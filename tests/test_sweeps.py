@@ -1,0 +1,246 @@
+"""Sweeps people can read: the leaderboard (stklia.report) and its DET overlay, the table a sweep prints,
+TensorBoard HParams of every run, and the Optuna search preset (Slurm sweeps: test_slurm.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import objective_value
+from stklia.distributed import World
+from stklia.errors import InputError
+from stklia.report import det_overlay, differing_overrides, find_runs, metric_columns, ranked, report_config, rows
+from stklia.report import report as stklia_report
+from stklia.trainer import check_config, optimized_value
+
+from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_stklia
+
+HEADS = ("softmax", "adacos")
+PREEMPTED = 4  # job 4 (SIGTERM, softmax) is stopped by its signal, which ends the local sweep
+
+
+def hooked(actions: str, at_step: int = 4) -> list[str]:
+    """tests/optim_hooks.py: after step `at_step` each job does its action (none; fail: raise; SIGTERM)."""
+    return ["optim._target_=optim_hooks.sgd_then", f"+optim.at_step={at_step}", f"+optim.action={actions}"]
+
+
+@pytest.fixture(scope="module")
+def sweep(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A local sweep of actions x heads: jobs 0, 1 finish, 2, 3 fail after step 4, 4 gets SIGTERM after step 4
+    (pre-empted: checkpoint, exit 143, which ends the sweep before job 5). Plus a dir that is not a model dir."""
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    proc = run_stklia("train", "-m", *demo_data_overrides(demo_root), *TINY_TRAINING, *hooked("none,fail,SIGTERM"),
+                      f"head={','.join(HEADS)}", f"hydra.sweep.dir={out}", cwd=out.parent, check=False)
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    (out / "notes").mkdir()
+    (out / "notes" / "todo.txt").write_text("not a run\n")
+    return {"dir": out, "stdout": proc.stdout}
+
+
+def report(sweep: dict, *settings: str, check: bool = True):
+    return run_stklia("report", str(sweep["dir"]), *settings, cwd=sweep["dir"].parent, check=check)
+
+
+def lowest_validation_eer(model_dir: Path) -> float:
+    """The lowest of the validation EERs the run logged to TensorBoard (not what the report reads)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(model_dir / "tensorboard"))
+    events.Reload()
+    return min(event.value for event in events.Scalars("eval/eer/trials"))
+
+
+def test_a_sweep_says_where_it_writes_and_prints_its_table_at_the_end(sweep: dict) -> None:
+    out = sweep["dir"]
+    assert f"Sweep dir: {out}\nFollow it with: python -m stklia.report {out}\n" in sweep["stdout"]
+    table = sweep["stdout"].split(f"Runs of the sweep {out}:\n", 1)[1]  # printed as the pre-emption ended it
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()
+             if line.startswith("| ")]
+    assert cells[0][:3] == ["run", "optim.action", "head"] and cells[0][-1] == "status"
+    assert sorted((row[0], row[-1]) for row in cells[1:]) == [("0", "finished"), ("1", "finished"), ("2", "failed"),
+                                                              ("3", "failed"), ("4", "pre-empted")]
+
+
+def test_report_lists_every_run_with_its_state(sweep: dict) -> None:
+    proc = report(sweep, "format=json", "top=0")
+    table = {row["run"]: row for row in json.loads(proc.stdout)}
+    assert sorted(table) == ["0", "1", "2", "3", "4"]  # job 5 never ran: the pre-emption ended the sweep
+    assert f"skipped {sweep['dir'] / 'notes'}: not a model dir" in proc.stderr
+    # only the overrides that differ, with the values each run got
+    assert [key for key in table["0"] if key not in ("run", "steps")][:2] == ["optim.action", "head"]
+    assert "data.root" not in table["0"] and "batch_size" not in table["0"]
+    actions = ("none", "fail", "SIGTERM")
+    for job, row in table.items():
+        assert (row["optim.action"], row["head"]) == (actions[int(job) // 2], HEADS[int(job) % 2])
+        assert row["num_iterations"] == 6 and row["samples/s"] > 0 and row["wall"] > 0
+        assert row["eval_eer"] == pytest.approx(lowest_validation_eer(sweep["dir"] / job))
+    for job in ("0", "1"):
+        assert table[job]["status"] == "finished" and table[job]["steps"] == 6 and table[job]["error"] is None
+        results = json.loads((sweep["dir"] / job / "results" / "step_00000006.json").read_text())["results"]
+        assert table[job]["test/trials:eer"] == results[0]["eer"]
+        assert table[job]["test_noisy/trials:asnorm_min_dcf@0.01"] == results[1]["asnorm_min_dcf@0.01"]
+    for job in ("2", "3"):  # failed after step 4: the last checkpoint is step 3
+        assert table[job]["status"] == "failed" and table[job]["steps"] == 3
+        assert table[job]["error"] == "RuntimeError: deliberate failure after step 4"
+        assert table[job]["test/trials:eer"] is None
+    assert table["4"]["status"] == "pre-empted" and table["4"]["steps"] == PREEMPTED
+    # ranked by the first test list's EER, best first; runs without one last, in job order
+    order = [row["run"] for row in json.loads(proc.stdout)]
+    finished = sorted(("0", "1"), key=lambda job: table[job]["test/trials:eer"])
+    assert order == [*finished, "2", "3", "4"]
+
+
+def test_report_formats_and_sorting(sweep: dict) -> None:
+    rows_json = json.loads(report(sweep, "format=json", "top=0").stdout)
+    rows_csv = list(csv.DictReader(io.StringIO(report(sweep, "format=csv", "top=0").stdout)))
+    assert [row["run"] for row in rows_csv] == [row["run"] for row in rows_json]
+    assert float(rows_csv[0]["test/trials:eer"]) == rows_json[0]["test/trials:eer"]
+
+    markdown = report(sweep, "sort=samples/s", "top=0").stdout
+    header, rule, *body = markdown.splitlines()[:7]
+    assert header.startswith("| run ") and set(rule) == {"|", "-"} and len(body) == 5
+    speeds = [float(line.split("|")[-4]) for line in body]  # ..., samples/s, wall, status
+    assert speeds == sorted(speeds, reverse=True)  # samples/s: highest first
+    assert "| 3/6 " in markdown and "| 4/6 " in markdown and "| pre-empted " in markdown
+    assert "\n2: RuntimeError: deliberate failure after step 4" in markdown
+
+    table, _ = stklia_report([sweep["dir"]], report_config(["format=json", "top=0", "sort=eval_eer"]))
+    eers = [lowest_validation_eer(sweep["dir"] / row["run"]) for row in json.loads(table)]
+    assert eers == sorted(eers)
+
+    bad = report(sweep, "sort=nonsense", check=False)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
+        "stklia: error: report: sort=nonsense is not a column of this table: one of eval_eer, test/trials:eer")
+    bad = report(sweep, "fromat=csv", check=False)
+    assert bad.returncode == 1 and "fromat" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_stklia("report", str(sweep["dir"] / "absent"), cwd=sweep["dir"], check=False)
+    assert missing.returncode == 1 and missing.stderr.strip() == f"stklia: error: {sweep['dir'] / 'absent'}: no such " \
+                                                                 f"directory"
+
+
+def test_det_overlay_of_the_best_runs(sweep: dict, tmp_path: Path) -> None:
+    png = tmp_path / "det.png"
+    proc = report(sweep, "top=2", f"det={png}", "sort=test_noisy/trials:asnorm_eer")
+    assert f"DET plot (test_noisy/trials (asnorm scores): best 2 by test_noisy/trials:asnorm_eer): {png}" in proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    runs, _ = find_runs([sweep["dir"]])
+    differing = differing_overrides(runs)
+    columns = metric_columns(runs, ["eer"])
+    table = ranked(rows(runs, differing, columns), "test_noisy/trials:asnorm_eer")
+    figure, notes = det_overlay(runs, table, "test_noisy/trials:asnorm_eer", 3, differing)
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    # only the finished runs have scores; named by their differing overrides, best first, with the EER of the curve
+    expected = [f"{row['run']}: optim.action=none head={row['head']} (EER {row['test_noisy/trials:asnorm_eer']:.2f}%)"
+                for row in table[:2]]
+    assert legend == expected and notes == []
+
+
+def test_each_run_logs_its_hyperparameters_and_final_metrics_to_tensorboard(sweep: dict) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    for job in ("0", "1"):
+        model_dir = sweep["dir"] / job
+        events = EventAccumulator(str(model_dir / "tensorboard"))
+        events.Reload()
+        content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+        start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+        hparams = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+                   for key, value in start.hparams.items()}
+        assert hparams["head"] == HEADS[int(job)] and hparams["optim.action"] == "none"
+        assert hparams["model"] == "resnet_small" and hparams["optim.lr"] == pytest.approx(0.2)
+        assert (hparams["batch_size"], hparams["max_seq_len"], hparams["num_iterations"],
+                hparams["model.emb_size"]) == (8, 40, 6, 16)
+        experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+        tags = {info.name.tag for info in experiment.metric_infos}
+        end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+        assert end.status == api_pb2.STATUS_SUCCESS
+        results = json.loads((model_dir / "results" / "step_00000006.json").read_text())["results"]
+        expected = {"hparams/eval_eer": json.loads((model_dir / "checkpoints" / "best.json").read_text())["eer"]}
+        for result, name in zip(results, ("test/trials", "test_noisy/trials")):
+            expected.update({f"hparams/{name}/{key}": result[key] for key in ("eer", "min_dcf@0.01", "asnorm_eer")})
+        assert set(expected) <= tags
+        for tag, value in expected.items():
+            assert [event.value for event in events.Scalars(tag)] == [pytest.approx(value)]
+
+
+def test_optuna_preset_runs_a_study_and_reports_the_best_trial(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    proc = run_stklia("train", "-m", "hparams_search=demo_optuna", "hydra.sweeper.n_trials=3",
+                      "hydra.sweeper.n_jobs=2", *demo_data_overrides(demo_root), *TINY_TRAINING,
+                      f"hydra.sweep.dir={out}", cwd=tmp_path)
+    results = OmegaConf.to_container(OmegaConf.load(out / "optimization_results.yaml"))
+    assert [trial["job"] for trial in results["trials"]] == [0, 1, 2]
+    # the value each trial returned is the lowest validation EER of its run, read here from TensorBoard
+    values = {str(trial["job"]): trial["value"] for trial in results["trials"]}
+    for job, value in values.items():
+        assert value == pytest.approx(lowest_validation_eer(out / job))
+    best = min(values, key=values.get)
+    assert results["best_value"] == pytest.approx(values[best]) and str(results["best_job"]) == best
+    # searched: lr and head (the tiny model fixes emb_size and crop length on the command line)
+    overrides = yaml.safe_load((out / best / ".hydra" / "overrides.yaml").read_text())
+    assert set(results["best_params"]) == {"optim.lr", "head"}
+    assert f"head={results['best_params']['head']}" in overrides
+    assert f"optim.lr={results['best_params']['optim.lr']}" in overrides
+    assert "model.emb_size=16" in overrides and "max_seq_len=40" in overrides
+    assert re.search(rf"Best trial \d+ \(job {best}\): value {re.escape(str(results['best_value']))}, parameters",
+                     proc.stdout + proc.stderr)
+    assert f"Runs of the sweep {out}:" in proc.stdout  # the leaderboard too
+
+
+def test_a_study_whose_trials_fail_ends_with_their_errors(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    proc = run_stklia("train", "-m", "hparams_search=demo_optuna", "hydra.sweeper.n_trials=1",
+                      *demo_data_overrides(demo_root), *TINY_TRAINING, *hooked("fail", at_step=2),
+                      f"hydra.sweep.dir={out}", cwd=tmp_path, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "trial 0 (job 0) failed: RuntimeError: deliberate failure after step 2" in output
+    assert json.loads((out / "0" / "status.json").read_text())["state"] == "failed"
+    assert "no trial of the 1 completed" in output
+
+
+def test_what_a_run_returns_to_a_sweeper_is_a_number_or_a_failure(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"optimized_metric": "eval_eer", "optimized_trials": 1})
+    best = {"step": 6, "eer": 20.0, "lowest_eers": [20.0, 12.5]}
+    assert optimized_value(cfg, best, None, tmp_path) == 12.5  # the lowest validation EER on list 1
+    tested = [{"eer": 30.0, "asnorm_eer": 25.0}, {"eer": 40.0, "asnorm_eer": math.nan}]
+    cfg.optimized_metric, cfg.optimized_trials = "test_asnorm_eer", 0
+    assert optimized_value(cfg, best, tested, tmp_path) == 25.0
+    cfg.optimized_trials = 1
+    with pytest.raises(RuntimeError, match=r"optimized_metric=test_asnorm_eer \(optimized_trials=1\) is nan"):
+        optimized_value(cfg, best, tested, tmp_path)
+    # the sweeper: a failed job, or one that returned no number, is a failed trial with its error
+    assert objective_value(JobReturn(status=JobStatus.COMPLETED, _return_value=12.5)) == 12.5
+    with pytest.raises(ValueError, match="returned None, not a finite number"):
+        objective_value(JobReturn(status=JobStatus.COMPLETED, _return_value=None))
+    with pytest.raises(RuntimeError, match="diverged"):
+        objective_value(JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("diverged")))
+
+
+def test_optimized_metric_is_checked_before_training() -> None:
+    from hydra import compose, initialize_config_dir
+
+    def check(*overrides: str) -> None:
+        with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
+            check_config(compose("train", ["data.root=/demo", *overrides]), World(torch.device("cpu")))
+
+    check("optimized_metric=test_asnorm_eer", "optimized_trials=1")  # test_noisy/trials, AS-norm on the demo
+    with pytest.raises(InputError, match=r"optimized_metric=test_eer on optimized_trials=2 needs that trial list in "
+                                         r"data.test_trials \(2 configured\)"):
+        check("optimized_metric=test_eer", "optimized_trials=2")
+    with pytest.raises(InputError, match="optimized_metric=test_asnorm_eer needs AS-norm"):
+        check("optimized_metric=test_asnorm_eer", "data.asnorm_top_n=0")
+    with pytest.raises(InputError, match="optimized_metric=eval_eer on optimized_trials=0 needs that trial list"):
+        check("optimized_metric=eval_eer", "data.eval=null")
