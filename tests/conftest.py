@@ -93,6 +93,12 @@ def make_enrollment(data_dir: Path, out: Path, per_speaker: int = 2) -> Path:
     return out
 
 
+def kaldi_trial(line: str) -> str:
+    """A `<1|0> <a> <b>` trial line in Kaldi's form, `<a> <b> target|nontarget`."""
+    label, a, b = line.split()
+    return f"{a} {b} {'target' if label == '1' else 'nontarget'}"
+
+
 def tiny_resnet(pooling: str, seed: int = 0, block: str = "basic") -> ResNet:
     """A small ResNet in eval mode whose 2-D batch norms have non-trivial statistics and biases.
 

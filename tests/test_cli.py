@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import kaldiio
@@ -14,7 +15,15 @@ from omegaconf import OmegaConf
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.kaldi import load_data_dir, read_trials
 
-from conftest import REPO, TINY_TRAINING, assert_same_run, demo_data_overrides, make_enrollment, run_stklia
+from conftest import (
+    REPO,
+    TINY_TRAINING,
+    assert_same_run,
+    demo_data_overrides,
+    kaldi_trial,
+    make_enrollment,
+    run_stklia,
+)
 
 
 def test_train_writes_a_complete_model_dir(trained: Path, demo_root: Path) -> None:
@@ -77,6 +86,18 @@ def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_r
         assert 0 <= summary["asnorm_eer"] <= 100
 
 
+def test_test_command_reads_kaldi_trials(trained: Path, demo_root: Path, tmp_path: Path) -> None:
+    """Kaldi's `<a> <b> target|nontarget` form of the test trials scores exactly as the `1|0 <a> <b>` form."""
+    label_first = demo_root / "test" / "trials"
+    kaldi = tmp_path / "kaldi_trials"
+    kaldi.write_text("".join(f"{kaldi_trial(line)}\n" for line in label_first.read_text().splitlines()))
+    proc = run_stklia("test", f"model_dir={trained}", f"test_trials=[{label_first},{kaldi}]", "progress=false",
+                      cwd=tmp_path)
+    rows = [line.split() for line in proc.stdout.strip().splitlines()[-2:]]
+    assert [row[0] for row in rows] == [str(label_first), str(kaldi)]
+    assert rows[0][1:] == rows[1][1:]
+
+
 @pytest.mark.parametrize("fmt", ["ark", "txt", "pt"])
 def test_extract_every_format(trained: Path, demo_root: Path, tmp_path: Path, fmt: str) -> None:
     run_stklia("extract", f"model_dir={trained}", "data=test", f"format={fmt}", f"out_dir={tmp_path}",
@@ -97,6 +118,18 @@ def test_extract_every_format(trained: Path, demo_root: Path, tmp_path: Path, fm
         ref = dict(kaldiio.load_scp(str(tmp_path / "ref" / "embeddings.scp")))
         for utt, vec in ref.items():
             np.testing.assert_allclose(emb[utt], vec, rtol=1e-5, atol=1e-6)
+
+
+def test_test_and_extract_use_their_own_num_workers(trained: Path, tmp_path: Path) -> None:
+    """num_workers of the command, not the training's: a value no data loader accepts in the model dir's
+    config.yaml stops nothing."""
+    model_dir = Path(shutil.copytree(trained, tmp_path / "model"))
+    config = OmegaConf.load(model_dir / "config.yaml")
+    config.num_workers = -1
+    OmegaConf.save(config, model_dir / "config.yaml")
+    for command in ("test", "extract"):
+        run_stklia(command, f"model_dir={model_dir}", "num_workers=0", "progress=false", cwd=tmp_path)
+    assert (model_dir / "embeddings" / "test" / "embeddings.ark").is_file()
 
 
 def test_extract_any_kaldi_dir(trained: Path, demo_root: Path) -> None:

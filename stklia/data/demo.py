@@ -36,6 +36,7 @@ from scipy.io import wavfile
 
 from stklia.data.augment import AddNoise, Reverb
 from stklia.data.features import Fbank
+from stklia.data.kaldi import read_trials
 from stklia.metrics import compute_eer
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
@@ -534,10 +535,9 @@ def baseline_eer(data_dir: str | os.PathLike) -> float:
     x -= x.mean(0)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     index = {u: i for i, u in enumerate(utts)}
-    trials = [line.split() for line in (d / "trials").read_text().splitlines()]
-    labels = np.array([int(t[0]) for t in trials])
-    a, b = (np.array([index[t[k]] for t in trials]) for k in (1, 2))
-    return 100 * compute_eer(np.sum(x[a] * x[b], axis=1), labels)[0]
+    trials = read_trials(d / "trials", index)
+    a, b = (np.array([index[u] for u in side]) for side in (trials.enroll, trials.test))
+    return 100 * compute_eer(np.sum(x[a] * x[b], axis=1), trials.labels)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
