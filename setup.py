@@ -1,5 +1,13 @@
 from setuptools import find_packages, setup
 
+# Optional features, each named in the error a command gives when it misses one (stklia.errors.require_extra).
+EXTRAS = {
+    "slurm": ["hydra-submitit-launcher>=1.2"],  # hydra/launcher=slurm_gpu | submitit_slurm
+    "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],  # stklia.export format=onnx
+}
+# Everything the test suite imports: every extra, and setuptools for the wheel it builds (tests/test_install.py).
+DEV = ["pytest>=7.4", "ruff>=0.4", "setuptools>=70.1", *EXTRAS["slurm"], *EXTRAS["export"]]
+
 setup(
     name="stklia",
     version="0.1.0",
@@ -20,9 +28,5 @@ setup(
         "matplotlib>=3.5",
         "soundfile>=0.12",
     ],
-    extras_require={
-        "slurm": ["hydra-submitit-launcher>=1.2"],
-        "dev": ["pytest>=7.4", "ruff>=0.4"],
-        "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
-    },
+    extras_require={**EXTRAS, "dev": DEV},
 )

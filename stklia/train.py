@@ -3,6 +3,7 @@
 Also `torchrun --nproc_per_node=N -m stklia.train [overrides]` for DistributedDataParallel.
 """
 
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stklia.config import check_complete, register_resolvers
+from stklia.config import check_complete, check_launcher, register_resolvers
 from stklia.distributed import launch
 from stklia.errors import exit_on_input_error
 from stklia.trainer import train
@@ -30,4 +31,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_input_error():
+        check_launcher(sys.argv[1:])
     main()

@@ -30,6 +30,16 @@ SR = 16000  # sample rate of the generated recordings
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # processes that share 2 cores (torchrun's default too); same kernels
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true")  # .ci/run: every system dependency is installed
+
+
+def require_system(available: bool, reason: str) -> None:
+    """Tests that need a system binary or service (ffmpeg, a Slurm cluster) skip when it is absent, `reason`
+    saying how to get it; under CI=true, which installs and starts them (.ci/run), its absence is a failure."""
+    if not available:
+        (pytest.fail if IN_CI else pytest.skip)(reason)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo corpus (train/eval/test Kaldi dirs with trials), built once per test session."""
@@ -56,6 +66,15 @@ def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True,
     if check and proc.returncode != 0:
         raise AssertionError(f"stklia.{command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def without_module(module: str, root: Path) -> dict[str, str]:
+    """The environment of a command in which `import <module>` fails as it does when it is not installed: a
+    package of that name, first on PYTHONPATH (under root), raising ModuleNotFoundError."""
+    package = root.joinpath(*module.split("."))
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\")\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), stklia_env()["PYTHONPATH"]])}
 
 
 def run_recipe(script: Path, *args: str, **env: str) -> None:

@@ -23,6 +23,7 @@ from conftest import (
     kaldi_trial,
     make_enrollment,
     run_stklia,
+    without_module,
 )
 
 
@@ -155,7 +156,6 @@ def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Pa
 
 
 def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
@@ -165,6 +165,16 @@ def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.mem_gb) == (1, 4, 16)
     assert launcher.max_num_timeout > 0  # pre-empted and timed-out jobs are requeued
+
+
+@pytest.mark.parametrize("launcher", ["slurm_gpu", "submitit_local"])
+def test_slurm_launcher_without_the_slurm_extra_names_it(tmp_path: Path, launcher: str) -> None:
+    plugin = "hydra_plugins.hydra_submitit_launcher"
+    proc = run_stklia("train", "-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                      cwd=tmp_path, check=False, env=without_module(plugin, tmp_path / "site"))
+    assert proc.returncode == 1 and not (tmp_path / "sweep").exists()
+    assert proc.stderr.strip() == (f"stklia: error: hydra/launcher={launcher}: needs {plugin}, which cannot be "
+                                   f"imported (No module named '{plugin}'): pip install \"stklia[slurm]\"")
 
 
 # heads whose schedules (margin warm-up, lambda annealing) follow the step

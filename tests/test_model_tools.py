@@ -14,7 +14,7 @@ from stklia.checkpoint import load_checkpoint
 from stklia.models.pooling import POOLINGS
 from stklia.models.resnet import ResNet
 
-from conftest import run_stklia
+from conftest import run_stklia, without_module
 
 
 def assert_close(got: np.ndarray, expected: np.ndarray, tol: float) -> None:
@@ -86,6 +86,15 @@ def test_exported_generator_matches_pytorch_for_any_length(trained: Path, tmp_pa
             session = onnxruntime.InferenceSession(str(out))
             got = session.run(None, {"feats": feats[None]})[0][0]
         assert_close(got, expected, 1e-4)
+
+
+def test_onnx_export_without_the_export_extra_names_it(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "generator.onnx"
+    proc = run_stklia("export", f"model_dir={trained}", "format=onnx", f"out={out}", cwd=tmp_path, check=False,
+                      env=without_module("onnxscript", tmp_path / "site"))
+    assert proc.returncode == 1 and not out.exists()
+    assert proc.stderr.strip() == ("stklia: error: format=onnx: needs onnxscript, which cannot be imported (No module "
+                                   "named 'onnxscript'): pip install \"stklia[export]\"")
 
 
 def test_python_api_embeds_audio_and_features_and_scores(trained: Path, demo_root: Path) -> None:
