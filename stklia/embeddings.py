@@ -23,11 +23,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from stklia.atomic import atomic_output
 from stklia.data.datasets import Utterances
 from stklia.data.kaldi import DataSet
+from stklia.progress import progress_bar
 
 FORMATS = ("ark", "txt", "pt")
 SORT_POOL_BATCHES = 32  # batches' worth of frames sorted together: enough for little padding
@@ -92,7 +92,7 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
     was_training = generator.training
     generator.eval()
     try:
-        with tqdm(total=len(utts), desc="embeddings", unit="utt", disable=not progress, leave=False) as bar:
+        with progress_bar(total=len(utts), desc="embeddings", unit="utt", enabled=progress, leave=False) as bar:
             for batch in length_batches(pieces(), batch_frames):
                 index = np.array([i for i, _ in batch])
                 lengths = torch.tensor([len(feats) for _, feats in batch])

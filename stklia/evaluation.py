@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from stklia.atomic import write_json
 from stklia.data.kaldi import EvalData
-from stklia.scoring import evaluate, format_results, write_results
+from stklia.scoring import TrialResult, evaluate, format_results, result_names, write_results
 
 
 def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: int | str, device: torch.device, *,
@@ -24,8 +24,7 @@ def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: 
                writer: SummaryWriter | None = None) -> list[dict]:
     """Score every test trial list: print a table; write scores, DET plots and results JSON under
     <model_dir>/results/<name>/ and a summary in <model_dir>/results/<name>.json, where name is step_<N>
-    (or the name of an averaged checkpoint);
-    DET plots to TensorBoard when a writer is given."""
+    (or the name of an averaged checkpoint); metrics and DET plots to TensorBoard when a writer is given."""
     results = evaluate(generator, test_set, cmn, device, p_targets, num_workers, progress,
                        extraction=extraction, asnorm_top_n=asnorm_top_n)
     name = f"step_{step:08d}" if isinstance(step, int) else step
@@ -33,6 +32,14 @@ def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: 
     print(f"Test results of {model_dir} at {name}:\n{format_results(summaries)}", flush=True)
     write_json(model_dir / "results" / f"{name}.json", {"step": step, "results": summaries})
     if writer is not None:
-        for result in results:
-            writer.add_figure(f"test/det/{result.trials.path.name}", result.figure(), step)
+        log_results(writer, "test", results, step)
     return summaries
+
+
+def log_results(writer: SummaryWriter, split: str, results: Sequence[TrialResult], step: int) -> None:
+    """TensorBoard: each trial list's metrics as scalars `<split>/<metric>/<list>` (eer, min_dcf@0.01, asnorm_eer,
+    ...) and its DET plot `<split>/det/<list>`, a list being named as its result files are (e.g. test_trials)."""
+    for result, name in zip(results, result_names(results)):
+        for metric, value in result.metrics.items():
+            writer.add_scalar(f"{split}/{metric}/{name}", value, step)
+        writer.add_figure(f"{split}/det/{name}", result.figure(), step)

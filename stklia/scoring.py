@@ -32,6 +32,8 @@ from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
 from stklia.metrics import compute_eer, compute_min_dcf
 
+METRIC_DECIMALS = 4  # of EER (%) and minDCF in result files, as Kaldi's compute_min_dcf.py prints minDCF
+
 
 @dataclass
 class TrialResult:
@@ -42,7 +44,9 @@ class TrialResult:
     metrics: dict[str, float]
 
     def summary(self) -> dict[str, Any]:
-        return {"trials": str(self.trials.path), "num_trials": len(self.trials.labels), **self.metrics}
+        """What the results JSONs hold: metrics rounded to METRIC_DECIMALS (no 0.5770000000000001)."""
+        metrics = {key: round(value, METRIC_DECIMALS) for key, value in self.metrics.items()}
+        return {"trials": str(self.trials.path), "num_trials": len(self.trials.labels), **metrics}
 
     def figure(self) -> Figure:
         return det_figure(self.scores, self.trials.labels, self.trials.name)
@@ -159,17 +163,24 @@ def write_scores(path: Path, trials: Trials, scores: np.ndarray) -> None:
         tmp.write_text("".join(f"{a} {b} {s:.6f}\n" for a, b, s in zip(trials.enroll, trials.test, scores.tolist())))
 
 
+def result_names(results: Sequence[TrialResult]) -> list[str]:
+    """A name per trial list for files and TensorBoard tags, from its directory and file (test/trials ->
+    test_trials), numbered when two lists would share one."""
+    names: list[str] = []
+    for result in results:
+        name = base = re.sub(r"[^\w.-]+", "_", result.trials.name)
+        copy = 1
+        while name in names:
+            copy += 1
+            name = f"{base}_{copy}"
+        names.append(name)
+    return names
+
+
 def write_results(out_dir: Path, results: Sequence[TrialResult]) -> list[dict[str, Any]]:
     """Per trial list in out_dir: score files, DET plot, results JSON. Returns the summaries (with file names)."""
     summaries = []
-    used: set[str] = set()
-    for result in results:
-        stem = base = re.sub(r"[^\w.-]+", "_", result.trials.name)  # e.g. test/trials -> test_trials
-        copy = 1
-        while stem in used:
-            copy += 1
-            stem = f"{base}_{copy}"
-        used.add(stem)
+    for result, stem in zip(results, result_names(results)):
         files = {}
         for kind, scores in result.scores.items():
             files[f"{kind}_scores"] = f"{stem}.scores" if kind == "raw" else f"{stem}.{kind}.scores"

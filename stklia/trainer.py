@@ -48,8 +48,9 @@ from stklia.data.kaldi import EvalData
 from stklia.data.splits import load_split, load_trial_split, prepare_data
 from stklia.distributed import RandomStates, World
 from stklia.errors import InputError
-from stklia.evaluation import test_model
+from stklia.evaluation import log_results, test_model
 from stklia.preemption import Preemption, hand_over
+from stklia.progress import progress_bar
 from stklia.scoring import evaluate
 
 log = logging.getLogger(__name__)
@@ -220,9 +221,7 @@ class Checkpointer:
             results = evaluate(self.parts.generator, self.data.validation, self.cfg.data.cmn, self.world.device,
                                num_workers=self.cfg.num_workers, progress=False, extraction=self.cfg.extraction)
         eer = results[0].metrics["eer"]
-        for r in results:
-            self.writer.add_scalar(f"eval/eer/{r.trials.path.name}", r.metrics["eer"], step)
-            self.writer.add_figure(f"eval/det/{r.trials.path.name}", r.figure(), step)
+        log_results(self.writer, "eval", results, step)
         log.info("step %d: validation EER %.2f%%", step, eer)
         if eer < self.best["eer"]:
             self.best.update(step=step, eer=eer)
@@ -296,8 +295,7 @@ def fit(cfg: DictConfig, parts: Parts, crops: TrainingCrops, step: int, world: W
     loader = make_loader(cfg, crops, step, world)
     with preemption.sheltering_children():
         batches = iter(loader)
-    progress = tqdm(batches, total=len(loader), desc="train", dynamic_ncols=True,
-                    disable=not (cfg.progress and world.main))
+    progress = progress_bar(batches, total=len(loader), desc="train", enabled=cfg.progress and world.main)
     for feats, labels in progress:
         feats, labels = feats.to(world.device, non_blocking=True), labels.to(world.device, non_blocking=True)
         loss, logits = training_step(parts, model, feats, labels, step, autocast)

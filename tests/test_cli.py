@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.kaldi import load_data_dir, read_trials
+from stklia.metrics import compute_eer, compute_min_dcf
 
 from conftest import (
     REPO,
@@ -48,11 +50,40 @@ def test_tensorboard_has_the_training_curves(trained: Path) -> None:
     events = EventAccumulator(str(trained / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/accuracy", "train/lr", "eval/eer/trials"} <= tags
+    assert {"train/loss", "train/accuracy", "train/lr", "eval/eer/eval_trials", "eval/min_dcf@0.01/eval_trials"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]
-    images = events.Tags()["images"]
-    assert {"eval/det/trials", "test/det/trials"} <= set(images)  # DET plots of validation and test
-    assert [e.step for e in events.Images("eval/det/trials")] == [3, 6]
+    assert [e.step for e in events.Scalars("eval/eer/eval_trials")] == [3, 6]
+    # each test list keeps its own DET plot and metrics, equal to its results file's
+    lists = ("test_trials", "test_noisy_trials")
+    assert {"eval/det/eval_trials", *(f"test/det/{name}" for name in lists)} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("eval/det/eval_trials")] == [3, 6]
+    for row, name in zip(json.loads((trained / "results" / "step_00000006.json").read_text())["results"], lists):
+        for metric in ("eer", "min_dcf@0.01", "min_dcf@0.001", "asnorm_eer"):
+            (logged,) = events.Scalars(f"test/{metric}/{name}")
+            assert logged.step == 6 and logged.value == pytest.approx(row[metric], abs=1e-4)
+
+
+def test_result_files_hold_rounded_metrics(trained: Path, demo_root: Path) -> None:
+    """EER (%) and minDCF to 4 decimals (no 0.5770000000000001): those of the written scores."""
+    results = trained / "results"
+    summary = json.loads((results / "step_00000006.json").read_text())["results"][0]
+    trials = read_trials(demo_root / "test" / "trials", load_data_dir(demo_root / "test").feats)
+    scores = np.loadtxt(summary["files"]["raw_scores"], usecols=2)
+    assert summary["eer"] == round(100 * compute_eer(scores, trials.labels)[0], 4)
+    assert summary["min_dcf@0.01"] == round(compute_min_dcf(scores, trials.labels, p_target=0.01)[0], 4)
+    for path in (results / "step_00000006.json", results / "step_00000006" / "test_trials.json"):
+        numbers = re.findall(r"\d+\.\d+", path.read_text())
+        assert numbers and all(len(number.split(".")[1]) <= 4 for number in numbers), path
+
+
+def test_progress_away_from_a_terminal_is_a_line_per_tenth(demo_root: Path, tmp_path: Path) -> None:
+    """stderr of a Slurm job or a CI run is a file: the bars write a line at 0%, 10%, ..., 100%, no redraws."""
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, "num_iterations=20",
+                      "checkpoint_interval=20", "progress=true", f"model_dir={tmp_path / 'model'}", cwd=tmp_path)
+    assert "\r" not in proc.stderr
+    assert [int(p) // 10 for p in re.findall(r"^train: +(\d+)%", proc.stderr, re.M)] == list(range(11))
+    embedded = re.findall(r"^embeddings: +(\d+)%", proc.stderr, re.M)  # the test's: its lists, then the cohort
+    assert embedded.count("0") == embedded.count("100") == 2 and len(embedded) <= 2 * 11
 
 
 def test_test_command_prints_and_saves_results(trained: Path) -> None:
