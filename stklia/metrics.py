@@ -60,7 +60,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["compute_actual_dcf", "compute_eer", "compute_min_dcf"]
+__all__ = ["METRIC_DECIMALS", "compute_actual_dcf", "compute_eer", "compute_min_dcf"]
+
+# Decimals of EER (%) and minDCF in result files: minDCF as Kaldi's compute_min_dcf.py prints it.
+METRIC_DECIMALS = 4
 
 
 def _check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

@@ -30,9 +30,7 @@ from stklia.atomic import atomic_output, write_json
 from stklia.data.kaldi import DataSet, EvalData, Trials
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
-from stklia.metrics import compute_eer, compute_min_dcf
-
-METRIC_DECIMALS = 4  # of EER (%) and minDCF in result files, as Kaldi's compute_min_dcf.py prints minDCF
+from stklia.metrics import METRIC_DECIMALS, compute_eer, compute_min_dcf
 
 
 @dataclass

@@ -64,14 +64,16 @@ def test_tensorboard_has_the_training_curves(trained: Path) -> None:
 
 
 def test_result_files_hold_rounded_metrics(trained: Path, demo_root: Path) -> None:
-    """EER (%) and minDCF to 4 decimals (no 0.5770000000000001): those of the written scores."""
+    """EER (%) and minDCF to 4 decimals (no 0.5770000000000001): those of the written scores; the best
+    validation EER too."""
     results = trained / "results"
     summary = json.loads((results / "step_00000006.json").read_text())["results"][0]
     trials = read_trials(demo_root / "test" / "trials", load_data_dir(demo_root / "test").feats)
     scores = np.loadtxt(summary["files"]["raw_scores"], usecols=2)
     assert summary["eer"] == round(100 * compute_eer(scores, trials.labels)[0], 4)
     assert summary["min_dcf@0.01"] == round(compute_min_dcf(scores, trials.labels, p_target=0.01)[0], 4)
-    for path in (results / "step_00000006.json", results / "step_00000006" / "test_trials.json"):
+    for path in (results / "step_00000006.json", results / "step_00000006" / "test_trials.json",
+                 trained / "checkpoints" / "best.json"):
         numbers = re.findall(r"\d+\.\d+", path.read_text())
         assert numbers and all(len(number.split(".")[1]) <= 4 for number in numbers), path
 
