@@ -258,7 +258,10 @@ def read_trials(path: PathLike, known_utts: set[str] | dict[str, object],
         elif line_form != form:
             raise InputError(path, f"'{' '.join(fields)}' is of the form '{line_form}' but line {first} is of the "
                              f"form '{form}': one form per file", lineno)
-        label, a, b = fields if form == LABEL_FIRST else (str(KALDI_LABELS[fields[2]]), *fields[:2])
+        if form == LABEL_FIRST:
+            label, a, b = int(fields[0]), fields[1], fields[2]
+        else:
+            a, b, label = fields[0], fields[1], KALDI_LABELS[fields[2]]
         if speakers is not None and a in speakers:
             if a in known_utts:
                 raise InputError(path, f"'{a}' is ambiguous: both an enrollment speaker and an utterance", lineno)
@@ -268,7 +271,7 @@ def read_trials(path: PathLike, known_utts: set[str] | dict[str, object],
             raise InputError(path, message, lineno)
         if b not in known_utts:
             raise InputError(path, f"utterance '{b}' is not in the evaluation data", lineno)
-        labels.append(int(label))
+        labels.append(label)
         enroll.append(a)
         test.append(b)
     if not labels:
