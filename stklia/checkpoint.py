@@ -20,6 +20,7 @@ import torch
 
 from stklia.atomic import atomic_output, write_json
 from stklia.errors import InputError
+from stklia.metrics import METRIC_DECIMALS
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")  # left by a save that was killed (see atomic.atomic_output)
@@ -81,7 +82,7 @@ def prune_checkpoints(model_dir: str | os.PathLike, keep_last: int | None) -> No
 
 def save_best(model_dir: str | os.PathLike, step: int, eer: float) -> None:
     """Remember which checkpoint had the best validation EER (`checkpoint=best`)."""
-    write_json(checkpoint_dir(model_dir) / "best.json", {"step": step, "eer": eer})
+    write_json(checkpoint_dir(model_dir) / "best.json", {"step": step, "eer": round(eer, METRIC_DECIMALS)})
 
 
 def resolve_checkpoint(model_dir: str | os.PathLike, which: str | int) -> Path:

@@ -7,6 +7,7 @@ test, extract, export and `stklia.load` rebuild the generator and find its data.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from stklia.atomic import atomic_output
-from stklia.errors import InputError
+from stklia.errors import InputError, require_extra
 
 CONFIG_NAME = "config.yaml"
+# Hydra launchers of hydra-submitit-launcher (the [slurm] extra), and stklia's presets that extend them
+SUBMITIT_LAUNCHERS = ("submitit_slurm", "submitit_local", "slurm_gpu")
 # `_target_`s of earlier releases that saved model dirs may still name, and where they live now
 MOVED_TARGETS = {"stklia.features.": "stklia.data.features.", "stklia.augment.": "stklia.data.augment."}
 
@@ -32,6 +35,15 @@ def _demo_root() -> str:
 def register_resolvers() -> None:
     """Register `${stklia.demo_root:}` (the demo corpus's cache dir); every entry point calls this first."""
     OmegaConf.register_new_resolver("stklia.demo_root", _demo_root, replace=True)
+
+
+def check_launcher(overrides: Sequence[str]) -> None:
+    """A submitit launcher without its plugin installed is one line naming the extra, not Hydra's
+    "Could not load 'hydra/launcher/submitit_slurm'" (composition fails before any code of ours runs)."""
+    for override in overrides:
+        group, _, option = override.partition("=")
+        if group == "hydra/launcher" and option in SUBMITIT_LAUNCHERS:
+            require_extra("slurm", override, "hydra_plugins.hydra_submitit_launcher")
 
 
 def check_complete(cfg: DictConfig) -> None:

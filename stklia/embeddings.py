@@ -24,12 +24,12 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from stklia.atomic import atomic_output
 from stklia.data.datasets import Utterances
 from stklia.data.kaldi import DataSet
 from stklia.models.resnet import ResNet
+from stklia.progress import progress_bar
 
 FORMATS = ("ark", "txt", "pt")
 SORT_POOL_BATCHES = 32  # batches' worth of frames sorted together: enough for little padding
@@ -111,7 +111,7 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
     sums = np.zeros((len(utts), generator.emb_size), dtype=np.float64)
     counts = np.zeros(len(utts), dtype=np.int64)
     model = extraction_model(generator, device)
-    with tqdm(total=len(utts), desc="embeddings", unit="utt", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(utts), desc="embeddings", unit="utt", enabled=progress, leave=False) as bar:
         for batch in length_batches(pieces(), batch_frames):
             index = np.array([i for i, _ in batch])
             lengths = torch.tensor([len(feats) for _, feats in batch])

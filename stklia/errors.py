@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,16 @@ class InputError(Exception):
     def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
         where = f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
         super().__init__(f"{where}: {message}")
+
+
+def require_extra(extra: str, what: str, *modules: str) -> None:
+    """Import the modules an optional feature needs, or stop in one line saying which extra installs them."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise InputError(what, f"needs {module}, which cannot be imported "
+                             f"({err}): pip install \"stklia[{extra}]\"") from None
 
 
 @contextlib.contextmanager

@@ -23,7 +23,16 @@ from stklia.backends.fitting import ScoringOptions, prepare_scoring
 from stklia.data.kaldi import DataSet, EvalData, read_trials
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
-from stklia.scoring import evaluate, format_results, read_scores, trial_metrics, write_results, write_scores
+from stklia.scoring import (
+    TrialResult,
+    evaluate,
+    format_results,
+    read_scores,
+    result_names,
+    trial_metrics,
+    write_results,
+    write_scores,
+)
 
 
 def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: int | str, device: torch.device, *,
@@ -34,7 +43,7 @@ def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: 
     """Score every test trial list: print a table; write scores, DET plots and results JSON under
     <model_dir>/results/<name>/ and a summary in <model_dir>/results/<name>.json, where name is step_<N>
     (or the name of an averaged checkpoint), followed by `-<back-end>` for other scoring than plain cosine
-    (e.g. step_<N>-plda-lda200+mean); DET plots to TensorBoard when a writer is given.
+    (e.g. step_<N>-plda-lda200+mean); metrics and DET plots to TensorBoard when a writer is given.
 
     `scoring`: normalisation and back-end (default: plain cosine); their statistics are fitted on the embeddings of
     `scoring_data` (a data set and its name) once, and kept in <model_dir>/backends/<name>/.
@@ -55,8 +64,7 @@ def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: 
     write_json(model_dir / "results" / f"{name}.json", {"step": step, "scoring": prepared.summary,
                                                          "results": summaries})
     if writer is not None:
-        for result in results:
-            writer.add_figure(f"test/det/{result.trials.path.name}", result.figure(), step)
+        log_results(writer, "test", results, step)
     return summaries
 
 
@@ -98,3 +106,12 @@ def calibrate_score_files(fit_scores: Path, fit_trials: Path, apply: Sequence[Pa
               "results": summaries}
     write_json(Path(fit_scores).with_name(f"{Path(fit_scores).name.removesuffix('.scores')}.{name}.json"), record)
     return record
+
+
+def log_results(writer: SummaryWriter, split: str, results: Sequence[TrialResult], step: int) -> None:
+    """TensorBoard: each trial list's metrics as scalars `<split>/<metric>/<list>` (eer, min_dcf@0.01, asnorm_eer,
+    ...) and its DET plot `<split>/det/<list>`, a list being named as its result files are (e.g. test_trials)."""
+    for result, name in zip(results, result_names(results)):
+        for metric, value in result.metrics.items():
+            writer.add_scalar(f"{split}/{metric}/{name}", value, step)
+        writer.add_figure(f"{split}/det/{name}", result.figure(), step)

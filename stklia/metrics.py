@@ -79,8 +79,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import isotonic_regression
 
-__all__ = ["SortedTrials", "bayes_threshold", "compute_actual_dcf", "compute_cllr", "compute_eer",
+__all__ = ["METRIC_DECIMALS", "SortedTrials", "bayes_threshold", "compute_actual_dcf", "compute_cllr", "compute_eer",
            "compute_min_cllr", "compute_min_dcf"]
+
+# Decimals of EER (%) and minDCF in result files: minDCF as Kaldi's compute_min_dcf.py prints it.
+METRIC_DECIMALS = 4
 
 
 def _check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

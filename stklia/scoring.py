@@ -38,7 +38,7 @@ from stklia.data.kaldi import DataSet, EvalData, Trials, read_table
 from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
-from stklia.metrics import SortedTrials
+from stklia.metrics import METRIC_DECIMALS, SortedTrials
 
 
 @dataclass
@@ -50,7 +50,9 @@ class TrialResult:
     metrics: dict[str, float]
 
     def summary(self) -> dict[str, Any]:
-        return {"trials": str(self.trials.path), "num_trials": len(self.trials.labels), **self.metrics}
+        """What the results JSONs hold: metrics rounded to METRIC_DECIMALS (no 0.5770000000000001)."""
+        metrics = {key: round(value, METRIC_DECIMALS) for key, value in self.metrics.items()}
+        return {"trials": str(self.trials.path), "num_trials": len(self.trials.labels), **metrics}
 
     def figure(self) -> Figure:
         return det_figure(self.scores, self.trials.labels, self.trials.name)
@@ -189,17 +191,24 @@ def read_scores(path: str | Path, trials: Trials) -> np.ndarray:
     return np.array(scores)
 
 
+def result_names(results: Sequence[TrialResult]) -> list[str]:
+    """A name per trial list for files and TensorBoard tags, from its directory and file (test/trials ->
+    test_trials), numbered when two lists would share one."""
+    names: list[str] = []
+    for result in results:
+        name = base = re.sub(r"[^\w.-]+", "_", result.trials.name)
+        copy = 1
+        while name in names:
+            copy += 1
+            name = f"{base}_{copy}"
+        names.append(name)
+    return names
+
+
 def write_results(out_dir: Path, results: Sequence[TrialResult]) -> list[dict[str, Any]]:
     """Per trial list in out_dir: score files, DET plot, results JSON. Returns the summaries (with file names)."""
     summaries = []
-    used: set[str] = set()
-    for result in results:
-        stem = base = re.sub(r"[^\w.-]+", "_", result.trials.name)  # e.g. test/trials -> test_trials
-        copy = 1
-        while stem in used:
-            copy += 1
-            stem = f"{base}_{copy}"
-        used.add(stem)
+    for result, stem in zip(results, result_names(results)):
         files = {}
         for kind, scores in result.scores.items():
             files[f"{kind}_scores"] = f"{stem}.scores" if kind == "raw" else f"{stem}.{kind}.scores"

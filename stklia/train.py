@@ -3,6 +3,7 @@
 Also `torchrun --nproc_per_node=N -m stklia.train [overrides]` for DistributedDataParallel.
 """
 
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from stklia.config import check_complete, register_resolvers
+from stklia.config import check_complete, check_launcher, register_resolvers
 from stklia.distributed import launch
 from stklia.errors import exit_on_input_error
 from stklia.trainer import train
@@ -34,4 +35,6 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     # registered by hand: Hydra's plugin scan does not see the plugin of an editable (PEP 660) install
     Plugins.instance().register(OptunaSweeper)
+    with exit_on_input_error():
+        check_launcher(sys.argv[1:])
     main()

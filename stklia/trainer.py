@@ -52,8 +52,9 @@ from stklia.data.kaldi import DataSet, EvalData
 from stklia.data.splits import load_split, load_trial_split, prepare_data
 from stklia.distributed import RandomStates, World
 from stklia.errors import InputError
-from stklia.evaluation import test_model
+from stklia.evaluation import log_results, test_model
 from stklia.preemption import Preemption, hand_over
+from stklia.progress import progress_bar
 from stklia.record import RunStatus, log_hparams
 from stklia.scoring import evaluate
 
@@ -262,9 +263,7 @@ class Checkpointer:
         eer = results[0].metrics["eer"]
         lowest = self.best.get("lowest_eers") or [math.inf] * len(results)  # per list, for optimized_trials
         self.best["lowest_eers"] = [min(low, r.metrics["eer"]) for low, r in zip(lowest, results)]
-        for r in results:
-            self.writer.add_scalar(f"eval/eer/{r.trials.path.name}", r.metrics["eer"], step)
-            self.writer.add_figure(f"eval/det/{r.trials.path.name}", r.figure(), step)
+        log_results(self.writer, "eval", results, step)
         log.info("step %d: validation EER %.2f%%", step, eer)
         if eer < self.best["eer"]:
             self.best.update(step=step, eer=eer)
@@ -347,8 +346,7 @@ def fit(cfg: DictConfig, parts: Parts, crops: TrainingCrops, step: int, world: W
     loader = make_loader(cfg, crops, step, world)
     with preemption.sheltering_children():
         batches = iter(loader)
-    progress = tqdm(batches, total=len(loader), desc="train", dynamic_ncols=True,
-                    disable=not (cfg.progress and world.main))
+    progress = progress_bar(batches, total=len(loader), desc="train", enabled=cfg.progress and world.main)
     for batch in progress:
         feats, labels = crops.to_device(batch, world.device)
         loss, logits = training_step(parts, model, feats, labels, step, autocast)

@@ -28,6 +28,16 @@ SR = 16000  # sample rate of the generated recordings
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # processes that share 2 cores (torchrun's default too); same kernels
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true")  # .ci/run: every system dependency is installed
+
+
+def require_system(available: bool, reason: str) -> None:
+    """Tests that need a system binary or service (ffmpeg, a Slurm cluster) skip when it is absent, `reason`
+    saying how to get it; under CI=true, which installs and starts them (.ci/run), its absence is a failure."""
+    if not available:
+        (pytest.fail if IN_CI else pytest.skip)(reason)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo corpus (train/eval/test Kaldi dirs with trials), built once per test session."""
@@ -54,6 +64,15 @@ def run_stklia(command: str, *overrides: str, cwd: Path, check: bool = True,
     if check and proc.returncode != 0:
         raise AssertionError(f"stklia.{command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def without_module(module: str, root: Path) -> dict[str, str]:
+    """The environment of a command in which `import <module>` fails as it does when it is not installed: a
+    package of that name, first on PYTHONPATH (under root), raising ModuleNotFoundError."""
+    package = root.joinpath(*module.split("."))
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\")\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), stklia_env()["PYTHONPATH"]])}
 
 
 def run_recipe(script: Path, *args: str, **env: str) -> None:
@@ -89,6 +108,12 @@ def make_enrollment(data_dir: Path, out: Path, per_speaker: int = 2) -> Path:
     tests = [(spk, u) for spk, *utts in spk2utt for u in utts[per_speaker:]]
     (out / "trials").write_text("".join(f"{int(spk == s)} {spk} {u}\n" for spk in enrolled for s, u in tests))
     return out
+
+
+def kaldi_trial(line: str) -> str:
+    """A `<1|0> <a> <b>` trial line in Kaldi's form, `<a> <b> target|nontarget`."""
+    label, a, b = line.split()
+    return f"{a} {b} {'target' if label == '1' else 'nontarget'}"
 
 
 def tiny_resnet(pooling: str, seed: int = 0, block: str = "basic") -> ResNet:

@@ -190,7 +190,9 @@ def test_cli_trains_tests_and_extracts_on_wav_only_dirs(demo_root: Path, tmp_pat
                "progress=false", "num_workers=0", cwd=tmp_path)
     emb = dict(kaldiio.load_ark(str(out / "embeddings.txt")))
     assert set(emb) == set(load_data_dir(root / "test", Fbank(num_mel_bins=40)).utts)
-    bad = run_stklia("train", f"data.root={root}", "data.prepare=null", "data.features.num_mel_bins=80", *TINY_TRAINING,
+    # features_per_frame follows data.features; one set against them is refused, naming the wav.scp line
+    bad = run_stklia("train", f"data.root={root}", "data.prepare=null", "data.features_per_frame=80", *TINY_TRAINING,
                      f"model_dir={tmp_path / 'other'}", cwd=tmp_path, check=False)
     assert bad.returncode == 1
-    assert re.search(r"stklia: error: .*wav.scp:1: utterance '\S+' has 80 features per frame", bad.stderr)
+    assert re.search(r"stklia: error: .*wav.scp:1: utterance '\S+' has 40 features per frame but the config says "
+                     r"features_per_frame=80", bad.stderr)

@@ -11,7 +11,7 @@ import pytest
 from stklia.data.kaldi import load_data, read_trials
 from stklia.errors import InputError
 
-from conftest import TINY_TRAINING, demo_data_overrides, make_enrollment, run_stklia
+from conftest import TINY_TRAINING, demo_data_overrides, kaldi_trial, make_enrollment, run_stklia
 
 
 def _edit(path: Path, change: Callable[[list[str]], list[str]]) -> None:
@@ -43,7 +43,11 @@ BREAKAGES = {
     "unknown trial utterance": (lambda d: _set_line(d / "trials", 4, lambda ls: ls[4].rsplit(" ", 1)[0] + " ghost"),
                                 "trials", 5, "utterance 'ghost' is not in"),
     "bad label": (lambda d: _set_line(d / "trials", 1, lambda ls: "target" + ls[1][1:]),
-                  "trials", 2, "label 'target' is not 0 or 1"),
+                  "trials", 2, "is not a trial: expected '<1|0> <enroll> <test>' or Kaldi's '<enroll> <test> "
+                               "<target|nontarget>'"),
+    "mixed trial forms": (lambda d: _set_line(d / "trials", 2, lambda ls: kaldi_trial(ls[2])),
+                          "trials", 3, "is of the form '<enroll> <test> <target|nontarget>' but line 1 is of the "
+                                       "form '<1|0> <enroll> <test>': one form per file"),
     "short trial line": (lambda d: _set_line(d / "trials", 6, lambda ls: ls[6].rsplit(" ", 1)[0]),
                          "trials", 7, "expected 3 fields, found 2"),
     "empty trials": (lambda d: (d / "trials").write_text("\n"), "trials", None, "empty"),
@@ -74,6 +78,21 @@ def test_feature_dimension_mismatch_names_the_scp(demo_root: Path, tmp_path: Pat
     scp = re.escape(str(demo_root / "train" / "feats.scp"))
     assert re.fullmatch(rf"stklia: error: {scp}:1: utterance '\S+' has 40 features per frame but the config says "
                         r"features_per_frame=30", proc.stderr.strip().splitlines()[-1])
+
+
+def test_feature_dirs_of_another_dimension_than_the_features_config_are_refused(demo_root: Path,
+                                                                                tmp_path: Path) -> None:
+    """data=voxceleb takes features_per_frame from features=fbank80 (80; audio dirs, tests/test_configs.py):
+    the demo's 40-dimensional feats.scp dirs are refused until data.features_per_frame says 40."""
+    data = [f"data.train=[{demo_root / 'train'}]", f"data.test={demo_root / 'test'}",
+            f"data.test_trials=[{demo_root / 'test' / 'trials'}]"]
+    proc = run_stklia("train", "data=voxceleb", *data, *TINY_TRAINING, f"model_dir={tmp_path / 'model'}", cwd=tmp_path,
+                      check=False)
+    scp = re.escape(str(demo_root / "train" / "feats.scp"))
+    assert re.fullmatch(rf"stklia: error: {scp}:1: utterance '\S+' has 40 features per frame but the config says "
+                        r"features_per_frame=80", proc.stderr.strip().splitlines()[-1])
+    composed = run_stklia("train", "data=voxceleb", *data, "data.features_per_frame=40", "--cfg", "job", cwd=tmp_path)
+    assert "features_per_frame: 40" in composed.stdout
 
 
 def test_missing_mandatory_value_and_typos_fail(tmp_path: Path) -> None:
@@ -127,3 +146,14 @@ def test_train_rejects_bad_enrollment_and_cohort(case: str, demo_root: Path, tmp
     where += f":{line}" if line else ""
     assert re.fullmatch(rf"stklia: error: {where}: .*{re.escape(words)}.*", error), error
     assert not model_dir.exists() or not {p.name for p in model_dir.iterdir()} & {"config.yaml", "results"}
+
+
+def test_kaldi_trial_form_reads_as_the_label_first_form(kaldi_dir: Path) -> None:
+    data = load_data(kaldi_dir)
+    lines = (kaldi_dir / "trials").read_text().splitlines()
+    (kaldi_dir / "kaldi_trials").write_text("".join(f"{kaldi_trial(line)}\n" for line in lines))
+    label_first, kaldi = (read_trials(kaldi_dir / name, data.feats) for name in ("trials", "kaldi_trials"))
+    assert kaldi.labels.tolist() == label_first.labels.tolist() == [int(line[0]) for line in lines]
+    assert (kaldi.enroll, kaldi.test) == (label_first.enroll, label_first.test)
+    assert set(kaldi.labels.tolist()) == {0, 1}
+

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import kaldiio
@@ -13,8 +15,18 @@ from omegaconf import OmegaConf
 
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.kaldi import load_data_dir, read_trials
+from stklia.metrics import compute_eer, compute_min_dcf
 
-from conftest import REPO, TINY_TRAINING, assert_same_run, demo_data_overrides, make_enrollment, run_stklia
+from conftest import (
+    REPO,
+    TINY_TRAINING,
+    assert_same_run,
+    demo_data_overrides,
+    kaldi_trial,
+    make_enrollment,
+    run_stklia,
+    without_module,
+)
 
 
 def test_train_writes_a_complete_model_dir(trained: Path, demo_root: Path) -> None:
@@ -38,11 +50,42 @@ def test_tensorboard_has_the_training_curves(trained: Path) -> None:
     events = EventAccumulator(str(trained / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/accuracy", "train/lr", "eval/eer/trials"} <= tags
+    assert {"train/loss", "train/accuracy", "train/lr", "eval/eer/eval_trials", "eval/min_dcf@0.01/eval_trials"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]
-    images = events.Tags()["images"]
-    assert {"eval/det/trials", "test/det/trials"} <= set(images)  # DET plots of validation and test
-    assert [e.step for e in events.Images("eval/det/trials")] == [3, 6]
+    assert [e.step for e in events.Scalars("eval/eer/eval_trials")] == [3, 6]
+    # each test list keeps its own DET plot and metrics, equal to its results file's
+    lists = ("test_trials", "test_noisy_trials")
+    assert {"eval/det/eval_trials", *(f"test/det/{name}" for name in lists)} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("eval/det/eval_trials")] == [3, 6]
+    for row, name in zip(json.loads((trained / "results" / "step_00000006.json").read_text())["results"], lists):
+        for metric in ("eer", "min_dcf@0.01", "min_dcf@0.001", "asnorm_eer"):
+            (logged,) = events.Scalars(f"test/{metric}/{name}")
+            assert logged.step == 6 and logged.value == pytest.approx(row[metric], abs=1e-4)
+
+
+def test_result_files_hold_rounded_metrics(trained: Path, demo_root: Path) -> None:
+    """EER (%) and minDCF to 4 decimals (no 0.5770000000000001): those of the written scores; the best
+    validation EER too."""
+    results = trained / "results"
+    summary = json.loads((results / "step_00000006.json").read_text())["results"][0]
+    trials = read_trials(demo_root / "test" / "trials", load_data_dir(demo_root / "test").feats)
+    scores = np.loadtxt(summary["files"]["raw_scores"], usecols=2)
+    assert summary["eer"] == round(100 * compute_eer(scores, trials.labels)[0], 4)
+    assert summary["min_dcf@0.01"] == round(compute_min_dcf(scores, trials.labels, p_target=0.01)[0], 4)
+    for path in (results / "step_00000006.json", results / "step_00000006" / "test_trials.json",
+                 trained / "checkpoints" / "best.json"):
+        numbers = re.findall(r"\d+\.\d+", path.read_text())
+        assert numbers and all(len(number.split(".")[1]) <= 4 for number in numbers), path
+
+
+def test_progress_away_from_a_terminal_is_a_line_per_tenth(demo_root: Path, tmp_path: Path) -> None:
+    """stderr of a Slurm job or a CI run is a file: the bars write a line at 0%, 10%, ..., 100%, no redraws."""
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, "num_iterations=20",
+                      "checkpoint_interval=20", "progress=true", f"model_dir={tmp_path / 'model'}", cwd=tmp_path)
+    assert "\r" not in proc.stderr
+    assert [int(p) // 10 for p in re.findall(r"^train: +(\d+)%", proc.stderr, re.M)] == list(range(11))
+    embedded = re.findall(r"^embeddings: +(\d+)%", proc.stderr, re.M)  # the test's: its lists, then the cohort
+    assert embedded.count("0") == embedded.count("100") == 2 and len(embedded) <= 2 * 11
 
 
 def test_test_command_prints_and_saves_results(trained: Path) -> None:
@@ -78,6 +121,18 @@ def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_r
         assert 0 <= summary["asnorm_eer"] <= 100
 
 
+def test_test_command_reads_kaldi_trials(trained: Path, demo_root: Path, tmp_path: Path) -> None:
+    """Kaldi's `<a> <b> target|nontarget` form of the test trials scores exactly as the `1|0 <a> <b>` form."""
+    label_first = demo_root / "test" / "trials"
+    kaldi = tmp_path / "kaldi_trials"
+    kaldi.write_text("".join(f"{kaldi_trial(line)}\n" for line in label_first.read_text().splitlines()))
+    proc = run_stklia("test", f"model_dir={trained}", f"test_trials=[{label_first},{kaldi}]", "progress=false",
+                      cwd=tmp_path)
+    rows = [line.split() for line in proc.stdout.strip().splitlines()[-2:]]
+    assert [row[0] for row in rows] == [str(label_first), str(kaldi)]
+    assert rows[0][1:] == rows[1][1:]
+
+
 @pytest.mark.parametrize("fmt", ["ark", "txt", "pt"])
 def test_extract_every_format(trained: Path, demo_root: Path, tmp_path: Path, fmt: str) -> None:
     run_stklia("extract", f"model_dir={trained}", "data=test", f"format={fmt}", f"out_dir={tmp_path}",
@@ -98,6 +153,18 @@ def test_extract_every_format(trained: Path, demo_root: Path, tmp_path: Path, fm
         ref = dict(kaldiio.load_scp(str(tmp_path / "ref" / "embeddings.scp")))
         for utt, vec in ref.items():
             np.testing.assert_allclose(emb[utt], vec, rtol=1e-5, atol=1e-6)
+
+
+def test_test_and_extract_use_their_own_num_workers(trained: Path, tmp_path: Path) -> None:
+    """num_workers of the command, not the training's: a value no data loader accepts in the model dir's
+    config.yaml stops nothing."""
+    model_dir = Path(shutil.copytree(trained, tmp_path / "model"))
+    config = OmegaConf.load(model_dir / "config.yaml")
+    config.num_workers = -1
+    OmegaConf.save(config, model_dir / "config.yaml")
+    for command in ("test", "extract"):
+        run_stklia(command, f"model_dir={model_dir}", "num_workers=0", "progress=false", cwd=tmp_path)
+    assert (model_dir / "embeddings" / "test" / "embeddings.ark").is_file()
 
 
 def test_extract_any_kaldi_dir(trained: Path, demo_root: Path) -> None:
@@ -123,7 +190,6 @@ def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Pa
 
 
 def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
@@ -133,6 +199,16 @@ def test_slurm_launcher_preset_extends_submitit_slurm() -> None:
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.mem_gb) == (1, 4, 16)
     assert launcher.max_num_timeout > 0  # pre-empted and timed-out jobs are requeued
+
+
+@pytest.mark.parametrize("launcher", ["slurm_gpu", "submitit_local"])
+def test_slurm_launcher_without_the_slurm_extra_names_it(tmp_path: Path, launcher: str) -> None:
+    plugin = "hydra_plugins.hydra_submitit_launcher"
+    proc = run_stklia("train", "-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                      cwd=tmp_path, check=False, env=without_module(plugin, tmp_path / "site"))
+    assert proc.returncode == 1 and not (tmp_path / "sweep").exists()
+    assert proc.stderr.strip() == (f"stklia: error: hydra/launcher={launcher}: needs {plugin}, which cannot be "
+                                   f"imported (No module named '{plugin}'): pip install \"stklia[slurm]\"")
 
 
 # heads whose schedules (margin warm-up, lambda annealing) follow the step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import kaldi_native_fbank as knf
@@ -156,3 +157,12 @@ def test_script_prints_where_it_wrote(corpus: Path, capsys: pytest.CaptureFixtur
     main([str(corpus), "--small", "--baseline"])
     out = capsys.readouterr().out
     assert str(corpus) in out and "EER on test" in out
+
+
+def test_building_shows_its_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A line at each tenth of the recordings (stderr is not a terminal here), the last one at all of them."""
+    make_demo(tmp_path / "c", **TINY)
+    bar = re.findall(r"^generating the demo corpus in (\S+): +(\d+)%\|.*\| (\d+)/(\d+)", capsys.readouterr().err, re.M)
+    assert [int(percent) // 10 for _, percent, _, _ in bar] == list(range(11))  # one line per tenth
+    assert bar[-1][0] == str(tmp_path / "c") and bar[-1][2] == bar[-1][3]
+

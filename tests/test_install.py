@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from conftest import REPO, TINY_TRAINING, demo_data_overrides, stklia_env
@@ -25,9 +26,15 @@ def test_wheel_installs_and_runs_train_test_extract_from_anywhere(demo_root: Pat
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
         source, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("stklia-*.whl"))
-    # the venv sees this machine's packages (torch, hydra, ...) but gets stklia from the wheel alone
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", tmp_path / "venv", cwd=tmp_path)
+    # The venv sees the packages of the environment running the tests (torch, hydra, pip, ...) through a .pth file
+    # of plain paths (whose own .pth files, e.g. an editable stklia's, stay unread), and gets stklia from the wheel
+    # alone. (--system-site-packages would show the base interpreter's packages instead: none in a fresh venv.)
+    run(sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv", cwd=tmp_path)
     python = tmp_path / "venv" / "bin" / "python"
+    site_packages = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                             cwd=tmp_path).strip())
+    here = sysconfig.get_paths()
+    (site_packages / "tested_environment.pth").write_text(f"{here['purelib']}\n{here['platlib']}\n")
     run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", wheel, cwd=tmp_path)
 
     elsewhere = tmp_path / "elsewhere"

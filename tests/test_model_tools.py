@@ -14,7 +14,7 @@ from stklia.checkpoint import load_checkpoint
 from stklia.models.pooling import POOLINGS
 from stklia.models.resnet import ResNet
 
-from conftest import run_stklia
+from conftest import run_stklia, without_module
 
 
 def assert_close(got: np.ndarray, expected: np.ndarray, tol: float) -> None:
@@ -72,7 +72,10 @@ def test_exported_generator_matches_pytorch_for_any_length(trained: Path, tmp_pa
     import stklia
 
     out = tmp_path / f"generator.{fmt}"
-    run_stklia("export", f"model_dir={trained}", f"format={fmt}", f"out={out}", cwd=tmp_path)
+    proc = run_stklia("export", f"model_dir={trained}", f"format={fmt}", f"out={out}", cwd=tmp_path)
+    # quiet: stklia's own log lines and the file written, no warning (training mode) or exporter logging
+    assert [line for line in (proc.stdout + proc.stderr).splitlines()
+            if "[stklia." not in line and line != f"wrote {out}"] == []
     model = stklia.load(trained)
     rng = np.random.default_rng(0)
     for frames in (37, 200, 513):
@@ -86,6 +89,15 @@ def test_exported_generator_matches_pytorch_for_any_length(trained: Path, tmp_pa
             session = onnxruntime.InferenceSession(str(out))
             got = session.run(None, {"feats": feats[None]})[0][0]
         assert_close(got, expected, 1e-4)
+
+
+def test_onnx_export_without_the_export_extra_names_it(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "generator.onnx"
+    proc = run_stklia("export", f"model_dir={trained}", "format=onnx", f"out={out}", cwd=tmp_path, check=False,
+                      env=without_module("onnxscript", tmp_path / "site"))
+    assert proc.returncode == 1 and not out.exists()
+    assert proc.stderr.strip() == ("stklia: error: format=onnx: needs onnxscript, which cannot be imported (No module "
+                                   "named 'onnxscript'): pip install \"stklia[export]\"")
 
 
 def test_python_api_embeds_audio_and_features_and_scores(trained: Path, demo_root: Path) -> None:

@@ -1,7 +1,8 @@
-"""Sweeps and pre-emption on a real single-node Slurm cluster, through hydra-submitit-launcher.
+"""Sweeps and pre-emption on a real Slurm cluster, through hydra-submitit-launcher.
 
-The cluster comes from <repo>/../shared/slurm (or $STKLIA_SHARED/slurm): its start script is
-idempotent; a cluster this module started is stopped at the end (.ci/run starts and stops it).
+Outside CI they use the cluster `sinfo` answers for, and skip when there is none. Under CI=true the
+cluster is the single-node one of <repo>/../shared/slurm (or $STKLIA_SHARED/slurm), started as root if it
+is not up (its start script is idempotent; .ci/run starts and stops it).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 from stklia.checkpoint import list_checkpoints, load_checkpoint
 
 from conftest import (
+    IN_CI,
     ONE_THREAD,
     REPO,
     TINY_TRAINING,
@@ -27,6 +29,7 @@ from conftest import (
     assert_same_run,
     checkpoint_path,
     demo_data_overrides,
+    require_system,
     run_stklia,
     short_run,
     stklia_env,
@@ -43,15 +46,34 @@ def training(demo_root: Path) -> list[str]:
             f"checkpoint_interval={INTERVAL}", f"log_interval={INTERVAL}"]
 
 
+def local_partition() -> str | None:
+    """A partition of the Slurm cluster `sinfo` answers for with this machine as a node (the tests share files
+    with their jobs through /tmp), preferring the default one; None when there is none."""
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %P"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):  # no sinfo, or one that hangs on a dead controller
+        return None
+    here = socket.gethostname().split(".")[0]
+    partitions = [line.split()[1] for line in proc.stdout.splitlines() if proc.returncode == 0 and
+                  line.split()[0] == here]
+    return min(partitions, key=lambda name: not name.endswith("*")).rstrip("*") if partitions else None
+
+
 @pytest.fixture(scope="module")
 def partition() -> str:
-    """The partition of the local cluster, started if needed."""
+    """Outside CI, a partition of a cluster running on this machine (none: skip). Under CI=true, the local
+    cluster of shared/slurm: its start script installs Slurm (apt-get) and starts its daemons, as root; a
+    cluster this fixture started is stopped at the end."""
     start = SLURM_SCRIPTS / "start-local-slurm.sh"
-    problem = (f"no {start} (set STKLIA_SHARED)" if not start.is_file()
-               else "the local Slurm cluster needs root" if os.geteuid() != 0 else None)
-    if problem:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(problem)
-    was_up = shutil.which("sinfo") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    if not IN_CI:
+        found = local_partition()
+        require_system(found is not None, f"no Slurm cluster on this machine answers sinfo: start one as root with "
+                       f"`bash {start}`, or run with CI=true (which does)")
+        yield found
+        return
+    assert start.is_file(), f"no {start} (set STKLIA_SHARED)"
+    assert os.geteuid() == 0, "the local Slurm cluster needs root"
+    was_up = local_partition() is not None
     proc = subprocess.run(["bash", str(start)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     yield proc.stdout.strip()

@@ -21,7 +21,7 @@ from stklia.data.audio import read_audio
 from stklia.data.features import Fbank
 from stklia.data.kaldi import load_data_dir, read_trials
 
-from conftest import REPO, SR, TINY_TRAINING, run_recipe, write_list
+from conftest import REPO, SR, TINY_TRAINING, require_system, run_recipe, write_list
 
 RECIPE = REPO / "recipes" / "voxceleb"
 sys.path.insert(0, str(RECIPE / "local"))
@@ -66,6 +66,8 @@ def run_voxceleb(root: Path, *args: str, **env: str) -> None:
 @pytest.fixture(scope="module")
 def corpus(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     """The fake corpus with stages 0 (m4a -> FLAC) and 1 (data dirs) run on it."""
+    require_system(shutil.which("ffmpeg") is not None, "no ffmpeg, which the recipe's m4a decoding needs: "
+                   "apt-get install ffmpeg (.ci/run does)")
     root = tmp_path_factory.mktemp("voxceleb")
     vox1, vox2 = fake_voxceleb(demo_root, root)
     run_voxceleb(root, "--stage", "0", "--stop-stage", "1", NJ="2")

@@ -33,10 +33,13 @@ import kaldiio
 import numpy as np
 from scipy import ndimage, signal
 from scipy.io import wavfile
+from tqdm import tqdm
 
 from stklia.data.augment import AddNoise, Reverb
 from stklia.data.features import Fbank
+from stklia.data.kaldi import read_trials
 from stklia.metrics import compute_eer
+from stklia.progress import progress_bar
 
 # Bump when the synthesis changes, so cached corpora are rebuilt.
 _VERSION = 6  # 6: features by the torch fbank, augmentation by its torch application
@@ -360,7 +363,7 @@ def _write_kaldi_dir(d: Path, utt2spk: list[tuple[str, str]], wav_scp: list[str]
     (d / "spk2utt").write_text("".join(f"{spk} {' '.join(utts)}\n" for spk, utts in spk2utt.items()))
 
 
-def _write_augment_sets(tmp: Path, p: dict, folder: str, first: int, sizes: dict[str, int]) -> None:
+def _write_augment_sets(tmp: Path, p: dict, folder: str, first: int, sizes: dict[str, int], bar: tqdm) -> None:
     """Recordings first..first+size of each augmentation set, as Kaldi dirs tmp/folder/<set>/wav.scp."""
     for name, count in sizes.items():
         (tmp / folder / name).mkdir(parents=True)
@@ -370,10 +373,11 @@ def _write_augment_sets(tmp: Path, p: dict, folder: str, first: int, sizes: dict
             wav = tmp / "wav" / folder / name / f"{name}{index:04d}.wav"
             wavfile.write(wav, p["sample_rate"], _augment_recording(p, name, index))
             wav_scp.append(f"{name}{index:04d} {wav}\n")
+            bar.update(1)
         (tmp / folder / name / "wav.scp").write_text("".join(wav_scp))
 
 
-def _corrupt(tmp: Path, p: dict) -> None:
+def _corrupt(tmp: Path, p: dict, bar: tqdm) -> None:
     """test_noisy: each test recording reverberated (p=0.5) and mixed with noise, music or babble at the
     SNRs of augment=musan_rirs, all from held-out recordings of the augmentation sets (never trained on)."""
     sr, held_out = p["sample_rate"], tmp / "augment_heldout"
@@ -398,12 +402,20 @@ def _corrupt(tmp: Path, p: dict) -> None:
             writer(f"{utt}-noisy", fbank(samples))
             utt2spk.append((f"{utt}-noisy", spk))
             wav_scp.append(f"{utt}-noisy {wav}\n")
+            bar.update(1)
     _write_kaldi_dir(d, utt2spk, wav_scp)
     trials = [line.split() for line in (tmp / "test" / "trials").read_text().splitlines()]
     (d / "trials").write_text("".join(f"{label} {a}-noisy {b}-noisy\n" for label, a, b in trials))
 
 
-def _build(tmp: Path, root: Path, p: dict) -> None:
+def _num_recordings(p: dict) -> int:
+    """How many recordings _build writes (its progress bar's total)."""
+    utterances = (p["num_train_speakers"] * p["utts_per_speaker"]
+                  + (p["num_eval_speakers"] + 2 * p["num_test_speakers"]) * p["test_utts_per_speaker"])  # + test_noisy
+    return utterances + sum(count + count // 2 for count, _ in _AUGMENT_SETS.values())  # + held-out halves
+
+
+def _build(tmp: Path, root: Path, p: dict, bar: tqdm) -> None:
     """Write the corpus into ``tmp``, then point every path of its scp files into ``root``."""
     counts = [p["num_train_speakers"], p["num_eval_speakers"], p["num_test_speakers"]]
     utts_per_spk = [p["utts_per_speaker"], p["test_utts_per_speaker"], p["test_utts_per_speaker"]]
@@ -425,6 +437,7 @@ def _build(tmp: Path, root: Path, p: dict) -> None:
                     writer(utt, feats)
                     utt2spk.append((utt, spk_id))
                     wav_scp.append(f"{utt} {wav}\n")
+                    bar.update(1)
         first += count
         _write_kaldi_dir(d, utt2spk, wav_scp)
         if split in num_trials:
@@ -433,10 +446,10 @@ def _build(tmp: Path, root: Path, p: dict) -> None:
     (tmp / "train_wav").mkdir()
     for name in ("wav.scp", "utt2spk", "spk2utt"):
         shutil.copy(tmp / "train" / name, tmp / "train_wav" / name)
-    _write_augment_sets(tmp, p, "augment", 0, {name: count for name, (count, _) in _AUGMENT_SETS.items()})
+    _write_augment_sets(tmp, p, "augment", 0, {name: count for name, (count, _) in _AUGMENT_SETS.items()}, bar)
     _write_augment_sets(tmp, p, "augment_heldout", _HELD_OUT, {name: count // 2 for name, (count, _) in
-                                                                _AUGMENT_SETS.items()})
-    _corrupt(tmp, p)
+                                                                _AUGMENT_SETS.items()}, bar)
+    _corrupt(tmp, p, bar)
     for scp in tmp.rglob("*.scp"):
         scp.write_text(scp.read_text().replace(str(tmp), str(root)))
 
@@ -462,6 +475,7 @@ def make_demo(
     seed: int = 0,
     sample_rate: int = 16000,
     num_mel_bins: int = 40,
+    progress: bool = True,
 ) -> Path:
     """Build (or reuse) the demo corpus under ``root`` and return its absolute path.
 
@@ -469,7 +483,8 @@ def make_demo(
     test speakers; ``num_trials`` / ``num_eval_trials`` size the test / eval trial lists.
     The corpus is built in a sibling temporary directory and moved into place only once
     complete, with ``params.json`` as the completeness marker, so an interrupted build
-    is never mistaken for a finished one and a finished one is never rebuilt.
+    is never mistaken for a finished one and a finished one is never rebuilt. A build shows its
+    progress on stderr (``progress``; stklia.progress).
     """
     root = Path(root).expanduser().resolve()
     params = {
@@ -489,7 +504,9 @@ def make_demo(
     old = root.with_name(f"{root.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _build(tmp, root, params)
+        with progress_bar(total=_num_recordings(params), desc=f"generating the demo corpus in {root}", unit="rec",
+                          enabled=progress) as bar:
+            _build(tmp, root, params, bar)
         (tmp / "params.json").write_text(json.dumps(marker, indent=2) + "\n")
         if _is_complete(root, marker):  # a concurrent process finished first
             shutil.rmtree(tmp)
@@ -534,10 +551,9 @@ def baseline_eer(data_dir: str | os.PathLike) -> float:
     x -= x.mean(0)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     index = {u: i for i, u in enumerate(utts)}
-    trials = [line.split() for line in (d / "trials").read_text().splitlines()]
-    labels = np.array([int(t[0]) for t in trials])
-    a, b = (np.array([index[t[k]] for t in trials]) for k in (1, 2))
-    return 100 * compute_eer(np.sum(x[a] * x[b], axis=1), labels)[0]
+    trials = read_trials(d / "trials", index)
+    a, b = (np.array([index[u] for u in side]) for side in (trials.enroll, trials.test))
+    return 100 * compute_eer(np.sum(x[a] * x[b], axis=1), trials.labels)[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -236,9 +236,23 @@ class Trials:
         return f"{self.path.parent.name}/{self.path.name}"
 
 
+# The two forms of a trial line, told apart by where the label is; one form per file.
+LABEL_FIRST = "<1|0> <enroll> <test>"
+KALDI_FORM = "<enroll> <test> <target|nontarget>"  # Kaldi's VoxCeleb recipes
+KALDI_LABELS = {"target": 1, "nontarget": 0}
+
+
+def _trial_form(fields: list[str]) -> str | None:
+    """Which form a trial line is in (None: neither)."""
+    if fields[0] in ("0", "1"):
+        return LABEL_FIRST
+    return KALDI_FORM if fields[2] in KALDI_LABELS else None
+
+
 def read_trials(path: PathLike, known_utts: set[str] | dict[str, object] | None,
                 speakers: set[str] | dict[str, object] | None = None) -> Trials:
-    """Read `<label> <a> <b>` lines, with label 1 (target) or 0 (non-target).
+    """Read `<1|0> <a> <b>` lines (1: target, 0: non-target), or Kaldi's `<a> <b> target|nontarget` lines;
+    the first line sets the form of the file.
 
     `b` is an utterance of the evaluation data; `a` is one too, or, when enrollment `speakers`
     are given, one of those speakers (scored by their speaker model). An id that is both is
@@ -249,9 +263,21 @@ def read_trials(path: PathLike, known_utts: set[str] | dict[str, object] | None,
     labels: list[int] = []
     enroll: list[str] = []
     test: list[str] = []
-    for lineno, (label, a, b) in read_table(path, 3, 3):
-        if label not in ("0", "1"):
-            raise InputError(path, f"label '{label}' is not 0 or 1", lineno)
+    form, first = None, None
+    for lineno, fields in read_table(path, 3, 3):
+        line_form = _trial_form(fields)
+        if line_form is None:
+            raise InputError(path, f"'{' '.join(fields)}' is not a trial: expected '{LABEL_FIRST}' "
+                             f"or Kaldi's '{KALDI_FORM}'", lineno)
+        if form is None:
+            form, first = line_form, lineno
+        elif line_form != form:
+            raise InputError(path, f"'{' '.join(fields)}' is of the form '{line_form}' but line {first} is of the "
+                             f"form '{form}': one form per file", lineno)
+        if form == LABEL_FIRST:
+            label, a, b = int(fields[0]), fields[1], fields[2]
+        else:
+            a, b, label = fields[0], fields[1], KALDI_LABELS[fields[2]]
         if known_utts is not None:
             if speakers is not None and a in speakers:
                 if a in known_utts:
@@ -262,7 +288,7 @@ def read_trials(path: PathLike, known_utts: set[str] | dict[str, object] | None,
                 raise InputError(path, message, lineno)
             if b not in known_utts:
                 raise InputError(path, f"utterance '{b}' is not in the evaluation data", lineno)
-        labels.append(int(label))
+        labels.append(label)
         enroll.append(a)
         test.append(b)
     if not labels:
