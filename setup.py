@@ -11,13 +11,6 @@ EXTRAS = {
 DEV = ["pytest>=7.4", "ruff>=0.4", "setuptools>=70.1", "scikit-learn>=1.3", "kaldi-native-fbank>=1.18",
        *(package for packages in EXTRAS.values() for package in packages)]
 
-EXTRAS = {
-    "slurm": ["hydra-submitit-launcher>=1.2"],  # hydra/launcher=slurm_gpu | submitit_slurm
-    "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],  # stklia.export format=onnx
-}
-# Everything the test suite imports: every extra, and setuptools for the wheel it builds (tests/test_install.py).
-DEV = ["pytest>=7.4", "ruff>=0.4", "setuptools>=70.1", *EXTRAS["slurm"], *EXTRAS["export"]]
-
 setup(
     name="stklia",
     version="0.1.0",
