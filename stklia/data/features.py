@@ -27,10 +27,18 @@ class Fbank:
     def dim(self) -> int:
         return self.num_mel_bins
 
+    def _window_and_shift(self) -> tuple[int, int]:
+        return tuple(round(ms * self.sample_rate / 1000) for ms in (self.frame_length_ms, self.frame_shift_ms))
+
     def num_samples(self, frames: int) -> int:
         """The number of samples that gives `frames` frames (snip edges: one window, then one shift each)."""
-        window, shift = (round(ms * self.sample_rate / 1000) for ms in (self.frame_length_ms, self.frame_shift_ms))
+        window, shift = self._window_and_shift()
         return window + (frames - 1) * shift
+
+    def num_frames(self, samples: int) -> int:
+        """The number of frames of `samples` samples (snip edges: none shorter than one window)."""
+        window, shift = self._window_and_shift()
+        return 0 if samples < window else 1 + (samples - window) // shift
 
     def _options(self) -> knf.FbankOptions:
         opts = knf.FbankOptions()
