@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from stklia.atomic import atomic_output
-from stklia.data.datasets import Utterances
+from stklia.data.datasets import Utterances, stop_workers
 from stklia.data.kaldi import DataSet
 
 FORMATS = ("ark", "txt", "pt")
@@ -78,11 +78,11 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
     """
     if batch_frames < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError(f"batch_frames ({batch_frames}) and max_frames ({max_frames}) must be positive")
-    loader = DataLoader(Utterances(data, utts, cmn), batch_size=None, num_workers=num_workers)
+    loaded = iter(DataLoader(Utterances(data, utts, cmn), batch_size=None, num_workers=num_workers))
     num_chunks = np.zeros(len(utts), dtype=np.int64)  # filled as the utterances are read
 
     def pieces() -> Iterator[tuple[int, torch.Tensor]]:
-        for i, feats in enumerate(loader):
+        for i, feats in enumerate(loaded):
             chunks = split_chunks(feats, max_frames)
             num_chunks[i] = len(chunks)
             yield from ((i, chunk) for chunk in chunks)
@@ -104,6 +104,7 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
                 bar.update(int(np.count_nonzero(counts[touched] == num_chunks[touched])))
     finally:
         generator.train(was_training)
+        stop_workers(loaded)
     return (sums / counts[:, None]).astype(np.float32)
 
 

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stklia.api import load_trained
-from stklia.config import register_resolvers
+from stklia.config import CONF_DIR, check_complete, register_resolvers, run_command
 from stklia.data.splits import load_test_set, prepare_data
 from stklia.distributed import resolve_device
 from stklia.errors import exit_on_input_error
@@ -20,16 +20,20 @@ REPLACEABLE = ("test", "test_trials", "test_enroll", "cohort", "asnorm_top_n")  
 def main(cfg: DictConfig) -> float:
     register_resolvers()
     with exit_on_input_error():
+        check_complete(cfg)
         experiment, generator, step = load_trained(cfg.model_dir, cfg.checkpoint)
-        data_cfg = OmegaConf.merge(experiment.data, {key: cfg[key] for key in REPLACEABLE if cfg[key] is not None})
+        replaced = {key: OmegaConf.to_object(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
+                    for key in REPLACEABLE if cfg[key] is not None}
+        data_cfg = OmegaConf.merge(experiment.data, replaced)
         prepare_data(data_cfg)
         test_set = load_test_set(data_cfg)
         device = resolve_device(cfg.device)
         results = test_model(generator.to(device), test_set, Path(cfg.model_dir), step, device, cmn=data_cfg.cmn,
                              p_targets=list(cfg.p_targets), num_workers=cfg.num_workers, progress=cfg.progress,
-                             extraction=cfg.extraction, asnorm_top_n=data_cfg.get("asnorm_top_n") or 0)
+                             extraction=cfg.extraction, asnorm_top_n=data_cfg.get("asnorm_top_n") or 0,
+                             replaced=replaced)
         return results[0]["eer"]
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, CONF_DIR / "trained", "test")

@@ -61,4 +61,7 @@ def read_checked_audio(rxfilename: str, sample_rate: int, where: str | os.PathLi
         raise InputError(where, f"{what} has sample rate {rate}, expected {sample_rate}", line)
     if len(samples) == 0:
         raise InputError(where, f"{what} is empty", line)
+    if not np.isfinite(samples).all():  # float wav files can hold NaN or Inf
+        raise InputError(where, f"{what} holds non-finite samples (NaN or Inf), first at sample "
+                         f"{int(np.flatnonzero(~np.isfinite(samples))[0])}", line)
     return samples

@@ -107,6 +107,11 @@ class DataSet:
         if mat.ndim != 2 or mat.shape[0] == 0:
             path, line = self.origin[utt]
             raise InputError(path, f"features of '{utt}' have shape {mat.shape}, expected (frames, dims)", line)
+        if not np.isfinite(mat).all():  # about 1% of reading the matrix (docs/benchmarks.md): always checked
+            path, line = self.origin[utt]
+            frame = int(np.flatnonzero(~np.isfinite(mat).all(axis=1))[0])
+            raise InputError(path, f"features of '{utt}' hold non-finite values (NaN or Inf), first at frame {frame}",
+                             line)
         return mat
 
 
