@@ -170,12 +170,11 @@ def test_train_rejects_bad_enrollment_and_cohort(case: str, demo_root: Path, tmp
     assert not model_dir.exists() or not {p.name for p in model_dir.iterdir()} & {"config.yaml", "results"}
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf])
-def test_non_finite_training_features_stop_the_run_in_one_line(demo_root: Path, tmp_path: Path, value: float) -> None:
+def test_non_finite_training_features_stop_the_run_in_one_line(demo_root: Path, tmp_path: Path) -> None:
     train = Path(shutil.copytree(demo_root / "train", tmp_path / "train"))
     data = load_data(train)
     utt = data.utts[BatchSchedule(data.speaker_labels(), 8, 6, seed=0).batch(0)[0][0]]  # in the first batch
-    line = poison_features(train, utt, value)
+    line = poison_features(train, utt, math.inf)  # NaN: test_cli, test_check_data
     model_dir = tmp_path / "model"
     proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"data.train=[{train}]",
                       "num_workers=1", f"model_dir={model_dir}", cwd=tmp_path, check=False)  # read by a worker

@@ -15,7 +15,7 @@ from typing import Protocol
 import kaldiio
 import numpy as np
 
-from stklia.data.audio import read_checked_audio
+from stklia.data.audio import first_non_finite, read_checked_audio
 from stklia.data.rxfilename import parse_rxfilename
 from stklia.errors import InputError
 
@@ -107,9 +107,9 @@ class DataSet:
         if mat.ndim != 2 or mat.shape[0] == 0:
             path, line = self.origin[utt]
             raise InputError(path, f"features of '{utt}' have shape {mat.shape}, expected (frames, dims)", line)
-        if not np.isfinite(mat).all():  # about 1% of reading the matrix (docs/benchmarks.md): always checked
+        frame = first_non_finite(mat)
+        if frame is not None:
             path, line = self.origin[utt]
-            frame = int(np.flatnonzero(~np.isfinite(mat).all(axis=1))[0])
             raise InputError(path, f"features of '{utt}' hold non-finite values (NaN or Inf), first at frame {frame}",
                              line)
         return mat
