@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from stklia.atomic import atomic_output
 from stklia.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, resolve_checkpoint
-from stklia.config import register_resolvers
+from stklia.config import CONF_DIR, check_complete, register_resolvers, run_command
 from stklia.errors import InputError, exit_on_input_error
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,6 @@ def average_checkpoints(model_dir: str | os.PathLike, paths: Sequence[Path], nam
         raise InputError("name", f"'{name}' is reserved for training checkpoints")
     states = [load_checkpoint(p) for p in paths]
     for path, state in zip(paths, states):
-        if "generator" not in state:
-            raise InputError(path, "is not a training checkpoint")
         if state["speakers"] != states[-1]["speakers"]:
             raise InputError(path, f"was trained on other speakers than {paths[-1]}")
     steps = [s["step"] for s in states]
@@ -79,10 +77,11 @@ def average_checkpoints(model_dir: str | os.PathLike, paths: Sequence[Path], nam
 def main(cfg: DictConfig) -> None:
     register_resolvers()
     with exit_on_input_error():
+        check_complete(cfg)
         paths = select_checkpoints(cfg.model_dir, cfg.last, cfg.checkpoints)
         name = cfg.name or (f"avg_last{cfg.last}" if cfg.last else None)
         print(f"wrote {average_checkpoints(cfg.model_dir, paths, name)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, CONF_DIR / "trained", "average")

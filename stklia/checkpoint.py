@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,10 +50,39 @@ def list_checkpoints(model_dir: str | os.PathLike) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def other_checkpoints(model_dir: str | os.PathLike, but: Path | None = None) -> str:
+    """The checkpoints of model_dir other than `but`, as the `checkpoint=` values that select them."""
+    named = sorted(p.stem for p in checkpoint_dir(model_dir).glob("*.pt") if not _NAME.match(p.name) and p != but)
+    choices = [f"checkpoint={step}" for step, path in list_checkpoints(model_dir).items() if path != but] + \
+        [f"checkpoint={name}" for name in named]
+    return f"available: {', '.join(choices)}" if choices else "no other checkpoint"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _os_error(err: BaseException) -> BaseException:
+    """The OSError behind an error (a full disk, ...: torch reports a failed write as its own RuntimeError)."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    return cause or err
+
+
 def save_checkpoint(model_dir: str | os.PathLike, step: int, state: dict) -> Path:
+    """Write `<model_dir>/checkpoints/step_<step>.pt` atomically; a failed write (a full disk) leaves the
+    checkpoints before it as they were and is one InputError."""
     path = checkpoint_dir(model_dir) / f"step_{step:08d}.pt"
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_output(path) as tmp, open(tmp, "wb") as file:  # a file object: torch then reports the OSError
+            torch.save(state, file)
+    except (OSError, RuntimeError) as err:
+        previous = list_checkpoints(model_dir)
+        kept = f"the last checkpoint is still {previous[max(previous)]}" if previous else "no checkpoint was written"
+        raise InputError(path, f"could not be written ({_first_line(_os_error(err))}): is the disk full? {kept}"
+                         ) from None
     return path
 
 
@@ -107,7 +135,7 @@ def resolve_checkpoint(model_dir: str | os.PathLike, which: str | int) -> Path:
         raise InputError(folder, f"checkpoint '{which}' is not 'last', 'best', a step number or a saved "
                          "name") from None
     if step not in available:
-        raise InputError(folder, f"no checkpoint for step {step} (available: {', '.join(map(str, available))})")
+        raise InputError(folder, f"no checkpoint for step {step} ({other_checkpoints(model_dir)})")
     return available[step]
 
 
@@ -133,10 +161,18 @@ def checkpoint_to_resume(model_dir: str | os.PathLike, which: str | int | None) 
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint's state: any file that is not one (truncated, another format) is one InputError that
+    names the other checkpoints of its model dir."""
+    path = Path(path)
+    model_dir = path.parent.parent  # <model_dir>/checkpoints/<file>
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise InputError(path, f"not a readable checkpoint ({str(err).splitlines()[0]})") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many kinds for a file that is not a checkpoint
+        raise InputError(path, f"not a readable checkpoint ({_first_line(err)}); {other_checkpoints(model_dir, path)}"
+                         ) from None
+    if not isinstance(state, dict) or not {"step", "generator"} <= state.keys():
+        raise InputError(path, f"not a stklia checkpoint (no step and generator); {other_checkpoints(model_dir, path)}")
+    return state
 
 
 def snapshot(recoverables: Mapping[str, Recoverable]) -> dict:

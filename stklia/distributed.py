@@ -63,6 +63,13 @@ class World:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return int(tensor.item())
 
+    def min(self, values: list[int]) -> list[int]:
+        if self.size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return tensor.tolist()
+
     def sum(self, values: list[float]) -> list[float]:
         if self.size == 1:
             return values
@@ -174,9 +181,9 @@ def _spawn(cfg: DictConfig, fn: Callable[[World], float | None], processes: int,
     """Start `processes` local ranks and wait for them; signals are passed on to them."""
     results = mp.get_context("spawn").SimpleQueue()
     port = _free_port()
-    log.info("multi_gpu: starting %d processes", processes)
     context, status = None, 0
-    with Preemption(cfg.preempt_signals, forward=lambda: context.pids() if context else ()) as preemption:
+    with Preemption(cfg.preempt_signals, forward=lambda: context.pids() if context else (),
+                    interrupt=True) as preemption:
         context = mp.start_processes(_spawned, args=(processes, port, cfg.device, fn, logging_config, results),
                                      nprocs=processes, join=False, start_method="spawn")
         try:
@@ -200,6 +207,8 @@ def _spawned(rank: int, size: int, port: int, device_setting: str, fn: Callable[
         torch.set_num_threads(1)
     if logging_config:
         logging.config.dictConfig(logging_config)
+    if rank == 0:  # logged here, not by the parent: the log file is this process's (stklia.rundir)
+        log.info("multi_gpu: started %d processes", size)
     with exit_on_input_error():
         result = _in_group(fn, device_setting)
     if rank == 0:

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from stklia.atomic import atomic_output
-from stklia.data.datasets import Utterances
+from stklia.data.datasets import Utterances, stop_workers
 from stklia.data.kaldi import DataSet
 from stklia.models.resnet import ResNet
 from stklia.progress import progress_bar
@@ -99,11 +99,11 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
         batch_frames = CPU_BATCH_FRAMES if device.type == "cpu" else ACCELERATOR_BATCH_FRAMES
     if batch_frames < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError(f"batch_frames ({batch_frames}) and max_frames ({max_frames}) must be positive")
-    loader = DataLoader(Utterances(data, utts, cmn), batch_size=None, num_workers=num_workers)
+    loaded = iter(DataLoader(Utterances(data, utts, cmn), batch_size=None, num_workers=num_workers))
     num_chunks = np.zeros(len(utts), dtype=np.int64)  # filled as the utterances are read
 
     def pieces() -> Iterator[tuple[int, torch.Tensor]]:
-        for i, feats in enumerate(loader):
+        for i, feats in enumerate(loaded):
             chunks = split_chunks(feats, max_frames)
             num_chunks[i] = len(chunks)
             yield from ((i, chunk) for chunk in chunks)
@@ -111,16 +111,19 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
     sums = np.zeros((len(utts), generator.emb_size), dtype=np.float64)
     counts = np.zeros(len(utts), dtype=np.int64)
     model = extraction_model(generator, device)
-    with progress_bar(total=len(utts), desc="embeddings", unit="utt", enabled=progress, leave=False) as bar:
-        for batch in length_batches(pieces(), batch_frames):
-            index = np.array([i for i, _ in batch])
-            lengths = torch.tensor([len(feats) for _, feats in batch])
-            feats = pad_sequence([feats for _, feats in batch], batch_first=True)
-            emb = model(feats.to(device), lengths.to(device)).float().cpu().numpy()
-            np.add.at(sums, index, emb)
-            np.add.at(counts, index, 1)
-            touched = np.unique(index)
-            bar.update(int(np.count_nonzero(counts[touched] == num_chunks[touched])))
+    try:
+        with progress_bar(total=len(utts), desc="embeddings", unit="utt", enabled=progress, leave=False) as bar:
+            for batch in length_batches(pieces(), batch_frames):
+                index = np.array([i for i, _ in batch])
+                lengths = torch.tensor([len(feats) for _, feats in batch])
+                feats = pad_sequence([feats for _, feats in batch], batch_first=True)
+                emb = model(feats.to(device), lengths.to(device)).float().cpu().numpy()
+                np.add.at(sums, index, emb)
+                np.add.at(counts, index, 1)
+                touched = np.unique(index)
+                bar.update(int(np.count_nonzero(counts[touched] == num_chunks[touched])))
+    finally:
+        stop_workers(loaded)
     return (sums / counts[:, None]).astype(np.float32)
 
 

@@ -7,6 +7,8 @@ test_model is used at the end of training and by `python -m stklia.test`, calibr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,34 +37,47 @@ from stklia.scoring import (
 )
 
 
+def results_name(step: int | str, replaced: Mapping[str, Any] | None = None) -> str:
+    """`step_<N>` (or an averaged checkpoint's name) for the experiment's own test data; with data entries
+    `replaced` (other trials, enrollment, cohort...), that name and a digest of them: the results of other
+    lists never overwrite those of the experiment's own, nor each other's."""
+    name = f"step_{step:08d}" if isinstance(step, int) else step
+    if replaced:
+        name += "-" + hashlib.sha1(json.dumps(replaced, sort_keys=True).encode()).hexdigest()[:8]
+    return name
+
+
 def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: int | str, device: torch.device, *,
                cmn: bool, p_targets: Sequence[float], num_workers: int = 0, progress: bool = True,
                extraction: Mapping[str, Any] | None = None, asnorm_top_n: int = 0,
                writer: SummaryWriter | None = None, scoring: ScoringOptions | None = None,
-               scoring_data: tuple[DataSet, str] | None = None) -> list[dict]:
+               scoring_data: tuple[DataSet, str] | None = None,
+               replaced: Mapping[str, Any] | None = None) -> list[dict]:
     """Score every test trial list: print a table; write scores, DET plots and results JSON under
-    <model_dir>/results/<name>/ and a summary in <model_dir>/results/<name>.json, where name is step_<N>
-    (or the name of an averaged checkpoint), followed by `-<back-end>` for other scoring than plain cosine
+    <model_dir>/results/<name>/ and a summary in <model_dir>/results/<name>.json, where name is `results_name`
+    (the `replaced` data entries recorded in it), followed by `-<back-end>` for other scoring than plain cosine
     (e.g. step_<N>-plda-lda200+mean); metrics and DET plots to TensorBoard when a writer is given.
 
     `scoring`: normalisation and back-end (default: plain cosine); their statistics are fitted on the embeddings of
-    `scoring_data` (a data set and its name) once, and kept in <model_dir>/backends/<name>/.
+    `scoring_data` (a data set and its name) once, and kept in <model_dir>/backends/<step name>/.
     """
-    name = f"step_{step:08d}" if isinstance(step, int) else step
-
     def embed(data: DataSet) -> np.ndarray:
         return embed_utterances(generator, data, data.utts, cmn, device, num_workers, progress, **(extraction or {}))
 
     data, data_name = scoring_data or (None, "")
-    prepared = prepare_scoring(scoring or ScoringOptions(), data, data_name, embed, model_dir / "backends" / name)
+    prepared = prepare_scoring(scoring or ScoringOptions(), data, data_name, embed,
+                               model_dir / "backends" / results_name(step))
     results = evaluate(generator, test_set, cmn, device, p_targets, num_workers, progress,
                        extraction=extraction, asnorm_top_n=asnorm_top_n, scorer=prepared.scorer)
+    name = results_name(step, replaced)
     if prepared.tag:
         name = f"{name}-{prepared.tag}"
     summaries = write_results(model_dir / "results" / name, results)
     print(f"Test results of {model_dir} at {name}:\n{format_results(summaries)}", flush=True)
-    write_json(model_dir / "results" / f"{name}.json", {"step": step, "scoring": prepared.summary,
-                                                         "results": summaries})
+    summary = model_dir / "results" / f"{name}.json"
+    write_json(summary, {"step": step, **({"replaced": dict(replaced)} if replaced else {}),
+                         "scoring": prepared.summary, "results": summaries})
+    print(f"wrote {summary} and {model_dir / 'results' / name}/", flush=True)
     if writer is not None:
         log_results(writer, "test", results, step)
     return summaries

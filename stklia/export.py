@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from stklia.api import Embedder, load
 from stklia.atomic import atomic_output
-from stklia.config import register_resolvers
+from stklia.config import CONF_DIR, check_complete, register_resolvers, run_command
 from stklia.errors import InputError, exit_on_input_error, require_extra
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ def export(model_dir: str | os.PathLike, fmt: str, checkpoint: str | int = "last
 def main(cfg: DictConfig) -> None:
     register_resolvers()
     with exit_on_input_error():
+        check_complete(cfg)
         print(f"wrote {export(cfg.model_dir, cfg.format, cfg.checkpoint, cfg.out)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, CONF_DIR / "trained", "export")

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from stklia.api import load_trained
-from stklia.config import register_resolvers
+from stklia.config import CONF_DIR, check_complete, register_resolvers, run_command
 from stklia.data.splits import load_named
 from stklia.distributed import resolve_device
 from stklia.embeddings import FORMATS, embed_utterances, write_embeddings
@@ -17,6 +17,7 @@ from stklia.errors import InputError, exit_on_input_error
 def main(cfg: DictConfig) -> None:
     register_resolvers()
     with exit_on_input_error():
+        check_complete(cfg)
         if cfg.format not in FORMATS:
             raise InputError("format", f"'{cfg.format}' is not one of {', '.join(FORMATS)}")
         experiment, generator, _ = load_trained(cfg.model_dir, cfg.checkpoint)
@@ -30,4 +31,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, CONF_DIR / "trained", "extract")

@@ -6,6 +6,10 @@ a `Preemption` is installed these signals are only recorded; the trainer finishe
 step, writes a checkpoint, restores the previous handlers and calls `hand_over`, which lets the
 handler of the signal (submitit's checkpoint-and-requeue) act, then exits with status 128 + the
 signal number.
+
+Ctrl-C (SIGINT) too, for a `Preemption(..., interrupt=True)`: the first stops the run the same way (exit
+status 130), a second one raises KeyboardInterrupt at once. It is not passed on to other processes: a
+terminal sends it to every process of its foreground group.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ class Preemption:
     `forward` gives the pids to pass each signal on to (processes this one started itself).
     """
 
-    def __init__(self, names: Sequence[str], forward: Callable[[], Iterable[int]] | None = None):
+    def __init__(self, names: Sequence[str], forward: Callable[[], Iterable[int]] | None = None,
+                 interrupt: bool = False):
         try:
             self.signals = [signal.Signals[name] for name in names]
         except KeyError as err:
             raise InputError("config", f"preempt_signals: unknown signal {err} (use names like SIGTERM)") from None
+        if interrupt and signal.SIGINT not in self.signals:
+            self.signals.append(signal.SIGINT)
         self.forward = forward
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
@@ -60,9 +67,14 @@ class Preemption:
         self.restore()
 
     def _record(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # Ctrl-C while stopping: stop at once
         if self.received is None:
             self.received = signal.Signals(signum)
-            log.warning("got %s: stopping after the current step, with a checkpoint", self.received.name)
+            log.warning("got %s: stopping after the current step, with a checkpoint%s", self.received.name,
+                        " (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else "")
+        if signum == signal.SIGINT:
+            return
         for pid in self.forward() if self.forward else ():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -85,6 +97,6 @@ def hand_over(signum: int) -> NoReturn:
     """After the checkpoint, handlers restored: run the one for `signum` (e.g. submitit's requeue), then exit."""
     handler = signal.getsignal(signum)
     log.warning("stopped by %s", signal.Signals(signum).name)
-    if callable(handler):
+    if callable(handler) and handler is not signal.default_int_handler:  # that one raises KeyboardInterrupt
         handler(signum, None)
     raise SystemExit(exit_status(signum))

@@ -13,7 +13,9 @@ at every checkpoint, at the end, on a signal and on a failure, and TensorBoard H
 
 The loop does not wait for the device at every step: loss and accuracy are summed on the device and
 read at log intervals, and processes agree on a pre-emption signal (one collective) every
-`preempt_check_interval` steps and at checkpoints; a single process checks it at every step.
+`preempt_check_interval` steps and at checkpoints; a single process checks it at every step. Likewise a
+non-finite loss or gradient is recorded on the device at the step it happens and read at log intervals and
+before every checkpoint (NonFiniteGuard), and no checkpoint is written with non-finite weights.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 from torch import nn
@@ -37,6 +42,7 @@ from tqdm import tqdm
 
 from stklia.checkpoint import (
     checkpoint_to_resume,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     remove_partial_saves,
@@ -47,15 +53,17 @@ from stklia.checkpoint import (
     snapshot,
 )
 from stklia.config import build, save_config
-from stklia.data.datasets import BatchSchedule, TrainingCrops
+from stklia.data.datasets import BatchSchedule, TrainingCrops, stop_workers
 from stklia.data.kaldi import DataSet, EvalData
 from stklia.data.splits import load_split, load_trial_split, prepare_data
 from stklia.distributed import RandomStates, World
 from stklia.errors import InputError
 from stklia.evaluation import log_results, test_model
+from stklia.heads import MarginHead
 from stklia.preemption import Preemption, hand_over
 from stklia.progress import progress_bar
 from stklia.record import RunStatus, log_hparams
+from stklia.rundir import RunRecord
 from stklia.scoring import evaluate
 
 log = logging.getLogger(__name__)
@@ -102,6 +110,9 @@ def check_config(cfg: DictConfig, world: World) -> None:
                              f"that trial list in data.{split}_trials ({lists} configured)")
         if key.startswith("asnorm") and (cfg.data.get("cohort") is None or not cfg.data.get("asnorm_top_n")):
             raise InputError("config", f"optimized_metric={metric} needs AS-norm (data.cohort and data.asnorm_top_n)")
+    if cfg.get("stage") == "lmft" and not issubclass(get_class(cfg.head._target_), MarginHead):
+        raise InputError("head", f"{cfg.head._target_} has no margin to enlarge: large-margin fine-tuning "
+                         "(+stage=lmft) is for the margin heads amsoftmax, arcface and subcenter_arcface")
 
 
 def set_deterministic(deterministic: bool) -> None:
@@ -247,6 +258,56 @@ class TrainingMeter:
         return loss_sum / seen, correct / seen, seen / seconds
 
 
+NEVER = 2**62  # NonFiniteGuard's "no such step yet"
+
+
+class NonFiniteGuard:
+    """Stops a run whose loss, gradients or weights are no longer finite, without a host synchronisation per step.
+
+    `record` keeps on the device the first step whose loss, or gradient norm, was NaN or Inf; `check` reads it,
+    at log intervals and before every checkpoint, and stops the run naming that step and its batch's
+    utterances; `check_weights` stops it before a checkpoint that would hold non-finite weights. Under
+    amp=fp16, non-finite gradients are the grad scaler's business (it skips the step and lowers its scale).
+    """
+
+    def __init__(self, device: torch.device, check_gradients: bool, model_dir: Path,
+                 batch_utts: Callable[[int], list[str]]):
+        self.first = torch.full((2,), NEVER, dtype=torch.int64, device=device)  # (loss, gradients)
+        self.check_gradients, self.model_dir, self.batch_utts = check_gradients, model_dir, batch_utts
+
+    def record(self, step: int, loss: torch.Tensor, parameters: Iterable[torch.Tensor]) -> None:
+        gradients = [p.grad for p in parameters if p.grad is not None] if self.check_gradients else []
+        norm = torch.nn.utils.get_total_norm(gradients) if gradients else torch.zeros((), device=loss.device)
+        bad = ~torch.isfinite(torch.stack([loss.detach().float(), norm.float()]))
+        self.first = torch.minimum(self.first, torch.where(bad, step, NEVER))
+
+    def _stop(self, step: int, what: str) -> NoReturn:
+        saved = list_checkpoints(self.model_dir)
+        last = f"the last checkpoint is {saved[max(saved)]}" if saved else "no checkpoint was written"
+        raise InputError(self.model_dir, f"{what}; stopped at step {step} without a checkpoint, {last}")
+
+    def check(self, world: World, step: int) -> None:
+        first_loss, first_gradient = world.min(self.first.tolist())
+        if min(first_loss, first_gradient) == NEVER:
+            return
+        bad = min(first_loss, first_gradient)
+        utts = self.batch_utts(bad)
+        shown = ", ".join(utts[:8]) + (f" and {len(utts) - 8} more" if len(utts) > 8 else "")
+        what = "training loss" if first_loss <= first_gradient else "gradient norm"
+        self._stop(step, f"step {bad}: the {what} is not finite (NaN or Inf); its batch held {shown}")
+
+    def check_weights(self, modules: dict[str, nn.Module], step: int) -> None:
+        """Every floating-point weight and buffer of `modules` is finite: their norm is (one fused reduction,
+        one host synchronisation), or else each is looked at."""
+        tensors = {f"{name}.{key}": t for name, module in modules.items()
+                   for key, t in module.state_dict().items() if t.is_floating_point()}
+        if torch.isfinite(torch.nn.utils.get_total_norm(list(tensors.values()))):
+            return
+        bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+        if bad:  # (else the norm overflowed)
+            self._stop(step, f"step {step}: the weights are not finite ({bad[0]})")
+
+
 class Checkpointer:
     """At checkpoint steps: validate (rank 0), save every recoverable, remember the best, prune old ones,
     record the run's status."""
@@ -299,14 +360,17 @@ def one_thread_per_worker(worker_id: int) -> None:
 
 
 def training_step(parts: Parts, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, step: int,
-                  autocast: torch.autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch; returns the loss and logits (still on the device)."""
+                  autocast: torch.autocast, guard: NonFiniteGuard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimizer step `step + 1`, on a batch; returns the loss and logits (still on the device). `guard` records
+    a non-finite loss or gradient."""
     parts.head.set_step(step)  # margin warm-up / annealing are functions of the step
     with autocast:
         logits = model(feats, labels)
     loss = F.cross_entropy(logits.float(), labels)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
+    if guard is not None:
+        guard.record(step + 1, loss, parts.model.parameters())
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.scheduler.step()
@@ -344,24 +408,38 @@ def fit(cfg: DictConfig, parts: Parts, crops: TrainingCrops, step: int, world: W
     meter = TrainingMeter(world.device)
     model.train()
     loader = make_loader(cfg, crops, step, world)
+    schedule = loader.batch_sampler
+
+    def batch_utts(at_step: int) -> list[str]:  # the batch of a step is a function of (seed, step)
+        return sorted({crops.data.utts[index] for index, _ in schedule.batch(at_step - 1)})
+
+    guard = NonFiniteGuard(world.device, cfg.amp != "fp16", checkpoint.model_dir, batch_utts)
     with preemption.sheltering_children():
         batches = iter(loader)
     progress = progress_bar(batches, total=len(loader), desc="train", enabled=cfg.progress and world.main)
-    for batch in progress:
-        feats, labels = crops.to_device(batch, world.device)
-        loss, logits = training_step(parts, model, feats, labels, step, autocast)
-        meter.add(loss, logits, labels)
-        step += 1
-        periodic, last = step % cfg.checkpoint_interval == 0, step == cfg.num_iterations
-        if step % cfg.log_interval == 0 or last:
-            log_progress(meter, parts, world, step, writer, progress)
-        stop = stop_signal(preemption, world, step, cfg)
-        if periodic or last or stop:
-            paused = time.perf_counter()
-            checkpoint(step, meter, validate=periodic or last)
-            meter.exclude(time.perf_counter() - paused)  # samples/s measures training, not validation
-        if stop:
-            return step, stop
+    try:
+        for batch in progress:
+            feats, labels = crops.to_device(batch, world.device)
+            loss, logits = training_step(parts, model, feats, labels, step, autocast, guard)
+            meter.add(loss, logits, labels)
+            step += 1
+            periodic, last = step % cfg.checkpoint_interval == 0, step == cfg.num_iterations
+            logged = step % cfg.log_interval == 0 or last
+            stop = stop_signal(preemption, world, step, cfg)
+            if logged or periodic or stop:
+                guard.check(world, step)
+            if logged:
+                log_progress(meter, parts, world, step, writer, progress)
+            if periodic or last or stop:
+                guard.check_weights({"generator": parts.generator, "head": parts.head}, step)
+                paused = time.perf_counter()
+                checkpoint(step, meter, validate=periodic or last)
+                meter.exclude(time.perf_counter() - paused)  # samples/s measures training, not validation
+            if stop:
+                return step, stop
+    finally:
+        progress.close()
+        stop_workers(batches)
     return step, 0
 
 
@@ -380,12 +458,13 @@ def optimized_value(cfg: DictConfig, best: dict, tested: list[dict] | None, mode
     return value
 
 
-def train(cfg: DictConfig, model_dir: Path, world: World) -> float | None:
+def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | None = None) -> float | None:
     """Train as configured, writing into model_dir; return the `optimized_metric` (None when it is null,
-    and on processes other than rank 0)."""
+    and on processes other than rank 0). Nothing is written before the start-up checks have passed (the
+    config, the data, the model dir and what it resumes from); then `record` (.hydra/, train.log) is."""
     started = time.perf_counter()
     check_config(cfg, world)
-    preemption = Preemption(cfg.preempt_signals)
+    preemption = Preemption(cfg.preempt_signals, interrupt=True)
     set_deterministic(cfg.deterministic)
     torch.manual_seed(cfg.seed)
     data = load_run_data(cfg, world)
@@ -394,6 +473,8 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float | None:
         initialise_from(parts, cfg.init_from, cfg.init_checkpoint, data.speakers)
     start, best = restore_run(parts, model_dir, cfg.checkpoint, data.speakers)
     status = None
+    if record is not None:
+        record.commit(model_dir, write_hydra=world.main)
     if world.main:
         remove_partial_saves(model_dir)
         save_config(cfg, model_dir)
@@ -421,7 +502,8 @@ def train(cfg: DictConfig, model_dir: Path, world: World) -> float | None:
         if writer is not None:
             writer.close()
     if stop:
-        log.info("step %d: checkpoint written, stopping", step)
+        log.warning("step %d: checkpoint written, stopping; to resume, run the same command with checkpoint=last",
+                    step)
         if status is not None:
             status.end("pre-empted")
         hand_over(stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import kaldiio
 import numpy as np
 import pytest
 import soundfile
@@ -114,6 +116,19 @@ def kaldi_trial(line: str) -> str:
     """A `<1|0> <a> <b>` trial line in Kaldi's form, `<a> <b> target|nontarget`."""
     label, a, b = line.split()
     return f"{a} {b} {'target' if label == '1' else 'nontarget'}"
+
+
+def poison_features(data_dir: Path, utt: str, value: float = math.nan) -> int:
+    """Make frame 3 of `utt`'s features in data_dir/feats.scp hold `value` (a matrix of its own, in
+    data_dir/poisoned.ark); return the scp's line of utt."""
+    lines = (data_dir / "feats.scp").read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.split()[0] == utt)
+    mat = kaldiio.load_mat(lines[index].split(maxsplit=1)[1]).copy()
+    mat[3, 5] = value
+    kaldiio.save_ark(str(data_dir / "poisoned.ark"), {utt: mat}, scp=str(data_dir / "poisoned.scp"))
+    lines[index] = (data_dir / "poisoned.scp").read_text().strip()
+    (data_dir / "feats.scp").write_text("\n".join(lines) + "\n")
+    return index + 1
 
 
 def tiny_resnet(pooling: str, seed: int = 0, block: str = "basic") -> ResNet:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from stklia.data.datasets import BatchSchedule
 from stklia.data.kaldi import load_data, read_trials
 from stklia.errors import InputError
 
-from conftest import TINY_TRAINING, demo_data_overrides, kaldi_trial, make_enrollment, run_stklia
+from conftest import TINY_TRAINING, demo_data_overrides, kaldi_trial, make_enrollment, poison_features, run_stklia
 
 
 def _edit(path: Path, change: Callable[[list[str]], list[str]]) -> None:
@@ -98,8 +101,46 @@ def test_feature_dirs_of_another_dimension_than_the_features_config_are_refused(
 def test_missing_mandatory_value_and_typos_fail(tmp_path: Path) -> None:
     proc = run_stklia("train", "data=voxceleb", f"model_dir={tmp_path / 'm'}", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "missing mandatory value 'data.train'" in proc.stderr
-    proc = run_stklia("train", "model.emb_sise=3", cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "Could not override 'model.emb_sise'" in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def _no_key(key: str, meant: str) -> str:
+    return f"config: no key '{key}': did you mean {meant}? (all keys: --cfg job)"
+
+
+MISSING_MODEL_DIR = "config: missing mandatory value 'model_dir': set it on the command line"
+# a mistake on the command line -> its one line (never Hydra's advice to add a key with +key)
+COMMAND_LINE_MISTAKES = {
+    ("train", "num_iteration=10"): _no_key("num_iteration", "num_iterations"),
+    ("train", "model.emb_sise=512"): _no_key("model.emb_sise", "model.emb_size"),
+    ("train", "head=arcfase"): "config: 'arcfase' is not an option of head: did you mean arcface? (options: adacos, "
+                               "amsoftmax, arcface, softmax, sphereface, subcenter_arcface)",
+    ("train", "-m", "head=arcface,adacos", "optim.lr=0.1,0.2", "num_iteration=3"):
+        _no_key("num_iteration", "num_iterations"),
+    ("test", "model_dir=x", "checkpointt=3"): _no_key("checkpointt", "checkpoint"),
+    ("test",): MISSING_MODEL_DIR,
+    ("extract",): MISSING_MODEL_DIR,
+    ("average",): MISSING_MODEL_DIR,
+    ("export",): MISSING_MODEL_DIR,
+}
+
+
+@pytest.mark.parametrize("command", COMMAND_LINE_MISTAKES, ids=" ".join)
+def test_command_line_mistakes_get_one_line(command: tuple[str, ...], tmp_path: Path) -> None:
+    proc = run_stklia(*command, cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == f"stklia: error: {COMMAND_LINE_MISTAKES[command]}\n"
+    assert not list(tmp_path.iterdir())  # nothing written: no run dir, no log, no .hydra/
+
+
+def test_lmft_of_a_head_without_margin_is_one_line(tmp_path: Path) -> None:
+    for head, name in (("adacos", "AdaCos"), ("sphereface", "SphereFace")):
+        proc = run_stklia("train", f"head={head}", "+stage=lmft", f"init_from={tmp_path / 'x'}", cwd=tmp_path,
+                          check=False)
+        assert proc.returncode == 1 and proc.stderr == (
+            f"stklia: error: head: stklia.heads.{name} has no margin to enlarge: large-margin fine-tuning "
+            "(+stage=lmft) is for the margin heads amsoftmax, arcface and subcenter_arcface\n")
+    assert not list(tmp_path.iterdir())
 
 
 def test_test_and_extract_reject_bad_input(kaldi_dir: Path, tmp_path: Path) -> None:
@@ -157,3 +198,17 @@ def test_kaldi_trial_form_reads_as_the_label_first_form(kaldi_dir: Path) -> None
     assert (kaldi.enroll, kaldi.test) == (label_first.enroll, label_first.test)
     assert set(kaldi.labels.tolist()) == {0, 1}
 
+
+def test_non_finite_training_features_stop_the_run_in_one_line(demo_root: Path, tmp_path: Path) -> None:
+    train = Path(shutil.copytree(demo_root / "train", tmp_path / "train"))
+    data = load_data(train)
+    utt = data.utts[BatchSchedule(data.speaker_labels(), 8, 6, seed=0).batch(0)[0][0]]  # in the first batch
+    line = poison_features(train, utt, math.inf)  # NaN: test_cli, test_check_data
+    model_dir = tmp_path / "model"
+    proc = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"data.train=[{train}]",
+                      "num_workers=1", f"model_dir={model_dir}", cwd=tmp_path, check=False)  # read by a worker
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"stklia: error: {train / 'feats.scp'}:{line}: features of '{utt}' hold non-finite values (NaN or Inf), "
+        "first at frame 3")
+    assert not (model_dir / "checkpoints").exists()

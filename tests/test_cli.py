@@ -24,6 +24,7 @@ from conftest import (
     demo_data_overrides,
     kaldi_trial,
     make_enrollment,
+    poison_features,
     run_stklia,
     without_module,
 )
@@ -99,18 +100,29 @@ def test_test_command_prints_and_saves_results(trained: Path) -> None:
 
 
 def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_root: Path, tmp_path: Path) -> None:
+    own = {path: path.read_bytes() for path in (trained / "results").rglob("*") if path.is_file()}
     enroll = make_enrollment(demo_root / "test", tmp_path / "enroll")
     lists = [demo_root / "test" / "trials", enroll / "trials"]
-    proc = run_stklia("test", f"model_dir={trained}", "checkpoint=3", f"test_enroll={enroll}",
-                      f"test_trials=[{','.join(map(str, lists))}]", f"cohort={demo_root / 'train'}", "asnorm_top_n=3",
-                      "extraction.batch_frames=500", "progress=false", cwd=tmp_path)
-    header, *rows = proc.stdout.strip().splitlines()[-5:]
+    replaced = [f"test_enroll={enroll}", f"test_trials=[{','.join(map(str, lists))}]", f"cohort={demo_root / 'train'}",
+                "asnorm_top_n=3"]
+    proc = run_stklia("test", f"model_dir={trained}", *replaced, "extraction.batch_frames=500", "progress=false",
+                      cwd=tmp_path)
+    *table, wrote = proc.stdout.strip().splitlines()
+    header, *rows = table[-5:]
     assert header.split() == ["trials", "scores", "n", "eer", "min_dcf@0.01", "min_dcf@0.001", "act_dcf@0.01",
                               "act_dcf@0.001", "cllr", "min_cllr"]
-    saved = json.loads((trained / "results" / "step_00000003.json").read_text())["results"]
-    assert [r["trials"] for r in saved] == [str(p) for p in lists]
     assert [r.split()[:2] for r in rows] == [[str(p), kind] for p in lists for kind in ("raw", "asnorm")]
-    out = trained / "results" / "step_00000003"
+    # other lists' results go under their own name: the training's own test results are kept as they were
+    summary, out = (Path(p.rstrip("/")) for p in wrote.removeprefix("wrote ").split(" and "))
+    assert summary.parent == out.parent == trained / "results" and summary.name == f"{out.name}.json"
+    assert out.name.startswith("step_00000006-")
+    assert {path: path.read_bytes() for path in own} == own
+    saved = json.loads(summary.read_text())
+    assert saved["replaced"]["test_enroll"] == str(enroll) and saved["replaced"]["asnorm_top_n"] == 3
+    saved = saved["results"]
+    assert [r["trials"] for r in saved] == [str(p) for p in lists]
+    again = run_stklia("test", f"model_dir={trained}", *replaced[:2], "progress=false", cwd=tmp_path)  # other settings
+    assert again.stdout.strip().splitlines()[-1] != wrote and summary.read_bytes()  # nothing earlier lost
     for summary, stem, path in zip(saved, ("test_trials", "enroll_trials"), lists):
         assert Path(summary["files"]["det"]) == out / f"{stem}.det.png" and (out / f"{stem}.det.png").stat().st_size
         trial_lines = [line.split()[1:] for line in path.read_text().splitlines()]
@@ -226,3 +238,51 @@ def test_resume_with_step_dependent_heads(demo_root: Path, tmp_path: Path, head:
     run_stklia("train", *common, f"model_dir={resumed}", "checkpoint=last", cwd=tmp_path)
     assert_same_run(load_checkpoint(resumed / "checkpoints" / "step_00000006.pt"),
                     load_checkpoint(straight / "checkpoints" / "step_00000006.pt"))
+
+
+def test_refused_or_failed_runs_write_nothing(trained: Path, demo_root: Path, tmp_path: Path) -> None:
+    def snapshot(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = snapshot(trained)
+    common = [*demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={trained}"]
+    refused = run_stklia("train", *common, "num_iterations=9", cwd=tmp_path, check=False)
+    assert refused.returncode == 1 and "already holds checkpoints" in refused.stderr
+    failed = run_stklia("train", *common, "checkpoint=last", "data.test=/nonexistent", cwd=tmp_path, check=False)
+    assert failed.returncode == 1 and failed.stderr.endswith("/nonexistent: no such data directory\n")
+    assert snapshot(trained) == before  # .hydra/ and train.log included
+    new = tmp_path / "new"
+    failed = run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"model_dir={new}",
+                        "data.test=/nonexistent", cwd=tmp_path, check=False)
+    assert failed.returncode == 1 and not new.exists()
+    missing = run_stklia("test", f"model_dir={tmp_path / 'NOT_A_DIR'}", cwd=tmp_path, check=False)
+    assert missing.returncode == 1 and not (tmp_path / "NOT_A_DIR").exists()
+    assert not list(tmp_path.iterdir())  # no .hydra/ nor log in the current directory either
+
+
+def test_broken_checkpoints_are_one_line_naming_the_others(trained: Path, tmp_path: Path) -> None:
+    model_dir = Path(shutil.copytree(trained, tmp_path / "model", ignore=shutil.ignore_patterns("results")))
+    last = model_dir / "checkpoints" / "step_00000006.pt"
+    for content, what in ((last.read_bytes()[: last.stat().st_size // 2], "not a readable checkpoint ("),  # truncated
+                          (b"", "not a readable checkpoint (EOFError)"),
+                          (None, "not a stklia checkpoint (no step and generator)")):
+        if content is None:
+            torch.save(torch.zeros(3), last)
+        else:
+            last.write_bytes(content)
+        proc = run_stklia("test", f"model_dir={model_dir}", "progress=false", cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+        assert proc.stderr.startswith(f"stklia: error: {last}: {what}")
+        assert proc.stderr.endswith("; available: checkpoint=3\n")
+
+
+def test_non_finite_features_stop_extraction_in_one_line(trained: Path, kaldi_dir: Path, tmp_path: Path) -> None:
+    utt = load_data_dir(kaldi_dir).utts[-1]
+    line = poison_features(kaldi_dir, utt)
+    out = tmp_path / "emb"
+    proc = run_stklia("extract", f"model_dir={trained}", f"data={kaldi_dir}", f"out_dir={out}", "num_workers=1",
+                      "progress=false", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr == (
+        f"stklia: error: {kaldi_dir / 'feats.scp'}:{line}: features of '{utt}' hold non-finite values (NaN or Inf), "
+        "first at frame 3\n")
+    assert not out.exists()

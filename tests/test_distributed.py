@@ -44,7 +44,7 @@ def test_preempted_rank_stops_all_and_multi_gpu_resumes_exactly(demo_root: Path,
     assert list(list_checkpoints(model_dir)) == [N, N + 2]  # the signal reached rank 1 only: both stopped at the check
     run_stklia("train", *short_run(demo_root), f"model_dir={model_dir}", "checkpoint=last", "multi_gpu=2", cwd=tmp_path,
                env=ONE_THREAD)
-    assert "multi_gpu: starting 2 processes" in (model_dir / "train.log").read_text()
+    assert "multi_gpu: started 2 processes" in (model_dir / "train.log").read_text()
     reference = load_checkpoint(checkpoint_path(ddp_run, 2 * N))
     assert_same_run(load_checkpoint(checkpoint_path(model_dir, 2 * N)), reference)
 

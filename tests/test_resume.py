@@ -123,3 +123,75 @@ def test_partial_files_are_not_checkpoints(tmp_path: Path) -> None:
     for name in ("step_00000001.pt", "step_00000002.pt", ".step_00000003.pt.tmp-99", "step_00000004.pt.bak"):
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     assert list(list_checkpoints(tmp_path)) == [1, 2]
+
+
+def last_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+# what goes wrong right after step N + 1 (or N) -> the step named, the words of the one-line error
+NON_FINITE = {
+    "gradient": ("nan_grad", N + 1, "the gradient norm is not finite (NaN or Inf); its batch held "),
+    "loss": ("nan_weights", N + 1, "the training loss is not finite (NaN or Inf); its batch held "),
+    "weights at a checkpoint": ("nan_weights", N, "the weights are not finite (generator."),
+}
+
+
+@pytest.mark.parametrize("case", NON_FINITE)
+def test_non_finite_training_stops_before_any_bad_checkpoint(demo_root: Path, tmp_path: Path, case: str) -> None:
+    action, at_step, words = NON_FINITE[case]
+    model_dir = tmp_path / "model"
+    proc = run_stklia("train", *short_run(demo_root), *interrupted_at(at_step, action), f"model_dir={model_dir}",
+                      cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    # nan_weights after step N + 1 makes the loss of step N + 2 NaN; the flag is read at the next log line
+    bad = {"gradient": N + 1, "loss": N + 2, "weights at a checkpoint": N}[case]
+    read = bad if case == "weights at a checkpoint" else bad + bad % 2  # log_interval=2
+    saved = [] if case == "weights at a checkpoint" else [N]
+    last = f"the last checkpoint is {checkpoint_path(model_dir, N)}" if saved else "no checkpoint was written"
+    assert last_line(proc).startswith(f"stklia: error: {model_dir}: step {bad}: {words}")
+    assert last_line(proc).endswith(f"; stopped at step {read} without a checkpoint, {last}")
+    assert list(list_checkpoints(model_dir)) == saved
+    if case == "gradient":  # the utterances of the batch of step N + 1: a function of (seed, step)
+        from stklia.data.datasets import BatchSchedule
+        from stklia.data.kaldi import load_data_dir
+
+        data = load_data_dir(demo_root / "train")
+        batch = BatchSchedule(data.speaker_labels(), 8, 2 * N, seed=0).batch(N)
+        assert sorted({data.utts[i] for i, _ in batch})[0] in last_line(proc)
+
+
+def test_fp16_skipped_steps_are_not_errors(demo_root: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    run_stklia("train", *short_run(demo_root), "amp=fp16", *interrupted_at(N + 1, "nan_grad"),
+               f"model_dir={model_dir}", cwd=tmp_path)  # the grad scaler skips that step
+    state = load_checkpoint(checkpoint_path(model_dir, 2 * N))
+    assert state["scaler"]["scale"] < load_checkpoint(checkpoint_path(model_dir, N))["scaler"]["scale"]
+    assert all(torch.isfinite(t).all() for t in state["generator"].values() if t.is_floating_point())
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_stops_in_one_line(demo_root: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    # after step N + 1 no file may be larger than half a checkpoint (no validation: no DET plots in TensorBoard)
+    proc = run_stklia("train", *short_run(demo_root), "data.eval=null", *interrupted_at(N + 1, "fill_disk"),
+                      f"+optim.out_dir={model_dir}", f"model_dir={model_dir}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert last_line(proc) == (f"stklia: error: {checkpoint_path(model_dir, 2 * N)}: could not be written ([Errno 27] "
+                               f"File too large): is the disk full? the last checkpoint is still "
+                               f"{checkpoint_path(model_dir, N)}")
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == [checkpoint_path(model_dir, N).name]
+    assert load_checkpoint(checkpoint_path(model_dir, N))["step"] == N
+
+
+def test_ctrl_c_checkpoints_and_says_how_to_resume_a_second_stops_at_once(demo_root: Path, tmp_path: Path) -> None:
+    stopped = run_stklia("train", *short_run(demo_root), *interrupted_at(N + 1, "SIGINT"),
+                         f"model_dir={tmp_path / 'once'}", cwd=tmp_path, check=False)
+    assert stopped.returncode == 130, stopped.stderr
+    assert list(list_checkpoints(tmp_path / "once")) == [N, N + 1]  # the step that was running, finished
+    assert f"step {N + 1}: checkpoint written, stopping; to resume, run the same command with checkpoint=last" \
+        in stopped.stdout
+    twice = run_stklia("train", *short_run(demo_root), *interrupted_at(N + 1, "SIGINT"), "+optim.times=2",
+                       f"model_dir={tmp_path / 'twice'}", cwd=tmp_path, check=False)
+    assert twice.returncode == 130 and last_line(twice) == "stklia: interrupted" and "Traceback" not in twice.stderr
+    assert list(list_checkpoints(tmp_path / "twice")) == [N]

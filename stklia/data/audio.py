@@ -83,7 +83,8 @@ class Recording:
         return InputError(self.where, f"cannot read {self.what}: {err}", self.line)
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Float32 samples start..stop-1 (default: to the end); zeros where the window is outside the recording."""
+        """Float32 samples start..stop-1 (default: to the end); zeros where the window is outside the recording.
+        Samples that are NaN or Inf (float wav files can hold them) are an InputError."""
         stop = self.num_samples if stop is None else stop
         first, last = max(start, 0), min(stop, self.num_samples)
         if first == start and last == stop:
@@ -95,12 +96,18 @@ class Recording:
 
     def _read(self, first: int, last: int) -> np.ndarray:
         if self._samples is not None:
-            return self._samples[first:last]
-        try:
-            self._file.seek(first)
-            return _int16_scale(self._file.read(last - first, dtype=self._dtype))
-        except Exception as err:
-            raise self._error(err) from err
+            samples = self._samples[first:last]
+        else:
+            try:
+                self._file.seek(first)
+                samples = _int16_scale(self._file.read(last - first, dtype=self._dtype))
+            except Exception as err:
+                raise self._error(err) from err
+        bad = first_non_finite(samples)
+        if bad is not None:
+            raise InputError(self.where, f"{self.what} holds non-finite samples (NaN or Inf), first at sample "
+                             f"{first + bad}", self.line)
+        return samples
 
     def close(self) -> None:
         if self._file is not None:
@@ -118,3 +125,12 @@ def read_checked_audio(rxfilename: str, sample_rate: int, where: str | os.PathLi
     """All the int16-scaled samples of one entry at `sample_rate` (see Recording)."""
     with Recording(rxfilename, sample_rate, where, line, what) as recording:
         return recording.read()
+
+
+def first_non_finite(x: np.ndarray) -> int | None:
+    """The index of the first sample (or frame: row) of x holding NaN or Inf, or None. Always run on what is
+    read: about 10 % of the time of reading it from the page cache (docs/benchmarks.md)."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return None
+    return int(np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))[0])

@@ -171,3 +171,15 @@ class Utterances(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         feats = normalise(self.data.load(self.utts[index]), self.cmn)
         return torch.from_numpy(np.ascontiguousarray(feats))
+
+
+def stop_workers(batches: Iterator) -> None:
+    """Stop the worker processes of a DataLoader's iterator now (there are none with num_workers=0).
+
+    After an error its traceback holds the iterator, and the workers would outlive it until the process
+    exits, where, blocking the pre-emption signals (preemption.sheltering_children), they cannot be terminated
+    and the process would wait for them for ever. (PyTorch Lightning calls the same method.)
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()

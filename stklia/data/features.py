@@ -72,6 +72,10 @@ class Fbank:
         """The number of samples that gives `frames` frames (snip edges: one window, then one shift each)."""
         return self.window_size + (frames - 1) * self.window_shift
 
+    def num_frames(self, samples: int) -> int:
+        """The number of frames of `samples` samples (snip edges: none shorter than one window)."""
+        return 0 if samples < self.window_size else 1 + (samples - self.window_size) // self.window_shift
+
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The window and mel banks on `device` (copied there once)."""
         if device not in self._on_device:

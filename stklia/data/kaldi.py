@@ -16,7 +16,7 @@ import kaldiio
 import numpy as np
 import torch
 
-from stklia.data.audio import Recording
+from stklia.data.audio import Recording, first_non_finite
 from stklia.data.rxfilename import parse_rxfilename
 from stklia.errors import InputError
 
@@ -122,6 +122,11 @@ class DataSet:
         if mat.ndim != 2 or mat.shape[0] == 0:
             path, line = self.origin[utt]
             raise InputError(path, f"features of '{utt}' have shape {mat.shape}, expected (frames, dims)", line)
+        frame = first_non_finite(mat)
+        if frame is not None:
+            path, line = self.origin[utt]
+            raise InputError(path, f"features of '{utt}' hold non-finite values (NaN or Inf), first at frame {frame}",
+                             line)
         return mat
 
 
