@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from stklia.config import check_complete, register_resolvers
+from stklia.config import CONF_DIR, check_complete, register_resolvers, run_command
 from stklia.errors import exit_on_input_error
 from stklia.evaluation import calibrate_score_files
 
@@ -22,4 +22,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, CONF_DIR, "calibrate")
