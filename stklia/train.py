@@ -44,8 +44,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_input_error():
+        check_launcher(sys.argv[1:])  # before Hydra's plugin scan, which warns about a launcher it cannot import
     # registered by hand: Hydra's plugin scan does not see the plugin of an editable (PEP 660) install
     Plugins.instance().register(OptunaSweeper)
-    with exit_on_input_error():
-        check_launcher(sys.argv[1:])
     run_command(main, CONF_DIR, "train")

@@ -112,6 +112,14 @@ def make_enrollment(data_dir: Path, out: Path, per_speaker: int = 2) -> Path:
     return out
 
 
+def results_written(proc: subprocess.CompletedProcess) -> tuple[Path, Path]:
+    """The summary JSON and the results dir that `stklia.test` says it wrote (its last line)."""
+    wrote = proc.stdout.strip().splitlines()[-1]
+    assert wrote.startswith("wrote "), wrote
+    summary, out = (Path(p.rstrip("/")) for p in wrote.removeprefix("wrote ").split(" and "))
+    return summary, out
+
+
 def kaldi_trial(line: str) -> str:
     """A `<1|0> <a> <b>` trial line in Kaldi's form, `<a> <b> target|nontarget`."""
     label, a, b = line.split()

@@ -22,7 +22,7 @@ from stklia.backends.plda import PldaBackend
 from stklia.data.kaldi import load_data_dir, read_trials
 from stklia.metrics import compute_cllr
 
-from conftest import run_stklia
+from conftest import results_written, run_stklia
 
 STEP = "step_00000006"
 
@@ -91,18 +91,20 @@ def test_plda_backend_scores_as_the_kaldi_recipe(trained: Path, demo_root: Path,
     # A second test reuses the stored back-end, and scores the same.
     before = stored.stat().st_mtime_ns, stored.with_suffix(".json").read_text()
     first = Path(saved["results"][0]["files"]["raw_scores"]).read_text()
-    run_stklia("test", f"model_dir={trained}", "scoring.backend=plda", "scoring.lda_dim=4", "progress=false",
-               cwd=tmp_path)
+    again = run_stklia("test", f"model_dir={trained}", "scoring.backend=plda", "scoring.lda_dim=4", "progress=false",
+                       cwd=tmp_path)
     assert (stored.stat().st_mtime_ns, stored.with_suffix(".json").read_text()) == before
     assert Path(saved["results"][0]["files"]["raw_scores"]).read_text() == first
-    assert "reusing" in (trained / "test.log").read_text()
+    assert "reusing" in again.stdout
 
 
 @pytest.mark.parametrize("kind", ["mean", "whiten"])
 def test_normalised_cosine(trained: Path, demo_root: Path, embeddings, tmp_path: Path, kind: str) -> None:
-    run_stklia("test", f"model_dir={trained}", f"scoring.normalize={kind}", "asnorm_top_n=0", "progress=false",
-               cwd=tmp_path)
-    saved = json.loads((trained / "results" / f"{STEP}-{kind}.json").read_text())
+    proc = run_stklia("test", f"model_dir={trained}", f"scoring.normalize={kind}", "asnorm_top_n=0", "progress=false",
+                      cwd=tmp_path)
+    summary, _ = results_written(proc)  # asnorm_top_n=0: other settings than the experiment's, a name of their own
+    assert summary.name.startswith(f"{STEP}-") and summary.name.endswith(f"-{kind}.json")
+    saved = json.loads(summary.read_text())
     assert saved["scoring"]["files"] == {"normalizer": str(trained / "backends" / STEP / f"{kind}_train.npz")}
     train = np.stack(list(embeddings["train"].values()))
     mean = train.mean(axis=0)

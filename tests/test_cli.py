@@ -25,6 +25,7 @@ from conftest import (
     kaldi_trial,
     make_enrollment,
     poison_features,
+    results_written,
     run_stklia,
     without_module,
 )
@@ -107,13 +108,12 @@ def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_r
                 "asnorm_top_n=3"]
     proc = run_stklia("test", f"model_dir={trained}", *replaced, "extraction.batch_frames=500", "progress=false",
                       cwd=tmp_path)
-    *table, wrote = proc.stdout.strip().splitlines()
-    header, *rows = table[-5:]
+    header, *rows = proc.stdout.strip().splitlines()[-6:-1]
     assert header.split() == ["trials", "scores", "n", "eer", "min_dcf@0.01", "min_dcf@0.001", "act_dcf@0.01",
                               "act_dcf@0.001", "cllr", "min_cllr"]
     assert [r.split()[:2] for r in rows] == [[str(p), kind] for p in lists for kind in ("raw", "asnorm")]
     # other lists' results go under their own name: the training's own test results are kept as they were
-    summary, out = (Path(p.rstrip("/")) for p in wrote.removeprefix("wrote ").split(" and "))
+    summary, out = results_written(proc)
     assert summary.parent == out.parent == trained / "results" and summary.name == f"{out.name}.json"
     assert out.name.startswith("step_00000006-")
     assert {path: path.read_bytes() for path in own} == own
@@ -122,7 +122,7 @@ def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_r
     saved = saved["results"]
     assert [r["trials"] for r in saved] == [str(p) for p in lists]
     again = run_stklia("test", f"model_dir={trained}", *replaced[:2], "progress=false", cwd=tmp_path)  # other settings
-    assert again.stdout.strip().splitlines()[-1] != wrote and summary.read_bytes()  # nothing earlier lost
+    assert results_written(again)[0] != summary and summary.read_bytes()  # nothing earlier lost
     for summary, stem, path in zip(saved, ("test_trials", "enroll_trials"), lists):
         assert Path(summary["files"]["det"]) == out / f"{stem}.det.png" and (out / f"{stem}.det.png").stat().st_size
         trial_lines = [line.split()[1:] for line in path.read_text().splitlines()]
@@ -140,9 +140,10 @@ def test_test_command_reads_kaldi_trials(trained: Path, demo_root: Path, tmp_pat
     kaldi.write_text("".join(f"{kaldi_trial(line)}\n" for line in label_first.read_text().splitlines()))
     proc = run_stklia("test", f"model_dir={trained}", f"test_trials=[{label_first},{kaldi}]", "progress=false",
                       cwd=tmp_path)
-    rows = [line.split() for line in proc.stdout.strip().splitlines()[-2:]]
-    assert [row[0] for row in rows] == [str(label_first), str(kaldi)]
-    assert rows[0][1:] == rows[1][1:]
+    rows = [line.split() for line in proc.stdout.strip().splitlines()[-5:-1]]  # each list raw, then AS-norm
+    assert [row[:2] for row in rows] == [[str(path), kind] for path in (label_first, kaldi)
+                                         for kind in ("raw", "asnorm")]
+    assert [row[1:] for row in rows[:2]] == [row[1:] for row in rows[2:]]
 
 
 @pytest.mark.parametrize("fmt", ["ark", "txt", "pt"])

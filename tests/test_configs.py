@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stklia.config import build, check_complete, register_resolvers
 from stklia.distributed import World
+from stklia.errors import InputError
 from stklia.trainer import build_parts, check_config, load_run_data, make_loader, training_step
 
 from conftest import REPO
@@ -34,7 +37,7 @@ def options(group: str) -> list[str]:
 
 def test_every_group_is_tested() -> None:
     groups = {p.name for p in CONF.iterdir() if p.is_dir()} - {"experiment", "stage", "hydra", "trained"}
-    assert groups == set(GROUPS)
+    assert groups == {*GROUPS, "hparams_search"}  # hparams_search: test_hparams_search_presets_compose
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +84,15 @@ def compose_train(overrides: list[str], demo_root: Path, audio_test: Path, tmp_p
 
 
 NO_MARGIN = ("adacos", "softmax", "sphereface")  # heads without an additive margin for lmft to enlarge
-LMFT_XFAIL = pytest.mark.xfail(strict=True, reason="+stage=lmft with a head without an additive margin: branch "
-                               "issue11a makes it work or refuse in one line; update these cases then")
 
 
 def case(*overrides: str) -> pytest.param:
-    no_margin = "+stage=lmft" in overrides and any(f"head={head}" in overrides for head in NO_MARGIN)
-    return pytest.param(list(overrides), marks=[LMFT_XFAIL] if no_margin else [], id=" ".join(overrides))
+    return pytest.param(list(overrides), id=" ".join(overrides))
+
+
+def refused(overrides: list[str]) -> bool:
+    """+stage=lmft with a head that has no margin to enlarge: the run is refused at its start-up checks."""
+    return "+stage=lmft" in overrides and any(f"head={head}" in overrides for head in NO_MARGIN)
 
 
 CASES = ([case(f"{group}={option}") for group in GROUPS for option in options(group)]
@@ -107,6 +112,10 @@ def test_config_composes_builds_and_trains_a_step(overrides: list[str], demo_roo
     with open_dict(cfg):  # a small step of the configured objects
         cfg.data.prepare, cfg.batch_size, cfg.max_seq_len, cfg.num_workers = None, 4, 24, 0
     world = World(torch.device("cpu"))
+    if refused(overrides):
+        with pytest.raises(InputError, match="has no margin to enlarge: large-margin fine-tuning"):
+            check_config(cfg, world)
+        return
     check_config(cfg, world)
     data = load_run_data(cfg, world)
     parts = build_parts(cfg, data.crops.num_classes, world)
@@ -114,6 +123,27 @@ def test_config_composes_builds_and_trains_a_step(overrides: list[str], demo_roo
     assert feats.shape == (4, 24, cfg.data.features_per_frame)
     loss, _ = training_step(parts, parts.model, feats, labels, 0, torch.autocast("cpu", enabled=False))
     assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("search", options("hparams_search"))
+def test_hparams_search_presets_compose(search: str, demo_root: Path, audio_test: Path, tmp_path: Path) -> None:
+    """A search preset gives the Optuna sweeper a search space it can sample, and a run that can return its
+    optimized_metric."""
+    import optuna
+
+    from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import OptunaSweeper, distribution
+
+    Plugins.instance().register(OptunaSweeper)  # as stklia.train does
+    cfg = compose_train([f"hparams_search={search}"], demo_root, audio_test, tmp_path)
+    check_config(cfg, World(torch.device("cpu")))  # optimized_metric on a trial list the data has
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        hydra_cfg = compose("train", [f"hparams_search={search}"], return_hydra_config=True).hydra
+    assert isinstance(instantiate(hydra_cfg.sweeper), OptunaSweeper)
+    parser = OverridesParser.create()
+    space = {key: distribution(parser.parse_override(f"{key}={value}"))
+             for key, value in hydra_cfg.sweeper.params.items()}
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(space)
+    assert set(trial.params) == set(hydra_cfg.sweeper.params)
 
 
 @pytest.mark.parametrize("launcher", options("hydra/launcher"))

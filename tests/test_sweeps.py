@@ -57,7 +57,7 @@ def lowest_validation_eer(model_dir: Path) -> float:
 
     events = EventAccumulator(str(model_dir / "tensorboard"))
     events.Reload()
-    return min(event.value for event in events.Scalars("eval/eer/trials"))
+    return min(event.value for event in events.Scalars("eval/eer/eval_trials"))
 
 
 def test_a_sweep_says_where_it_writes_and_prints_its_table_at_the_end(sweep: dict) -> None:

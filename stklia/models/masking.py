@@ -40,8 +40,8 @@ def zero_padding_(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor
         for i in range(x.shape[0]):
             x[i, :, int(lengths[i]):] = 0.0
         return x
-    mask = frame_mask(lengths, x.shape[2])
-    return x.masked_fill_(~(mask[:, None, :] if x.dim() == 3 else mask[:, None, :, None]), 0.0)
+    padded = torch.arange(x.shape[2], device=lengths.device) >= lengths[:, None]
+    return x.masked_fill_(padded[:, None, :] if x.dim() == 3 else padded[:, None, :, None], 0.0)
 
 
 def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,114 @@
+"""Compare the model families on the demo corpus at one equal budget, through the commands users run.
+
+Each family of conf/model/ at the demo's scale (widths cut so that every generator has 0.3-0.6 M
+parameters, as the demo's default `resnet_small`; the full-size presets need hours per run on a CPU)
+trains with `python -m stklia.train` on the demo's settings: the same steps, batch, crops, head
+(AdaCos), optimizer (SGD) and schedule, for each of --seeds; then its final checkpoint's test results
+(results/step_<N>.json, both demo test lists, raw and AS-norm) are read back. Prints a Markdown table
+of the mean and standard deviation over the seeds, and the command of each run.
+
+Example: python scripts/compare_models.py --out exp/compare [--seeds 0 1 2] [--families ecapa_tdnn ...]
+A finished run (its results file present) is not trained again: the script can be stopped and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
+
+# Each family at the demo's scale: its conf/model/ option and the overrides that narrow it.
+FAMILIES = {
+    "resnet_small": ["model=resnet_small"],
+    "resnet34": ["model=resnet34", "model.base_channels=8", "model.emb_size=128"],
+    "ecapa_tdnn": ["model=ecapa_tdnn", "model.channels=128", "model.se_channels=32", "model.mfa_channels=384",
+                   "model.emb_size=128"],
+    "campplus": ["model=campplus", "model.front_channels=16", "model.channels=64", "model.block_layers=[6,12,8]",
+                 "model.growth_rate=16", "model.emb_size=128"],
+    "xvector": ["model=xvector", "model.channels=[128,128,128,128,384]", "model.segment_channels=128",
+                "model.emb_size=128"],
+}
+METRICS = ("eer", "min_dcf@0.01")
+
+
+def run(family: str, seed: int, out: Path, extra: list[str]) -> tuple[dict, float, list[str]]:
+    """Train (unless done) and return the test summary, the wall time of training (NaN when it was already
+    done) and the command."""
+    model_dir = out / f"{family}-seed{seed}"
+    command = [sys.executable, "-m", "stklia.train", *FAMILIES[family], f"seed={seed}", f"model_dir={model_dir}",
+               "progress=false", *extra]
+    results = sorted((model_dir / "results").glob("step_*.json")) if model_dir.is_dir() else []
+    seconds = float("nan")
+    if not results:
+        start = time.perf_counter()
+        subprocess.run(command, check=True, cwd=out, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        results = sorted((model_dir / "results").glob("step_*.json"))
+    return json.loads(results[-1].read_text()), seconds, command
+
+
+def parameters(family: str, features_per_frame: int = 40) -> float:
+    """Millions of parameters of the family's generator at the demo's scale."""
+    from hydra import compose, initialize_config_dir
+
+    from stklia.config import build
+    from stklia.models.complexity import count_parameters
+
+    with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*FAMILIES[family], f"data.features_per_frame={features_per_frame}"])
+    return count_parameters(build(cfg.model)) / 1e6
+
+
+def cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}" if values[0] > 1 else f"{values[0]:.3f}"
+    mean, spread = statistics.mean(values), statistics.stdev(values)
+    return f"{mean:.2f} ± {spread:.2f}" if mean > 1 else f"{mean:.3f} ± {spread:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("exp/compare"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("extra", nargs="*", help="overrides for every run (e.g. num_iterations=500)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.out = args.out.resolve()
+    rows, commands = [], []
+    for family in args.families:
+        per_seed = []
+        for seed in args.seeds:
+            summary, seconds, command = run(family, seed, args.out, args.extra)
+            per_seed.append((summary, seconds))
+            commands.append(shlex.join(["python", *command[1:]]).replace(str(args.out) + "/", ""))
+            print(f"{family} seed {seed}: {seconds:.0f} s", file=sys.stderr, flush=True)
+        lists = [(r["trials"], kind) for r in per_seed[0][0]["results"] for kind in ("", "asnorm_")
+                 if f"{kind}eer" in r]
+        cells = []
+        for trials, kind in lists:
+            for metric in METRICS:
+                cells.append(cell([next(r for r in summary["results"] if r["trials"] == trials)[f"{kind}{metric}"]
+                                   for summary, _ in per_seed]))
+        times = [seconds for _, seconds in per_seed if seconds == seconds]
+        rows.append([family, f"{parameters(family):.2f} M", *cells, f"{statistics.mean(times):.0f} s" if times else ""])
+    header = ["model", "parameters (40 dims)"]
+    for trials, kind in lists:
+        name = f"{Path(trials).parent.name}{' AS-norm' if kind else ''}"
+        header += [f"{name} EER %", f"{name} minDCF 0.01"]
+    header.append("training wall time")
+    print(f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); mean ± standard deviation\n")
+    print("\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows]))
+    print("\nCommands (in --out):\n" + "\n".join(commands))
+
+
+if __name__ == "__main__":
+    main()
