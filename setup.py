@@ -8,8 +8,8 @@ EXTRAS = {
 }
 # Everything the test suite imports: every extra, the independent references the tests compare with
 # (scikit-learn, kaldi-native-fbank), and setuptools for the wheel it builds (tests/test_install.py).
-DEV = ["pytest>=7.4", "ruff>=0.4", "setuptools>=70.1", "scikit-learn>=1.3", "kaldi-native-fbank>=1.18",
-       *(package for packages in EXTRAS.values() for package in packages)]
+DEV = ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.4", "setuptools>=70.1", "scikit-learn>=1.3",
+       "kaldi-native-fbank>=1.18", *(package for packages in EXTRAS.values() for package in packages)]
 
 setup(
     name="stklia",

@@ -77,7 +77,6 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import isotonic_regression
 
 __all__ = ["METRIC_DECIMALS", "SortedTrials", "bayes_threshold", "compute_actual_dcf", "compute_cllr", "compute_eer",
            "compute_min_cllr", "compute_min_dcf"]
@@ -255,6 +254,8 @@ class SortedTrials:
 
     def min_cllr(self) -> float:
         """Cllr after the optimal monotonic recalibration (PAV, ties pooled): the discrimination part of Cllr."""
+        from scipy.optimize import isotonic_regression  # here: scipy.optimize takes 0.5 s to import
+
         s = self.scores
         ends = np.append(np.flatnonzero(s[1:] != s[:-1]), s.shape[0] - 1)  # last position of each tie group
         sizes = np.diff(ends, prepend=-1)

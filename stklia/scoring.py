@@ -25,20 +25,21 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from stklia.atomic import atomic_output, write_json
 from stklia.backends.scorer import Scorer
 from stklia.data.kaldi import DataSet, EvalData, Trials, read_table
-from stklia.det import det_figure
 from stklia.embeddings import embed_utterances
 from stklia.errors import InputError
 from stklia.metrics import METRIC_DECIMALS, SortedTrials
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -55,6 +56,8 @@ class TrialResult:
         return {"trials": str(self.trials.path), "num_trials": len(self.trials.labels), **metrics}
 
     def figure(self) -> Figure:
+        from stklia.det import det_figure  # here: matplotlib takes 0.6 s to import
+
         return det_figure(self.scores, self.trials.labels, self.trials.name)
 
 

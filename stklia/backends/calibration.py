@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import minimize
 from scipy.special import expit
 
 from stklia.metrics import _check_inputs
@@ -41,6 +40,8 @@ class LinearCalibration:
     @classmethod
     def fit(cls, scores: ArrayLike, labels: ArrayLike, prior: float = 0.5) -> LinearCalibration:
         """The prior-weighted logistic regression of labels on scores (one trial list)."""
+        from scipy.optimize import minimize  # here: scipy.optimize takes 0.5 s to import, which every command paid
+
         s, is_target = _check_inputs(scores, labels)
         if not 0.0 < prior < 1.0:
             raise ValueError(f"prior must be in (0, 1), got {prior}")

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import signal
 from scipy.fft import next_fast_len
 
 from stklia.data.audio import Recording, read_checked_audio
@@ -118,6 +117,8 @@ class SpeedPerturb:
     def _kernel(self, choice: int) -> tuple[np.ndarray, int]:
         """The polyphase form of resample_poly's filter: (up, taps) weights of a strided convolution whose output
         channel r gives the resampled samples r, r + up, r + 2 up, ..., and the source shift of tap 0."""
+        from scipy import signal  # here: it takes 0.6 s to import, and only this needs it
+
         if choice not in self._kernels:
             up, down = self.ratio(choice)
             reach = 10 * max(up, down)
