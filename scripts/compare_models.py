@@ -8,7 +8,8 @@ trains with `python -m stklia.train` on the demo's settings: the same steps, bat
 of the mean and standard deviation over the seeds, and the command of each run.
 
 Example: python scripts/compare_models.py --out exp/compare [--seeds 0 1 2] [--families ecapa_tdnn ...]
-A finished run (its results file present) is not trained again: the script can be stopped and rerun.
+A finished run (its results file present) is not trained again, a stopped one resumes: the script can be
+stopped and rerun.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,19 +40,18 @@ METRICS = ("eer", "min_dcf@0.01")
 
 
 def run(family: str, seed: int, out: Path, extra: list[str]) -> tuple[dict, float, list[str]]:
-    """Train (unless done) and return the test summary, the wall time of training (NaN when it was already
-    done) and the command."""
+    """Train (unless done) and return the test summary, the training samples/s (status.json) and the command."""
     model_dir = out / f"{family}-seed{seed}"
     command = [sys.executable, "-m", "stklia.train", *FAMILIES[family], f"seed={seed}", f"model_dir={model_dir}",
                "progress=false", *extra]
     results = sorted((model_dir / "results").glob("step_*.json")) if model_dir.is_dir() else []
-    seconds = float("nan")
     if not results:
-        start = time.perf_counter()
-        subprocess.run(command, check=True, cwd=out, stdout=subprocess.DEVNULL)
-        seconds = time.perf_counter() - start
+        stopped = (model_dir / "checkpoints").is_dir() and any((model_dir / "checkpoints").glob("step_*.pt"))
+        subprocess.run([*command, *(["checkpoint=last"] if stopped else [])], check=True, cwd=out,
+                       stdout=subprocess.DEVNULL)
         results = sorted((model_dir / "results").glob("step_*.json"))
-    return json.loads(results[-1].read_text()), seconds, command
+    status = json.loads((model_dir / "status.json").read_text())
+    return json.loads(results[-1].read_text()), status["samples"] / status["train_seconds"], command
 
 
 def parameters(family: str, features_per_frame: int = 40) -> float:
@@ -87,10 +86,10 @@ def main() -> None:
     for family in args.families:
         per_seed = []
         for seed in args.seeds:
-            summary, seconds, command = run(family, seed, args.out, args.extra)
-            per_seed.append((summary, seconds))
+            summary, speed, command = run(family, seed, args.out, args.extra)
+            per_seed.append((summary, speed))
             commands.append(shlex.join(["python", *command[1:]]).replace(str(args.out) + "/", ""))
-            print(f"{family} seed {seed}: {seconds:.0f} s", file=sys.stderr, flush=True)
+            print(f"{family} seed {seed}: {speed:.0f} samples/s", file=sys.stderr, flush=True)
         lists = [(r["trials"], kind) for r in per_seed[0][0]["results"] for kind in ("", "asnorm_")
                  if f"{kind}eer" in r]
         cells = []
@@ -98,13 +97,12 @@ def main() -> None:
             for metric in METRICS:
                 cells.append(cell([next(r for r in summary["results"] if r["trials"] == trials)[f"{kind}{metric}"]
                                    for summary, _ in per_seed]))
-        times = [seconds for _, seconds in per_seed if seconds == seconds]
-        rows.append([family, f"{parameters(family):.2f} M", *cells, f"{statistics.mean(times):.0f} s" if times else ""])
+        rows.append([family, f"{parameters(family):.2f} M", *cells, f"{max(speed for _, speed in per_seed):.0f}"])
     header = ["model", "parameters (40 dims)"]
     for trials, kind in lists:
         name = f"{Path(trials).parent.name}{' AS-norm' if kind else ''}"
         header += [f"{name} EER %", f"{name} minDCF 0.01"]
-    header.append("training wall time")
+    header.append("training samples/s (best seed)")
     print(f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); mean ± standard deviation\n")
     print("\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows]))
     print("\nCommands (in --out):\n" + "\n".join(commands))
