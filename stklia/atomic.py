@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +40,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: object) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def file_stem(name: str) -> str:
+    """`name` as a file name part: each run of characters other than letters, digits, `.` and `-` becomes `_`
+    (test/trials -> test_trials)."""
+    return re.sub(r"[^\w.-]+", "_", name)

@@ -58,6 +58,12 @@ def other_checkpoints(model_dir: str | os.PathLike, but: Path | None = None) -> 
     return f"available: {', '.join(choices)}" if choices else "no other checkpoint"
 
 
+def last_checkpoint_note(model_dir: str | os.PathLike, still: str = "") -> str:
+    """Which checkpoint a stopped run left as its last: `the last checkpoint is[ still] <path>`."""
+    saved = list_checkpoints(model_dir)
+    return f"the last checkpoint is {still}{saved[max(saved)]}" if saved else "no checkpoint was written"
+
+
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
@@ -79,10 +85,8 @@ def save_checkpoint(model_dir: str | os.PathLike, step: int, state: dict) -> Pat
         with atomic_output(path) as tmp, open(tmp, "wb") as file:  # a file object: torch then reports the OSError
             torch.save(state, file)
     except (OSError, RuntimeError) as err:
-        previous = list_checkpoints(model_dir)
-        kept = f"the last checkpoint is still {previous[max(previous)]}" if previous else "no checkpoint was written"
-        raise InputError(path, f"could not be written ({_first_line(_os_error(err))}): is the disk full? {kept}"
-                         ) from None
+        raise InputError(path, f"could not be written ({_first_line(_os_error(err))}): is the disk full? "
+                         f"{last_checkpoint_note(model_dir, 'still ')}") from None
     return path
 
 

@@ -21,7 +21,6 @@ each side is scored as the test side against the cohort speakers enrolled with t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stklia.atomic import atomic_output, write_json
+from stklia.atomic import atomic_output, file_stem, write_json
 from stklia.backends.scorer import Scorer
 from stklia.data.kaldi import DataSet, EvalData, Trials, read_table
 from stklia.embeddings import embed_utterances
@@ -199,7 +198,7 @@ def result_names(results: Sequence[TrialResult]) -> list[str]:
     test_trials), numbered when two lists would share one."""
     names: list[str] = []
     for result in results:
-        name = base = re.sub(r"[^\w.-]+", "_", result.trials.name)
+        name = base = file_stem(result.trials.name)
         copy = 1
         while name in names:
             copy += 1

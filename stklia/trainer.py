@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from stklia.checkpoint import (
     checkpoint_to_resume,
-    list_checkpoints,
+    last_checkpoint_note,
     load_checkpoint,
     prune_checkpoints,
     remove_partial_saves,
@@ -282,9 +282,8 @@ class NonFiniteGuard:
         self.first = torch.minimum(self.first, torch.where(bad, step, NEVER))
 
     def _stop(self, step: int, what: str) -> NoReturn:
-        saved = list_checkpoints(self.model_dir)
-        last = f"the last checkpoint is {saved[max(saved)]}" if saved else "no checkpoint was written"
-        raise InputError(self.model_dir, f"{what}; stopped at step {step} without a checkpoint, {last}")
+        raise InputError(self.model_dir, f"{what}; stopped at step {step} without a checkpoint, "
+                         f"{last_checkpoint_note(self.model_dir)}")
 
     def check(self, world: World, step: int) -> None:
         first_loss, first_gradient = world.min(self.first.tolist())

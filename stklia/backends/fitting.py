@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from stklia.atomic import write_json
+from stklia.atomic import file_stem, write_json
 from stklia.backends.normalize import KINDS, EmbeddingNormalizer
 from stklia.backends.plda import PldaBackend
 from stklia.backends.scorer import Scorer
@@ -103,7 +102,7 @@ def prepare_scoring(options: ScoringOptions, data: DataSet | None, data_name: st
         return Scoring()
     if data is None:
         raise ValueError("scoring statistics need a data set")
-    name = re.sub(r"[^\w.-]+", "_", data_name)
+    name = file_stem(data_name)
     record = {"data": data_record(data)}
     speakers = [data.utt2spk[u] for u in data.utts]
     embeddings: list[np.ndarray] = []

@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from stklia.data.kaldi import DataSet, Featurizer, load_data_dir, read_table
 from stklia.errors import InputError
+from stklia.progress import progress_bar
 
 # optional tables, keyed by utterance or by speaker, as utils/validate_data_dir.sh checks them
 PER_UTTERANCE = ("wav.scp", "text", "utt2dur", "utt2num_frames", "utt2lang", "utt2uniq")
@@ -108,7 +107,7 @@ def read_every_utterance(data: DataSet, min_frames: int, features_per_frame: int
                          progress: bool = True, desc: str | None = None) -> Summary:
     """Read each utterance once (features, or audio: sample rate), checking it; what they hold."""
     frames, seconds, dims = 0, 0.0, features_per_frame
-    for utt in tqdm(data.utts, desc=desc, unit="utt", disable=not progress):
+    for utt in progress_bar(data.utts, total=len(data.utts), desc=desc, unit="utt", enabled=progress):
         scp, line = data.origin[utt]
         if utt in data.audio:
             samples = len(data.read_audio(utt))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from stklia.data.augment import Augment, SpecAugment
+from stklia.data.augment import Augment
 from stklia.data.frontend import AudioBatch, AudioCrop, FrontEnd
 from stklia.data.kaldi import DataSet
 from stklia.errors import InputError
@@ -73,11 +73,10 @@ class TrainingCrops(Dataset):
                 label += speed * self.num_speakers
             crop = self.audio_crop(utt, speed, label, rng)
             return crop if self.on_device else (self.frontend(AudioBatch.collate([crop]))[0], label)
-        feats = torch.from_numpy(random_crop(normalise(self.data.load(utt), self.cmn), self.max_seq_len, rng))
+        feats = random_crop(normalise(self.data.load(utt), self.cmn), self.max_seq_len, rng)
         if self.augment and self.augment.specaugment:
-            masks = self.augment.specaugment.draw(rng, *feats.shape)
-            feats = SpecAugment.apply(feats[None], torch.from_numpy(masks)[None])[0]
-        return feats.contiguous(), label
+            feats = self.augment.specaugment(feats, rng)
+        return torch.from_numpy(np.ascontiguousarray(feats)), label
 
     def audio_crop(self, utt: str, speed: int, label: int, rng: np.random.Generator) -> AudioCrop:
         """The random choices of an audio item after its speed (crop, impulse response, noise, dither,

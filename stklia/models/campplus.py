@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from stklia.errors import InputError
-from stklia.models.masking import frame_mask, strided_length, zero_padding
+from stklia.models.masking import frame_mask, strided_length, zero_padding, zero_padding_
 from stklia.models.pooling import build_pooling, masked_mean, masked_segment_mean
 from stklia.models.resnet import BasicBlock, conv3x3, make_stage
 from stklia.models.tdnn import check_odd
@@ -49,7 +49,7 @@ class FrontEnd(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = zero_padding(feats.unsqueeze(1), lengths)  # (B, 1, T, F), padded frames as the conv padding
-        x = zero_padding(self.relu(self.bn1(self.conv1(x))), lengths)
+        x = self.relu(zero_padding_(self.bn1(self.conv1(x)), lengths))
         for stage in self.stages:
             for block in stage:
                 x = block(x, lengths)  # frequency strides only: the lengths stay

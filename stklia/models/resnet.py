@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from stklia.errors import InputError
-from stklia.models.masking import frame_mask, strided_length, zero_padding_
+from stklia.models.masking import frame_mask, strided_length, zero_padding, zero_padding_
 from stklia.models.pooling import build_pooling
 
 
@@ -178,9 +178,7 @@ class ResNet(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, T, F) -> (B, emb_size); `lengths` (B,): valid frames of each padded utterance."""
-        x = feats.unsqueeze(1)  # (B, 1, T, F)
-        if lengths is not None:  # padded frames as the convolution's zero padding (not the caller's tensor)
-            x = zero_padding_(x.clone(), lengths)
+        x = zero_padding(feats.unsqueeze(1), lengths)  # (B, 1, T, F), padded frames as the conv padding (a copy)
         x = self.relu(zero_padding_(self.bn1(self.conv1(x)), lengths))  # (B, C, T, F)
         for stage in self.stages:
             for block in stage:

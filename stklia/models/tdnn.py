@@ -27,7 +27,8 @@ from stklia.models.pooling import build_pooling
 class TDNNLayer(nn.Module):
     """1-D convolution over time ('same' zero padding), ReLU, batch norm: a TDNN layer.
 
-    The padded frames of a batch are zeroed before the convolution (stklia.models.masking).
+    The padded frames of a batch are zeroed before a convolution wider than one frame (stklia.models.masking);
+    a 1x1 convolution does not mix frames, so what it makes of them is zeroed or masked further on.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
@@ -37,9 +38,12 @@ class TDNNLayer(nn.Module):
                               padding=(kernel_size - 1) // 2 * dilation)
         self.relu = nn.ReLU(inplace=True)
         self.bn = nn.BatchNorm1d(out_channels, affine=affine)
+        self.mixes_frames = kernel_size > 1
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.bn(self.relu(self.conv(zero_padding(x, lengths))))
+        if self.mixes_frames:
+            x = zero_padding(x, lengths)
+        return self.bn(self.relu(self.conv(x)))
 
 
 def check_odd(key: str, kernel_sizes: Sequence[int]) -> None:
