@@ -104,9 +104,10 @@ def test_speed_perturbed_crops_are_windows_of_the_whole_perturbed_utterance(demo
             choice = crop.label // 2  # speeds as new speakers: the label tells the speed
             seen.add(choice)
             assert len(crop.samples) < len(samples) or index == 1  # a window, not the file
+            assert crop.samples.dtype == np.int16 or index == 1 and choice  # as read (16-bit files), unless resampled
             if crop.speed:
-                got = speed.resample(torch.from_numpy(crop.samples)[None], crop.speed, torch.tensor([crop.offset]),
-                                     length)[0].numpy()
+                source = torch.from_numpy(crop.samples.astype(np.float32))[None]
+                got = speed.resample(source, crop.speed, torch.tensor([crop.offset]), length)[0].numpy()
             else:
                 got = crop.samples[:length]
             whole = samples.astype(np.float64)
@@ -196,3 +197,35 @@ def test_cli_trains_tests_and_extracts_on_wav_only_dirs(demo_root: Path, tmp_pat
     assert bad.returncode == 1
     assert re.search(r"stklia: error: .*wav.scp:1: utterance '\S+' has 40 features per frame but the config says "
                      r"features_per_frame=80", bad.stderr)
+
+
+def test_every_kind_of_wav_file_reads_as_libsndfile_reads_it(tmp_path: Path) -> None:
+    """16-bit PCM wav files are read with the standard library's wave module (the fast path), the others with
+    libsndfile: the same samples either way, of the first channel, also past a chunk before the samples, and
+    only those a truncated file holds."""
+    rng = np.random.default_rng(0)
+    stereo = (rng.standard_normal((3001, 2)) * 3000).astype(np.int16)
+    files = {}
+    for name, samples, subtype in (("pcm16", stereo[:, 0], "PCM_16"), ("stereo", stereo, "PCM_16"),
+                                   ("float", stereo[:, 0] / 32768, "FLOAT"), ("pcm24", stereo[:, 0], "PCM_24"),
+                                   ("pcm32", stereo[:, 0], "PCM_32")):
+        files[name] = tmp_path / f"{name}.wav"
+        soundfile.write(files[name], samples, 16000, subtype=subtype)
+    header = files["pcm16"].read_bytes()
+    files["list_chunk"] = tmp_path / "list_chunk.wav"  # a LIST chunk (what ffmpeg writes) before the samples
+    info = b"INFOISFT\x06\x00\x00\x00stklia"
+    riff = b"WAVE" + header[12:36] + b"LIST" + len(info).to_bytes(4, "little") + info + header[36:]
+    files["list_chunk"].write_bytes(b"RIFF" + len(riff).to_bytes(4, "little") + riff)
+    files["truncated"] = tmp_path / "truncated.wav"
+    files["truncated"].write_bytes(header[: len(header) // 2 + 1])  # a sample cut in two, at the end
+    files["UPPER"] = tmp_path / "UPPER.WAV"
+    shutil.copy(files["stereo"], files["UPPER"])
+    for name, path in files.items():
+        expected = soundfile.read(path, dtype="float32", always_2d=True)[0][:, 0] * 32768
+        with Recording(str(path), 16000, "wav.scp") as recording:
+            fast = type(recording._file).__name__ == "_Wav16"
+            assert fast == (name not in ("float", "pcm24", "pcm32")), name
+            assert recording.num_samples == len(expected), name
+            np.testing.assert_array_equal(recording.read(), expected, err_msg=name)
+            np.testing.assert_array_equal(recording.read(100, 1200), expected[100:1200], err_msg=name)
+    assert len(expected) == 3001 and soundfile.info(files["truncated"]).frames < 3001 / 2 + 1

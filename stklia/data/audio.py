@@ -2,9 +2,9 @@
 
 Samples are returned on the int16 scale (a 16-bit wav read as its integer values), which is
 what Kaldi's compute-fbank-feats sees, so on-the-fly features equal Kaldi's offline ones.
-`open_checked_audio` is the one reader the data sets, augmentation lists and the Python API use:
-it reads windows of a file (wav, FLAC, ...) without decoding the rest, so a training crop costs
-its own length, not its utterance's. Pipes and wav-in-ark entries are decoded whole.
+`Recording` is the one reader the data sets, augmentation lists and the Python API use: it reads
+windows of a file (wav, FLAC, ...) without decoding the rest, so a training crop costs its own
+length, not its utterance's. Pipes and wav-in-ark entries are decoded whole.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import wave
 
 import kaldiio
 import numpy as np
@@ -51,6 +52,60 @@ def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
     return _int16_scale(samples), rate
 
 
+class _Wav16:
+    """A 16-bit PCM wav file read with the standard library's wave module, which opens and reads a window in
+    a third of libsndfile's time (docs/benchmarks.md): a training item reads its crop and up to 8 noise and
+    impulse-response windows. Anything else (float, 24-bit, WAVE_FORMAT_EXTENSIBLE, broken) is a wave.Error
+    or EOFError, and soundfile reads it."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb")  # noqa: SIM115 (closed by close(), or on an error below)
+        try:
+            self._wav = wave.open(self._file)
+            if self._wav.getsampwidth() != 2:
+                raise wave.Error("not 16-bit PCM")
+            self.samplerate, self.channels = self._wav.getframerate(), self._wav.getnchannels()
+            # wave.open stops at the start of the samples; a truncated file holds fewer than its header says
+            held = (os.fstat(self._file.fileno()).st_size - self._file.tell()) // (2 * self.channels)
+            self.frames = min(self._wav.getnframes(), held)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def read(self, first: int, last: int) -> np.ndarray:
+        """Samples first..last-1 of the first channel, int16."""
+        self._wav.setpos(first)
+        return np.frombuffer(self._wav.readframes(last - first), dtype="<i2")[:: self.channels]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _SoundFile:
+    """Any file libsndfile reads (wav, FLAC, ...), int16 when its samples are."""
+
+    def __init__(self, path: str):
+        self._file = soundfile.SoundFile(path)
+        self.samplerate, self.frames = self._file.samplerate, self._file.frames
+        self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
+
+    def read(self, first: int, last: int) -> np.ndarray:
+        self._file.seek(first)
+        return self._file.read(last - first, dtype=self._dtype)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _open_file(path: str) -> _Wav16 | _SoundFile:
+    if path.lower().endswith(".wav"):
+        try:
+            return _Wav16(path)
+        except (wave.Error, EOFError):
+            pass
+    return _SoundFile(path)
+
+
 class Recording:
     """One entry opened for reading: its length, and windows of its int16-scaled samples.
 
@@ -61,14 +116,13 @@ class Recording:
     def __init__(self, rxfilename: str, sample_rate: int, where: str | os.PathLike, line: int | None = None,
                  what: str = "audio"):
         self.where, self.line, self.what = where, line, what
-        self._file: soundfile.SoundFile | None = None
+        self._file: _Wav16 | _SoundFile | None = None
         self._samples: np.ndarray | None = None
         try:
             rx = parse_rxfilename(rxfilename)
             if rx.kind == "file":
-                self._file = soundfile.SoundFile(str(rx.path))
+                self._file = _open_file(str(rx.path))
                 rate, self.num_samples = self._file.samplerate, self._file.frames
-                self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
             else:
                 self._samples, rate = read_audio(rxfilename)
                 self.num_samples = len(self._samples)
@@ -82,27 +136,32 @@ class Recording:
     def _error(self, err: Exception) -> InputError:
         return InputError(self.where, f"cannot read {self.what}: {err}", self.line)
 
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def read(self, start: int = 0, stop: int | None = None, keep_int16: bool = False) -> np.ndarray:
         """Float32 samples start..stop-1 (default: to the end); zeros where the window is outside the recording.
-        Samples that are NaN or Inf (float wav files can hold them) are an InputError."""
+        With `keep_int16`, the samples of 16-bit files stay int16 (exact, and half the bytes for a loader worker
+        to hand over). Samples that are NaN or Inf (float wav files can hold them) are an InputError."""
         stop = self.num_samples if stop is None else stop
         first, last = max(start, 0), min(stop, self.num_samples)
         if first == start and last == stop:
-            return self._read(first, last)
-        window = np.zeros(stop - start, dtype=np.float32)
-        if last > first:
-            window[first - start : last - start] = self._read(first, last)
-        return window
+            samples = self._read(first, last)
+        else:
+            inside = self._read(first, last) if last > first else np.zeros(0, np.int16)
+            samples = np.zeros(stop - start, dtype=inside.dtype)
+            samples[first - start : first - start + len(inside)] = inside
+        return samples.astype(np.float32) if samples.dtype == np.int16 and not keep_int16 else samples
 
     def _read(self, first: int, last: int) -> np.ndarray:
+        """Samples first..last-1, int16 if the file's are, else float32 on the int16 scale."""
         if self._samples is not None:
             samples = self._samples[first:last]
         else:
             try:
-                self._file.seek(first)
-                samples = _int16_scale(self._file.read(last - first, dtype=self._dtype))
+                samples = self._file.read(first, last)
             except Exception as err:
                 raise self._error(err) from err
+            if samples.dtype == np.int16:  # integers: nothing to check
+                return samples if samples.ndim == 1 else samples[:, 0]
+            samples = _int16_scale(samples)
         bad = first_non_finite(samples)
         if bad is not None:
             raise InputError(self.where, f"{self.what} holds non-finite samples (NaN or Inf), first at sample "

@@ -210,7 +210,7 @@ class AddNoise:
         if rng.random() >= self.prob:
             return None
         noises, (low, high), (min_count, max_count) = self.sources[int(rng.integers(len(self.sources)))]
-        total = np.zeros(length, dtype=np.float32)
+        total = None
         for _ in range(int(rng.integers(min_count, max_count + 1))):
             with noises.open(int(rng.integers(len(noises)))) as recording:
                 start = int(rng.integers(max(recording.num_samples - length, 0) + 1))
@@ -218,7 +218,8 @@ class AddNoise:
             if len(noise) < length:
                 noise = np.resize(noise, length)
             snr = rng.uniform(low, high)
-            total += np.float32(1 / np.sqrt(_power(noise) * 10 ** (snr / 10))) * noise
+            noise = np.float32(1 / np.sqrt(_power(noise) * 10 ** (snr / 10))) * noise
+            total = noise if total is None else np.add(total, noise, out=total)
         return total
 
     @staticmethod

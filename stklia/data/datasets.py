@@ -88,11 +88,11 @@ class TrainingCrops(Dataset):
             take = min(length, perturbed)
             start = int(rng.integers(0, perturbed - length + 1)) if perturbed >= length else 0
             first, stop, offset = perturb.window(speed, start, take) if speed else (start, start + take, 0)
-            samples = recording.read(first, stop)
+            samples = recording.read(first, stop, keep_int16=True)
         if perturbed < length:  # a short utterance: repeated until long enough, after its speed perturbation
             if speed:
-                samples = perturb.resample(torch.from_numpy(samples)[None], speed, torch.tensor([offset]),
-                                           perturbed)[0].numpy()
+                samples = perturb.resample(torch.from_numpy(samples.astype(np.float32))[None], speed,
+                                           torch.tensor([offset]), perturbed)[0].numpy()
             samples, speed, offset = np.resize(samples, length), 0, 0
         augment = self.augment or Augment()
         rir = augment.reverb.draw(rng) if augment.reverb else None

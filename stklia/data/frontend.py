@@ -26,7 +26,8 @@ from stklia.data.features import Fbank
 class AudioCrop:
     """A training item before its features: the crop's samples and what remains to be done to them."""
 
-    samples: np.ndarray  # the crop's samples, or, with `speed`, the source window that resamples to them
+    samples: np.ndarray  # the crop's samples, or, with `speed`, the source window that resamples to them (int16
+    # when the audio file is 16-bit: half the bytes to collate and hand over; the front end makes them float)
     speed: int  # the speed perturbation still to apply (SpeedPerturb choice; 0: none)
     offset: int  # where the crop starts in the resampled window
     rir: np.ndarray | None  # the impulse response to convolve with
@@ -37,12 +38,13 @@ class AudioCrop:
 
 
 def _stack_padded(arrays: list[np.ndarray]) -> torch.Tensor:
-    """(len(arrays), longest) float32, zero-padded on the right."""
-    out = torch.empty((len(arrays), max((len(a) for a in arrays), default=0)))
+    """(len(arrays), longest), zero-padded on the right; int16 if every array is, else float32."""
+    dtype = np.int16 if all(a.dtype == np.int16 for a in arrays) else np.float32
+    out = np.empty((len(arrays), max((len(a) for a in arrays), default=0)), dtype)
     for row, a in zip(out, arrays):
-        row[: len(a)] = torch.from_numpy(a)
+        row[: len(a)] = a
         row[len(a) :] = 0
-    return out
+    return torch.from_numpy(out)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class AudioBatch:
     """AudioCrops collated: what the device needs, with the rows of each kind of work listed in advance (so the
     device never waits for the host to find them)."""
 
-    samples: torch.Tensor  # (batch, longest source window), zero-padded
+    samples: torch.Tensor  # (batch, longest source window), zero-padded; int16 from 16-bit files
     offsets: torch.Tensor  # (batch,)
     speed_rows: dict[int, torch.Tensor]  # speed choice -> the rows perturbed with it
     reverb_rows: torch.Tensor
@@ -109,9 +111,10 @@ class FrontEnd:
 
     @torch.no_grad()
     def __call__(self, batch: AudioBatch) -> torch.Tensor:
-        x = F.pad(batch.samples, (0, max(self.crop_samples - batch.samples.shape[1], 0)))[:, : self.crop_samples]
+        samples = batch.samples.float()
+        x = F.pad(samples, (0, max(self.crop_samples - samples.shape[1], 0)))[:, : self.crop_samples]
         for choice, rows in batch.speed_rows.items():
-            perturbed = self.speed.resample(batch.samples[rows], choice, batch.offsets[rows], self.crop_samples)
+            perturbed = self.speed.resample(samples[rows], choice, batch.offsets[rows], self.crop_samples)
             x = x.index_put((rows,), perturbed)
         if len(batch.reverb_rows):
             x = x.index_put((batch.reverb_rows,), Reverb.apply(x[batch.reverb_rows], batch.rirs))
