@@ -107,7 +107,7 @@ def test_speed_perturbed_crops_are_windows_of_the_whole_perturbed_utterance(demo
             assert crop.samples.dtype == np.int16 or index == 1 and choice  # as read (16-bit files), unless resampled
             if crop.speed:
                 source = torch.from_numpy(crop.samples.astype(np.float32))[None]
-                got = speed.resample(source, crop.speed, torch.tensor([crop.offset]), length)[0].numpy()
+                got = speed.resample(source, crop.speed, torch.tensor([crop.offset]), length, crop.offset)[0].numpy()
             else:
                 got = crop.samples[:length]
             whole = samples.astype(np.float64)

@@ -89,7 +89,7 @@ def test_speed_resampling_is_scipys_resample_poly_also_for_windows(factor: float
     batch = torch.zeros((len(windows), max(map(len, windows))), dtype=torch.float64)
     for row, window in zip(batch, windows):
         row[: len(window)] = torch.from_numpy(window)
-    resampled = speed.resample(batch, 1, torch.tensor(offsets), length).numpy()
+    resampled = speed.resample(batch, 1, torch.tensor(offsets), length, max(offsets)).numpy()
     np.testing.assert_allclose(resampled, np.stack(expected), rtol=0, atol=1e-6)
 
 

@@ -3,6 +3,7 @@ the front end computes a whole batch; it must draw and compute what the CPU path
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,25 @@ def test_the_device_path_draws_and_computes_what_the_cpu_path_does(demo_root: Pa
         work["reverb"] += len(batch.reverb_rows)
         work["noise"] += len(batch.noise_rows)
     assert all(count > 0 for count in work.values()), work
+
+
+def test_the_front_end_never_reads_a_value_of_the_batch_on_the_host(demo_root: Path) -> None:
+    """On a GPU, the host reading a value of the batch waits for the device. On the meta device (shapes, no
+    values) any such read fails: the whole front end runs there (dither off: the meta device has no random
+    generator). Its constants are copied to a device once, and a pickled front end (a loader worker's) holds
+    none of those copies."""
+    data = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40, dither=0))
+    device = TrainingCrops(data, 60, True, demo_augment(demo_root), on_device=True)
+    batch = device.collate([device[item] for item in BatchSchedule(device.labels, 12, 1, seed=5).batch(0)])
+    assert batch.speed_rows and len(batch.reverb_rows) and len(batch.noise_rows)
+    feats, labels = device.to_device(batch, torch.device("meta"))
+    assert feats.device.type == labels.device.type == "meta" and feats.shape == (12, 60, 40)
+    copies = {**device.frontend.features._copies, **device.frontend.speed._copies}
+    assert {key[1].type for key in copies} == {"meta"}
+    device.to_device(batch, torch.device("meta"))
+    assert {**device.frontend.features._copies, **device.frontend.speed._copies}.keys() == copies.keys()
+    unpickled = pickle.loads(pickle.dumps(device))
+    assert not unpickled.frontend.features._copies and not unpickled.frontend.speed._copies
 
 
 def test_the_device_path_needs_audio_input(demo_root: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
 from stklia.data.audio import Recording, read_checked_audio
+from stklia.data.features import DeviceCopies
 from stklia.data.kaldi import read_table
 from stklia.errors import InputError
 
@@ -78,7 +79,8 @@ class SpeedPerturb:
         self.prob, self.factors, self.new_speakers = prob, list(factors), new_speakers
         fractions = [Fraction(f).limit_denominator(100) for f in self.factors]
         self._ratios = [(f.denominator, f.numerator) for f in fractions]
-        self._kernels: dict[int, tuple[np.ndarray, int]] = {}
+        self._kernels: dict[int, tuple[torch.Tensor, int]] = {}
+        self._copies = DeviceCopies()
 
     @property
     def num_label_copies(self) -> int:
@@ -114,9 +116,10 @@ class SpeedPerturb:
         stop = ((start + length - 1) * down + reach) // up + 1
         return first, stop, start - first * up // down
 
-    def _kernel(self, choice: int) -> tuple[np.ndarray, int]:
-        """The polyphase form of resample_poly's filter: (up, taps) weights of a strided convolution whose output
-        channel r gives the resampled samples r, r + up, r + 2 up, ..., and the source shift of tap 0."""
+    def _kernel(self, choice: int, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The polyphase form of resample_poly's filter, as `like` (device, dtype): (up, 1, taps) weights of a strided
+        convolution whose output channel r gives the resampled samples r, r + up, r + 2 up, ..., and the source
+        shift of tap 0. Made once per choice, copied once per device."""
         from scipy import signal  # here: it takes 0.6 s to import, and only this needs it
 
         if choice not in self._kernels:
@@ -130,16 +133,18 @@ class SpeedPerturb:
             for r, (phase, last) in enumerate(phases):
                 taps = h[phase::up]  # taps k = 0, 1, ... multiply x[last - k]
                 weights[r, last - shift - np.arange(len(taps))] = taps
-            self._kernels[choice] = weights, shift
-        return self._kernels[choice]
+            self._kernels[choice] = torch.from_numpy(weights)[:, None], shift
+        weights, shift = self._kernels[choice]
+        return self._copies.of(choice, weights, like), shift
 
-    def resample(self, windows: torch.Tensor, choice: int, offsets: torch.Tensor, length: int) -> torch.Tensor:
+    def resample(self, windows: torch.Tensor, choice: int, offsets: torch.Tensor, length: int,
+                 max_offset: int) -> torch.Tensor:
         """(batch, length): samples offsets[b]..offsets[b]+length-1 of row b of `windows` resampled by choice's
-        ratio (zeros past each row's end), on the rows' device."""
+        ratio (zeros past each row's end), on the rows' device. `max_offset`, the largest of `offsets`, comes
+        from the host: reading it from the device would wait for the device."""
         up, down = self.ratio(choice)
-        weights, shift = self._kernel(choice)
-        kernel = torch.from_numpy(weights).to(windows)[:, None]
-        per_phase = -(-(int(offsets.max()) + length) // up)  # outputs needed from each phase
+        kernel, shift = self._kernel(choice, windows)
+        per_phase = -(-(max_offset + length) // up)  # outputs needed from each phase
         size = (per_phase - 1) * down + kernel.shape[-1]
         x = F.pad(windows, (-shift, max(size + shift - windows.shape[1], 0)))[:, None, :size]
         out = F.conv1d(x, kernel, stride=down)  # (batch, up, per_phase): phase r holds samples r + up t
@@ -154,7 +159,7 @@ class SpeedPerturb:
         first, stop, offset = self.window(choice, 0, length)
         source = np.zeros(stop - first)
         source[-first : -first + len(samples)] = samples
-        return _one(self.resample(torch.from_numpy(source)[None], choice, torch.tensor([offset]), length)
+        return _one(self.resample(torch.from_numpy(source)[None], choice, torch.tensor([offset]), length, offset)
                     ).astype(np.float32)
 
 

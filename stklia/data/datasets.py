@@ -92,7 +92,7 @@ class TrainingCrops(Dataset):
         if perturbed < length:  # a short utterance: repeated until long enough, after its speed perturbation
             if speed:
                 samples = perturb.resample(torch.from_numpy(samples.astype(np.float32))[None], speed,
-                                           torch.tensor([offset]), perturbed)[0].numpy()
+                                           torch.tensor([offset]), perturbed, offset)[0].numpy()
             samples, speed, offset = np.resize(samples, length), 0, 0
         augment = self.augment or Augment()
         rir = augment.reverb.draw(rng) if augment.reverb else None

@@ -10,7 +10,7 @@ seeded by the item's own seed, so a training item's features are a pure function
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,21 @@ def kaldi_mel_banks(num_bins: int, padded_window: int, sample_rate: int, low_fre
     return np.where((mel > left) & (mel < right), weights, 0.0)
 
 
+class DeviceCopies(dict):
+    """Constant tensors copied once to each device (and dtype) they are used with. Pickled empty: a loader
+    worker gets the CPU originals only, never a copy of the training device's."""
+
+    def __reduce__(self) -> tuple:
+        return type(self), ()
+
+    def of(self, key: Hashable, tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`tensor` on `like`'s device, in its dtype."""
+        key = (key, like.device, like.dtype)
+        if key not in self:
+            self[key] = tensor.to(like)
+        return self[key]
+
+
 class Fbank:
     """Kaldi `compute-fbank-feats` (povey window, pre-emphasis 0.97, DC removal, snip edges, power spectrum,
     log of mel energies floored at FLT_EPSILON).
@@ -62,7 +77,7 @@ class Fbank:
         self._window = torch.from_numpy(povey.astype(np.float32))
         banks = kaldi_mel_banks(num_mel_bins, self.padded_window, sample_rate, low_freq, high_freq)
         self._mel_banks = torch.from_numpy(np.pad(banks, ((0, 1), (0, 0))).astype(np.float32))  # + Nyquist: 0
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._copies = DeviceCopies()
 
     @property
     def dim(self) -> int:
@@ -76,15 +91,6 @@ class Fbank:
         """The number of frames of `samples` samples (snip edges: none shorter than one window)."""
         return 0 if samples < self.window_size else 1 + (samples - self.window_size) // self.window_shift
 
-    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The window and mel banks on `device` (copied there once)."""
-        if device not in self._on_device:
-            self._on_device[device] = (self._window.to(device), self._mel_banks.to(device))
-        return self._on_device[device]
-
-    def __getstate__(self) -> dict:  # loader workers get the constants on the CPU only
-        return {**self.__dict__, "_on_device": {}}
-
     def batch(self, samples: torch.Tensor, dither_seeds: Sequence[int] | None = None) -> torch.Tensor:
         """(batch, frames, num_mel_bins) features of a (batch, samples) float32 tensor of int16-scaled audio at
         `sample_rate`, on the tensor's device. Row b is dithered with a generator seeded by dither_seeds[b]."""
@@ -92,7 +98,8 @@ class Fbank:
             samples = samples + self.dither * seeded_normal(dither_seeds, samples.shape[1], samples.device)
         if samples.shape[1] < self.window_size:
             return samples.new_zeros((samples.shape[0], 0, self.num_mel_bins))
-        window, mel_banks = self._constants(samples.device)
+        window = self._copies.of("window", self._window, samples)
+        mel_banks = self._copies.of("mel banks", self._mel_banks, samples)
         # Per frame, Kaldi removes the mean m, then pre-emphasises: y[i] = x[i] - 0.97 x[i-1] - 0.03 m for i > 0.
         # The signal is pre-emphasised once instead of every (overlapping) frame; y[0] does not matter: the povey
         # window is 0 there.

@@ -55,6 +55,7 @@ class AudioBatch:
     samples: torch.Tensor  # (batch, longest source window), zero-padded; int16 from 16-bit files
     offsets: torch.Tensor  # (batch,)
     speed_rows: dict[int, torch.Tensor]  # speed choice -> the rows perturbed with it
+    speed_max_offsets: dict[int, int]  # speed choice -> the largest offset of its rows
     reverb_rows: torch.Tensor
     rirs: torch.Tensor  # (len(reverb_rows), longest impulse response)
     noise_rows: torch.Tensor
@@ -73,6 +74,7 @@ class AudioBatch:
             samples=_stack_padded([c.samples for c in crops]),
             offsets=torch.tensor([c.offset for c in crops], dtype=torch.int64),
             speed_rows={s: rows([x == s for x in speeds]) for s in sorted(set(speeds) - {0})},
+            speed_max_offsets={s: max(c.offset for c in crops if c.speed == s) for s in set(speeds) - {0}},
             reverb_rows=rows([c.rir is not None for c in crops]),
             rirs=_stack_padded([c.rir for c in crops if c.rir is not None]),
             noise_rows=rows([c.noise is not None for c in crops]),
@@ -89,7 +91,7 @@ class AudioBatch:
             if isinstance(value, torch.Tensor):
                 changes[f.name] = move(value)
             elif isinstance(value, dict):
-                changes[f.name] = {k: move(v) for k, v in value.items()}
+                changes[f.name] = {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in value.items()}
         return replace(self, **changes)
 
     def to(self, device: torch.device) -> AudioBatch:
@@ -114,7 +116,8 @@ class FrontEnd:
         samples = batch.samples.float()
         x = F.pad(samples, (0, max(self.crop_samples - samples.shape[1], 0)))[:, : self.crop_samples]
         for choice, rows in batch.speed_rows.items():
-            perturbed = self.speed.resample(samples[rows], choice, batch.offsets[rows], self.crop_samples)
+            perturbed = self.speed.resample(samples[rows], choice, batch.offsets[rows], self.crop_samples,
+                                            batch.speed_max_offsets[choice])
             x = x.index_put((rows,), perturbed)
         if len(batch.reverb_rows):
             x = x.index_put((batch.reverb_rows,), Reverb.apply(x[batch.reverb_rows], batch.rirs))
