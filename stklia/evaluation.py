@@ -61,14 +61,21 @@ def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: 
     `scoring`: normalisation and back-end (default: plain cosine); their statistics are fitted on the embeddings of
     `scoring_data` (a data set and its name) once, and kept in <model_dir>/backends/<step name>/.
     """
-    def embed(data: DataSet) -> np.ndarray:
-        return embed_utterances(generator, data, data.utts, cmn, device, num_workers, progress, **(extraction or {}))
+    embedded: dict[tuple[str, ...], np.ndarray] = {}
+
+    def embed(data: DataSet, utts: list[str]) -> np.ndarray:
+        """Each set of utterances embedded once: the scoring data is often AS-norm's cohort too."""
+        key = tuple(data.feats[u] for u in utts)
+        if key not in embedded:
+            embedded[key] = embed_utterances(generator, data, utts, cmn, device, num_workers, progress,
+                                             **(extraction or {}))
+        return embedded[key]
 
     data, data_name = scoring_data or (None, "")
-    prepared = prepare_scoring(scoring or ScoringOptions(), data, data_name, embed,
+    prepared = prepare_scoring(scoring or ScoringOptions(), data, data_name, lambda d: embed(d, d.utts),
                                model_dir / "backends" / results_name(step))
     results = evaluate(generator, test_set, cmn, device, p_targets, num_workers, progress,
-                       extraction=extraction, asnorm_top_n=asnorm_top_n, scorer=prepared.scorer)
+                       extraction=extraction, asnorm_top_n=asnorm_top_n, scorer=prepared.scorer, embed=embed)
     name = results_name(step, replaced)
     if prepared.tag:
         name = f"{name}-{prepared.tag}"

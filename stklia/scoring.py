@@ -21,7 +21,7 @@ each side is scored as the test side against the cohort speakers enrolled with t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,16 +116,19 @@ def trial_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[fl
 
 def evaluate(generator: nn.Module, eval_data: EvalData, cmn: bool, device: torch.device,
              p_targets: Sequence[float] = (0.01, 0.001), num_workers: int = 0, progress: bool = True, *,
-             extraction: Mapping[str, Any] | None = None, asnorm_top_n: int = 0, scorer: Scorer | None = None
-             ) -> list[TrialResult]:
+             extraction: Mapping[str, Any] | None = None, asnorm_top_n: int = 0, scorer: Scorer | None = None,
+             embed: Callable[[DataSet, list[str]], np.ndarray] | None = None) -> list[TrialResult]:
     """Embed what the trial lists name (each utterance once), score every list and measure it.
 
     With a cohort and asnorm_top_n > 0, the scores are also AS-normalised and measured
     (metrics prefixed `asnorm_`). `extraction`: keyword arguments of embed_utterances; `scorer`:
-    the normalisation and back-end (default: cosine of the raw embeddings).
+    the normalisation and back-end (default: cosine of the raw embeddings); `embed`: how utterances of a data
+    set are embedded (default: embed_utterances with these settings).
     """
-    def embed(data: DataSet, utts: list[str]) -> np.ndarray:
+    def embed_here(data: DataSet, utts: list[str]) -> np.ndarray:
         return embed_utterances(generator, data, utts, cmn, device, num_workers, progress, **(extraction or {}))
+
+    embed = embed or embed_here
 
     scorer = scorer or Scorer()
     lists = eval_data.trial_lists

@@ -120,6 +120,19 @@ def test_normalised_cosine(trained: Path, demo_root: Path, embeddings, tmp_path:
         np.testing.assert_allclose(scores, [cosine(test[a], test[b]) for a, b in pairs], atol=2e-5)
 
 
+def test_the_training_data_is_embedded_once_for_normalisation_and_as_norm(trained: Path, demo_root: Path,
+                                                                         tmp_path: Path) -> None:
+    """The demo's AS-norm cohort is its training data, which scoring.data also names: one extraction serves both
+    (the progress lines of each extraction start at 0/<utterances>)."""
+    proc = run_stklia("test", f"model_dir={trained}", "scoring.normalize=mean", "scoring.data=train",
+                      f"cohort={demo_root / 'train'}", "asnorm_top_n=5", cwd=tmp_path)
+    results = json.loads(results_written(proc)[0].read_text())["results"]
+    assert all("asnorm_scores" in summary["files"] for summary in results)
+    train = len(load_data_dir(demo_root / "train").utts)
+    starts = [line for line in proc.stderr.splitlines() if line.startswith("embeddings:") and "| 0/" in line]
+    assert sum(f"| 0/{train} " in line for line in starts) == 1, starts
+
+
 def test_statistics_are_refitted_when_the_data_changes(demo_root: Path, tmp_path: Path) -> None:
     calls = []
 
