@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> float:
         replaced = {key: OmegaConf.to_object(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
                     for key in REPLACEABLE if cfg[key] is not None}
         data_cfg = OmegaConf.merge(experiment.data, replaced)
-        prepare_data(data_cfg)
+        prepare_data(data_cfg, cfg.progress)
         test_set = load_test_set(data_cfg)
         scoring_data = None if scoring.plain else load_named(data_cfg, scoring.data)
         device = resolve_device(cfg.device)

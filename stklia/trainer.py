@@ -136,7 +136,7 @@ class RunData:
 def load_run_data(cfg: DictConfig, world: World) -> RunData:
     """Prepare the data (rank 0, once), then read every split, test included: bad trials must not wait for the end."""
     if world.main:
-        prepare_data(cfg.data)
+        prepare_data(cfg.data, cfg.progress)
     world.barrier()
     train_data = load_split(cfg.data, "train")
     speakers = train_data.speakers

@@ -10,10 +10,14 @@ import kaldi_native_fbank as knf
 import kaldiio
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from scipy.io import wavfile
 
+from stklia.config import CONF_DIR
 from stklia.data.augment import AudioList
 from stklia.data.demo import SMALL_DEMO, baseline_eer, default_demo_root, main, make_demo
+from stklia.data.splits import prepare_data
 
 SPLITS = ("train", "eval", "test")
 TINY = {**SMALL_DEMO, "num_train_speakers": 2, "num_eval_speakers": 2, "num_test_speakers": 2,
@@ -166,3 +170,16 @@ def test_building_shows_its_progress(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [int(percent) // 10 for _, percent, _, _ in bar] == list(range(11))  # one line per tenth
     assert bar[-1][0] == str(tmp_path / "c") and bar[-1][2] == bar[-1][3]
 
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_commands_progress_setting_reaches_the_demo_build(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               progress: bool) -> None:
+    """`progress=false` (train, test) quiets the demo's generation too: data.prepare's own `progress` key is
+    the command's."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        prepare = compose("train", overrides=[f"data.root={tmp_path / 'c'}"]).data.prepare
+    assert prepare.progress is True
+    prepare_data(OmegaConf.create({"prepare": {**OmegaConf.to_container(prepare, resolve=True), **TINY}}), progress)
+    assert (tmp_path / "c" / "params.json").is_file()
+    assert ("generating the demo corpus" in capsys.readouterr().err) == progress

@@ -20,10 +20,12 @@ from stklia.errors import InputError
 SPLITS = ("train", "eval", "test")
 
 
-def prepare_data(data_cfg: DictConfig) -> None:
-    """Run the data config's `prepare` step (e.g. generate the demo corpus on first use)."""
-    if data_cfg.get("prepare") is not None:
-        build(data_cfg.prepare)
+def prepare_data(data_cfg: DictConfig, progress: bool = True) -> None:
+    """Run the data config's `prepare` step (e.g. generate the demo corpus on first use); a step that shows its
+    progress has a `progress` key, which the command's own `progress` setting overrides."""
+    prepare = data_cfg.get("prepare")
+    if prepare is not None:
+        build(prepare, **({"progress": progress} if "progress" in prepare else {}))
 
 
 def load_dirs(dirs: str | os.PathLike | Sequence[str | os.PathLike], data_cfg: DictConfig) -> DataSet:
