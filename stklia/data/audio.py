@@ -9,6 +9,7 @@ length, not its utterance's. Pipes and wav-in-ark entries are decoded whole.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import subprocess
@@ -52,30 +53,48 @@ def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
     return _int16_scale(samples), rate
 
 
-class _Wav16:
-    """A 16-bit PCM wav file read with the standard library's wave module, which opens and reads a window in
-    a third of libsndfile's time (docs/benchmarks.md): a training item reads its crop and up to 8 noise and
-    impulse-response windows. Anything else (float, 24-bit, WAVE_FORMAT_EXTENSIBLE, broken) is a wave.Error
-    or EOFError, and soundfile reads it."""
+@functools.lru_cache(maxsize=1 << 16)
+def _wav16_layout(path: str, size: int, mtime_ns: int, inode: int) -> tuple[int, int, int, int] | None:
+    """(sample rate, channels, offset of the samples, samples held) of a 16-bit PCM wav file as the standard
+    library's wave module reads its header, or None for anything else (float, 24-bit, WAVE_FORMAT_EXTENSIBLE,
+    broken). Remembered per file version: an item's noise and impulse-response files recur."""
+    try:
+        with open(path, "rb") as file, wave.open(file) as wav:
+            if wav.getsampwidth() != 2:
+                return None
+            channels = wav.getnchannels()
+            start = file.tell()  # wave.open stops at the start of the samples
+            held = (size - start) // (2 * channels)  # a truncated file holds fewer than its header says
+            return wav.getframerate(), channels, start, min(wav.getnframes(), held)
+    except (wave.Error, EOFError):
+        return None
 
-    def __init__(self, path: str):
-        self._file = open(path, "rb")  # noqa: SIM115 (closed by close(), or on an error below)
-        try:
-            self._wav = wave.open(self._file)
-            if self._wav.getsampwidth() != 2:
-                raise wave.Error("not 16-bit PCM")
-            self.samplerate, self.channels = self._wav.getframerate(), self._wav.getnchannels()
-            # wave.open stops at the start of the samples; a truncated file holds fewer than its header says
-            held = (os.fstat(self._file.fileno()).st_size - self._file.tell()) // (2 * self.channels)
-            self.frames = min(self._wav.getnframes(), held)
-        except BaseException:
-            self._file.close()
-            raise
+
+class _Wav16:
+    """A 16-bit PCM wav file, its header read by the standard library's wave module (once per file), its samples
+    by os.pread: a fifth of libsndfile's cost per open and read (docs/benchmarks.md), which counts when a
+    training item reads its crop and up to 8 noise and impulse-response windows. `open` gives None for other
+    files, which soundfile reads."""
+
+    def __init__(self, file: io.FileIO, layout: tuple[int, int, int, int]):
+        self._file = file
+        self.samplerate, self.channels, self._start, self.frames = layout
+
+    @classmethod
+    def open(cls, path: str) -> _Wav16 | None:
+        file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        stat = os.fstat(file.fileno())
+        layout = _wav16_layout(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if layout is None:
+            file.close()
+            return None
+        return cls(file, layout)
 
     def read(self, first: int, last: int) -> np.ndarray:
         """Samples first..last-1 of the first channel, int16."""
-        self._wav.setpos(first)
-        return np.frombuffer(self._wav.readframes(last - first), dtype="<i2")[:: self.channels]
+        frame = 2 * self.channels
+        data = os.pread(self._file.fileno(), (last - first) * frame, self._start + first * frame)
+        return np.frombuffer(data, dtype="<i2")[:: self.channels]
 
     def close(self) -> None:
         self._file.close()
@@ -98,12 +117,7 @@ class _SoundFile:
 
 
 def _open_file(path: str) -> _Wav16 | _SoundFile:
-    if path.lower().endswith(".wav"):
-        try:
-            return _Wav16(path)
-        except (wave.Error, EOFError):
-            pass
-    return _SoundFile(path)
+    return (path.lower().endswith(".wav") and _Wav16.open(path)) or _SoundFile(path)
 
 
 class Recording:
