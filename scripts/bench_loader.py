@@ -5,14 +5,17 @@
 Builds (once, in --work) VoxCeleb-shaped Kaldi dirs from the demo corpus's audio: 8 s utterances (a
 demo speaker's recordings joined and cut) as wav, FLAC, m4a read through the `ffmpeg ... |` pipes of
 recipes/voxceleb/local/prepare.py, and feats.scp (80 fbanks); 2 s and 20 s utterances as FLAC; and
-musan_rirs-style augmentation lists (the demo's noise, music, babble and RIR sets). Then measures, in
-this one process with one torch thread, 200-frame crops, items per CPU second (of the process and of the
-ffmpeg it runs: the cost on one core, which other load on the machine barely changes):
+musan_rirs-style augmentation lists (the demo's noise, music, babble and RIR sets). Then measures, with
+200-frame crops in batches of 128, items per CPU second of a DataLoader's one worker process (and of the
+ffmpeg it runs: the cost on one core, which other load on the machine barely changes), everything a worker
+does in training: read, augment, collate, hand the batch over to the training process:
 
-* the CPU path (features in the loader workers): TrainingCrops items/s, without augmentation and with
+* the CPU path (features in the loader workers): without augmentation and with
   experiment=voxceleb_resnet34_aam's (speed, reverberation, noise/music/babble, SpecAugment);
-* the device path (features_on_device=true): the workers' share (items collated into batches of 128),
-  and the device's share, the FrontEnd time of a batch, measured on this CPU (a GPU's is far smaller);
+* the device path (features_on_device=true): the workers' share; the same items made and collated in this
+  process (with one torch thread), without the handing over; and the device's share, the FrontEnd time of a
+  batch, measured in this process on this CPU (a GPU's is far smaller);
+* the floor of FLAC input: decoding a crop's samples alone (soundfile: open, seek, read), no other work;
 * the loader cores a GPU training at 3,000 samples/s needs on each path;
 * 2 s against 20 s utterances (an item's cost must not depend on its utterance's length).
 
@@ -104,9 +107,34 @@ def items_per_second(make: object, items: list, repeats: int) -> float:
     return len(items) / best
 
 
+def worker_items_per_second(dataset: object, batches: list[list], repeats: int) -> float:
+    """Items per CPU second of a DataLoader's one worker process, as training runs it: reading, augmenting (on
+    the CPU path: and computing the features of) each item, collating a batch and handing it over to the
+    training process. Its CPU time (and that of the ffmpeg it runs) is read from /proc around each pass over
+    `batches`, after a first pass that starts the worker; best of `repeats`."""
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+
+    def cpu_ticks(pid: int) -> int:  # utime, stime, cutime, cstime: fields 14-17 of /proc/PID/stat
+        return sum(int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15])
+
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=1, persistent_workers=True,
+                        collate_fn=getattr(dataset, "collate", default_collate), generator=torch.Generator())
+    best = np.inf
+    for repeat in range(1 + repeats):
+        batch_iterator = iter(loader)
+        pid = batch_iterator._workers[0].pid
+        start = cpu_ticks(pid)
+        for _ in batch_iterator:
+            pass
+        if repeat:
+            best = min(best, (cpu_ticks(pid) - start) / os.sysconf("SC_CLK_TCK"))
+    return sum(map(len, batches)) / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=384, help="items per measurement (m4a pipes: a tenth)")
+    parser.add_argument("--items", type=int, default=1024, help="items per measurement (m4a pipes: a tenth)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/stklia-bench-loader"))
     parser.add_argument("--demo", help="demo corpus root (default: the cache)")
@@ -145,13 +173,13 @@ def main() -> None:
         rng = np.random.default_rng(0)
         items = list(zip(rng.integers(len(data.utts), size=count).tolist(), rng.integers(2**62, size=count).tolist()))
         used = augment if augmented else None
-        cpu = TrainingCrops(data, CROP, True, used)
-        out = {"cpu": items_per_second(lambda its: [cpu[i] for i in its], items, args.repeats)}
+        batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+        out = {"cpu": worker_items_per_second(TrainingCrops(data, CROP, True, used), batches, args.repeats)}
         if has_device_path and "feats" not in kind:
             device = TrainingCrops(data, CROP, True, used, on_device=True)
-            batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
-            out["workers"] = items_per_second(lambda its: [device.collate([device[i] for i in b]) for b in batches],
-                                              items, args.repeats)
+            out["workers"] = worker_items_per_second(device, batches, args.repeats)
+            out["in_process"] = items_per_second(lambda its: [device.collate([device[i] for i in b]) for b in batches],
+                                                 items, args.repeats)
             batch = device.collate([device[i] for i in batches[0]])
             seconds = 1 / items_per_second(lambda its: device.frontend(batch), [0], args.repeats)
             out["device_ms"] = seconds * 1000
@@ -162,8 +190,9 @@ def main() -> None:
         return "n/a" if value is None else f"{value:,.0f}{unit}"
 
     print("| input (8 s utterances) | augmentation | CPU path: items/s/core | cores per GPU at 3,000/s "
-          "| device path: workers' items/s/core | cores per GPU at 3,000/s | device's batch of 128 on this CPU |")
-    print("|---|---|---|---|---|---|---|")
+          "| device path: workers' items/s/core | cores per GPU at 3,000/s | device path: items + collate alone "
+          "| device's batch of 128 on this CPU |")
+    print("|---|---|---|---|---|---|---|---|")
     results = {}
     for kind in ("8 s feats", "8 s wav", "8 s flac", "8 s m4a"):
         for augmented in (False, True):
@@ -173,7 +202,22 @@ def main() -> None:
             label = "SpecAugment" if augmented and "feats" in kind else "musan_rirs" if augmented else "none"
             print(f"| {kind.split()[-1].replace('feats', 'feats.scp').replace('m4a', 'm4a (ffmpeg pipes)')} "
                   f"| {label} | {cell(r['cpu'])} | {GPU_RATE / r['cpu']:.1f} | {cell(workers)} "
-                  f"| {'n/a' if workers is None else f'{GPU_RATE / workers:.1f}'} | {device} |", flush=True)
+                  f"| {'n/a' if workers is None else f'{GPU_RATE / workers:.1f}'} | {cell(r.get('in_process'))} "
+                  f"| {device} |", flush=True)
+    import soundfile
+
+    flac_files = sorted((dirs["8 s flac"] / "audio").glob("*.flac"))
+    length = features.num_samples(CROP)
+    starts = np.random.default_rng(0).integers(0, 8 * 16000 - length, args.items).tolist()
+
+    def decode(starts: list[int]) -> None:
+        for i, start in enumerate(starts):
+            with soundfile.SoundFile(flac_files[i % len(flac_files)]) as f:
+                f.seek(start)
+                f.read(length, dtype="int16")
+
+    print(f"\nThe floor of FLAC input, decoding the crop's {length:,} samples alone (soundfile: open, seek, read): "
+          f"{items_per_second(decode, starts, args.repeats):,.0f} items/s/core")
     print("\n| FLAC utterances | augmentation | CPU path: items/s/core | device path: workers' items/s/core |")
     print("|---|---|---|---|")
     for augmented in (False, True):
