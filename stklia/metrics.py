@@ -210,6 +210,11 @@ class SortedTrials:
         self._fprs = 1 - cum_non / float(self.n_non)
         self._cum_tar = cum_tar
 
+    def _group_ends(self) -> np.ndarray:
+        """The last position of each group of tied scores, ascending."""
+        s = self.scores
+        return np.flatnonzero(np.append(s[1:] != s[:-1], True))
+
     def eer(self) -> tuple[float, float]:
         """``compute_eer`` of these trials."""
         return _kaldi_eer(self.scores[self.is_target], self.scores[~self.is_target])
@@ -225,7 +230,7 @@ class SortedTrials:
             return float(c_det[i] / c_def), float(self.scores[i])
         # Only the last position of each tie group is a reachable operating point.
         s = self.scores
-        last_of_group = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+        last_of_group = self._group_ends()
         next_score = np.append(s[last_of_group[:-1] + 1], np.inf)
         accept_all = c_fa * 1.0 * (1 - p_target)  # fnr 0, fpr 1
         costs = np.concatenate(([accept_all], c_det[last_of_group]))
@@ -256,8 +261,7 @@ class SortedTrials:
         """Cllr after the optimal monotonic recalibration (PAV, ties pooled): the discrimination part of Cllr."""
         from scipy.optimize import isotonic_regression  # here: scipy.optimize takes 0.5 s to import
 
-        s = self.scores
-        ends = np.append(np.flatnonzero(s[1:] != s[:-1]), s.shape[0] - 1)  # last position of each tie group
+        ends = self._group_ends()
         sizes = np.diff(ends, prepend=-1)
         targets = np.diff(self._cum_tar[ends], prepend=0)
         posterior = isotonic_regression(targets / sizes, weights=sizes).x  # P(target) per group, non-decreasing
