@@ -2,7 +2,7 @@
 # VoxCeleb recipe: ResNet34 + AAM on VoxCeleb2 dev audio with online augmentation, large-margin
 # fine-tuning, checkpoint averaging, test on VoxCeleb1-O/E/H. Run from this directory:
 #   ./run.sh [--stage N] [--stop-stage M] [HYDRA_OVERRIDE ...]
-# Stages: 0 VoxCeleb2 m4a -> FLAC (once, in parallel, resumable), 1 data dirs + trial lists, 2 train,
+# Stages: 0 VoxCeleb2 m4a -> FLAC or wav (once, in parallel, resumable), 1 data dirs + trial lists, 2 train,
 # 3 large-margin fine-tuning, 4 average, 5 test with AS-norm. Overrides go to both training stages,
 # after the recipe's own (e.g. num_workers=16).
 set -euo pipefail
@@ -16,7 +16,8 @@ musan=${MUSAN:-/data/musan}         # Kaldi dirs or lists: noise, music, speech 
 rirs=${RIRS:-/data/rirs}            # Kaldi dir or list of room impulse responses
 data=${DATA:-data}
 convert=${CONVERT:-true}            # false: read VoxCeleb2's m4a through ffmpeg pipes (a whole decode per item)
-vox2_flac=${VOX2_FLAC:-$data/vox2_dev_flac}  # where stage 0 writes VoxCeleb2 as <spk>/<video>/<n>.flac
+format=${FORMAT:-flac}              # what stage 0 converts to: flac (~150 GB) or wav (~260 GB, 2-3x less per loader item)
+vox2_converted=${VOX2_CONVERTED:-$data/vox2_dev_$format}  # where stage 0 writes VoxCeleb2 as <spk>/<video>/<n>.$format
 nj=${NJ:-$(nproc)}                  # files converted at once
 exp=${EXP:-exp/resnet34_aam}
 cohort=${COHORT:-}                  # AS-norm cohort (default: the training data, as WeSpeaker)
@@ -30,9 +31,9 @@ if [ -d "$vox2/aac" ]; then
   vox2_audio=$vox2/aac
   if [ "$convert" = true ]; then
     if stage_in 0; then
-      python local/convert_audio.py "$vox2/aac" "$vox2_flac" --nj "$nj"
+      python local/convert_audio.py "$vox2/aac" "$vox2_converted" --nj "$nj" --format "$format"
     fi
-    vox2_audio=$vox2_flac
+    vox2_audio=$vox2_converted
   fi
 fi
 
