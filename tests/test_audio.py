@@ -202,7 +202,7 @@ def test_cli_trains_tests_and_extracts_on_wav_only_dirs(demo_root: Path, tmp_pat
 def test_every_kind_of_wav_file_reads_as_libsndfile_reads_it(tmp_path: Path) -> None:
     """16-bit PCM wav files are read with the standard library's wave module (the fast path), the others with
     libsndfile: the same samples either way, of the first channel, also past a chunk before the samples, and
-    only those a truncated file holds."""
+    only those a truncated or streamed file holds."""
     rng = np.random.default_rng(0)
     stereo = (rng.standard_normal((3001, 2)) * 3000).astype(np.int16)
     files = {}
@@ -218,6 +218,8 @@ def test_every_kind_of_wav_file_reads_as_libsndfile_reads_it(tmp_path: Path) -> 
     files["list_chunk"].write_bytes(b"RIFF" + len(riff).to_bytes(4, "little") + riff)
     files["truncated"] = tmp_path / "truncated.wav"
     files["truncated"].write_bytes(header[: len(header) // 2 + 1])  # a sample cut in two, at the end
+    files["streamed"] = tmp_path / "streamed.wav"  # written to a pipe (ffmpeg ... -f wav -): sizes unknown, 2^32-1
+    files["streamed"].write_bytes(b"RIFF\xff\xff\xff\xff" + header[8:40] + b"\xff\xff\xff\xff" + header[44:])
     files["UPPER"] = tmp_path / "UPPER.WAV"
     shutil.copy(files["stereo"], files["UPPER"])
     for name, path in files.items():
