@@ -97,36 +97,27 @@ def wav_scp(data_dir: Path) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in (data_dir / "wav.scp").read_text().splitlines())
 
 
-def test_stage_0_converts_m4a_to_flac_and_the_data_dir_reads_it(corpus: tuple[Path, dict, dict]) -> None:
+@pytest.mark.parametrize("audio_format", ["flac", "wav"])
+def test_stage_0_converts_m4a_and_the_data_dir_reads_it(corpus: tuple[Path, dict, dict], tmp_path: Path,
+                                                        audio_format: str) -> None:
+    """FLAC by default, 16-bit wav with FORMAT=wav (the loader's fast path): lossless either way, the samples
+    the recipe's `ffmpeg ... |` pipe would decode at every training item."""
     root, _, source = corpus
-    entries = wav_scp(root / "data" / "vox2_dev")
+    data = root / "data"
+    if audio_format == "wav":
+        data = tmp_path / "data"
+        run_recipe(RECIPE / "run.sh", "--stage", "0", "--stop-stage", "1", VOX1=str(root / "vox1"),
+                   VOX2=str(root / "vox2"), DATA=str(data), NJ="2", FORMAT="wav")
+    entries = wav_scp(data / "vox2_dev")
     assert sorted(entries) == sorted(utt_id(p) for p in source)
     for official in source:
-        flac = root / "data" / "vox2_dev_flac" / official.replace(".m4a", ".flac")
-        assert entries[utt_id(official)] == str(flac.resolve())
-        info = soundfile.info(str(flac))
-        assert (info.format, info.samplerate, info.channels, info.subtype) == ("FLAC", SR, 1, "PCM_16")
-        # lossless: the samples the recipe's `ffmpeg ... |` pipe would decode at every training item
+        converted = data / f"vox2_dev_{audio_format}" / official.replace(".m4a", f".{audio_format}")
+        assert entries[utt_id(official)] == str(converted.resolve())
+        info = soundfile.info(str(converted))
+        assert (info.format, info.samplerate, info.channels, info.subtype) == (audio_format.upper(), SR, 1, "PCM_16")
         piped, _ = read_audio(wav_entry(root / "vox2" / "aac" / official))
-        np.testing.assert_array_equal(read_audio(str(flac))[0], piped)
-
-
-def test_stage_0_converts_to_wav_when_asked_and_the_data_dir_reads_it(corpus: tuple[Path, dict, dict],
-                                                                       tmp_path: Path) -> None:
-    """FORMAT=wav: the same samples as the FLAC tree, in 16-bit wav files (the loader's fast path)."""
-    root, _, source = corpus
-    run_recipe(RECIPE / "run.sh", "--stage", "0", "--stop-stage", "1", VOX1=str(root / "vox1"),
-               VOX2=str(root / "vox2"), DATA=str(tmp_path / "data"), NJ="2", FORMAT="wav")
-    entries = wav_scp(tmp_path / "data" / "vox2_dev")
-    assert sorted(entries) == sorted(utt_id(p) for p in source)
-    for official in source:
-        wav = tmp_path / "data" / "vox2_dev_wav" / official.replace(".m4a", ".wav")
-        assert entries[utt_id(official)] == str(wav.resolve())
-        info = soundfile.info(str(wav))
-        assert (info.format, info.samplerate, info.channels, info.subtype) == ("WAV", SR, 1, "PCM_16")
-        flac = root / "data" / "vox2_dev_flac" / official.replace(".m4a", ".flac")
-        with Recording(str(wav), SR, "wav.scp") as recording:
-            np.testing.assert_array_equal(recording.read(), read_audio(str(flac))[0])
+        with Recording(str(converted), SR, "wav.scp") as recording:
+            np.testing.assert_array_equal(recording.read(), piped)
 
 
 def test_conversion_resumes_and_redoes_only_missing_or_broken_files(corpus: tuple[Path, dict, dict],
