@@ -56,8 +56,8 @@ def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
 @functools.lru_cache(maxsize=1 << 16)
 def _wav16_layout(path: str, size: int, mtime_ns: int, inode: int) -> tuple[int, int, int, int] | None:
     """(sample rate, channels, offset of the samples, samples held) of a 16-bit PCM wav file as the standard
-    library's wave module reads its header, or None for anything else (float, 24-bit, WAVE_FORMAT_EXTENSIBLE,
-    broken). Remembered per file version: an item's noise and impulse-response files recur."""
+    library's wave module reads its header, or None for anything else (float, 24-bit, broken; before Python
+    3.12, WAVE_FORMAT_EXTENSIBLE). Remembered per file version: an item's noise and impulse-response files recur."""
     try:
         with open(path, "rb") as file, wave.open(file) as wav:
             if wav.getsampwidth() != 2:
@@ -72,7 +72,7 @@ def _wav16_layout(path: str, size: int, mtime_ns: int, inode: int) -> tuple[int,
 
 class _Wav16:
     """A 16-bit PCM wav file, its header read by the standard library's wave module (once per file), its samples
-    by os.pread: a fifth of libsndfile's cost per open and read (docs/benchmarks.md), which counts when a
+    by os.pread: a third of libsndfile's cost per open and read (docs/benchmarks.md), which counts when a
     training item reads its crop and up to 8 noise and impulse-response windows. `open` gives None for other
     files, which soundfile reads."""
 
