@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import kaldiio
 import numpy as np
@@ -125,6 +126,27 @@ def embed_utterances(generator: nn.Module, data: DataSet, utts: list[str], cmn: 
     finally:
         stop_workers(loaded)
     return (sums / counts[:, None]).astype(np.float32)
+
+
+class Embedder:
+    """embed_utterances of one generator with fixed settings, each set of utterances embedded once: a test embeds
+    the trial lists' utterances, the scoring data and AS-norm's cohort, which are often the same (the training
+    data)."""
+
+    def __init__(self, generator: nn.Module, cmn: bool, device: torch.device, num_workers: int = 0,
+                 progress: bool = True, extraction: Mapping[str, Any] | None = None):
+        self.generator, self.cmn, self.device = generator, cmn, device
+        self.num_workers, self.progress, self.extraction = num_workers, progress, dict(extraction or {})
+        self._embedded: dict[tuple[str, ...], np.ndarray] = {}
+
+    def __call__(self, data: DataSet, utts: list[str] | None = None) -> np.ndarray:
+        """Embeddings of `utts` of `data` (default: all of them), in that order."""
+        utts = data.utts if utts is None else utts
+        key = tuple(data.feats[u] for u in utts)
+        if key not in self._embedded:
+            self._embedded[key] = embed_utterances(self.generator, data, utts, self.cmn, self.device,
+                                                   self.num_workers, self.progress, **self.extraction)
+        return self._embedded[key]
 
 
 def write_embeddings(out_dir: str | os.PathLike, utts: list[str], emb: np.ndarray, fmt: str) -> list[Path]:

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -23,7 +22,7 @@ from stklia.atomic import write_json
 from stklia.backends.calibration import LinearCalibration
 from stklia.backends.fitting import ScoringOptions, prepare_scoring
 from stklia.data.kaldi import DataSet, EvalData, read_trials
-from stklia.embeddings import embed_utterances
+from stklia.embeddings import Embedder
 from stklia.errors import InputError
 from stklia.scoring import (
     TrialResult,
@@ -61,18 +60,9 @@ def test_model(generator: nn.Module, test_set: EvalData, model_dir: Path, step: 
     `scoring`: normalisation and back-end (default: plain cosine); their statistics are fitted on the embeddings of
     `scoring_data` (a data set and its name) once, and kept in <model_dir>/backends/<step name>/.
     """
-    embedded: dict[tuple[str, ...], np.ndarray] = {}
-
-    def embed(data: DataSet, utts: list[str]) -> np.ndarray:
-        """Each set of utterances embedded once: the scoring data is often AS-norm's cohort too."""
-        key = tuple(data.feats[u] for u in utts)
-        if key not in embedded:
-            embedded[key] = embed_utterances(generator, data, utts, cmn, device, num_workers, progress,
-                                             **(extraction or {}))
-        return embedded[key]
-
+    embed = Embedder(generator, cmn, device, num_workers, progress, extraction)
     data, data_name = scoring_data or (None, "")
-    prepared = prepare_scoring(scoring or ScoringOptions(), data, data_name, lambda d: embed(d, d.utts),
+    prepared = prepare_scoring(scoring or ScoringOptions(), data, data_name, embed,
                                model_dir / "backends" / results_name(step))
     results = evaluate(generator, test_set, cmn, device, p_targets, num_workers, progress,
                        extraction=extraction, asnorm_top_n=asnorm_top_n, scorer=prepared.scorer, embed=embed)

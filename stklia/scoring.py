@@ -21,7 +21,7 @@ each side is scored as the test side against the cohort speakers enrolled with t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,8 +32,8 @@ from torch import nn
 
 from stklia.atomic import atomic_output, file_stem, write_json
 from stklia.backends.scorer import Scorer
-from stklia.data.kaldi import DataSet, EvalData, Trials, read_table
-from stklia.embeddings import embed_utterances
+from stklia.data.kaldi import EvalData, Trials, read_table
+from stklia.embeddings import Embedder
 from stklia.errors import InputError
 from stklia.metrics import METRIC_DECIMALS, SortedTrials
 
@@ -117,18 +117,15 @@ def trial_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[fl
 def evaluate(generator: nn.Module, eval_data: EvalData, cmn: bool, device: torch.device,
              p_targets: Sequence[float] = (0.01, 0.001), num_workers: int = 0, progress: bool = True, *,
              extraction: Mapping[str, Any] | None = None, asnorm_top_n: int = 0, scorer: Scorer | None = None,
-             embed: Callable[[DataSet, list[str]], np.ndarray] | None = None) -> list[TrialResult]:
+             embed: Embedder | None = None) -> list[TrialResult]:
     """Embed what the trial lists name (each utterance once), score every list and measure it.
 
     With a cohort and asnorm_top_n > 0, the scores are also AS-normalised and measured
     (metrics prefixed `asnorm_`). `extraction`: keyword arguments of embed_utterances; `scorer`:
-    the normalisation and back-end (default: cosine of the raw embeddings); `embed`: how utterances of a data
-    set are embedded (default: embed_utterances with these settings).
+    the normalisation and back-end (default: cosine of the raw embeddings); `embed`: an Embedder of these
+    settings that may already hold some of the embeddings (default: a new one).
     """
-    def embed_here(data: DataSet, utts: list[str]) -> np.ndarray:
-        return embed_utterances(generator, data, utts, cmn, device, num_workers, progress, **(extraction or {}))
-
-    embed = embed or embed_here
+    embed = embed or Embedder(generator, cmn, device, num_workers, progress, extraction)
 
     scorer = scorer or Scorer()
     lists = eval_data.trial_lists

@@ -109,8 +109,10 @@ class _SoundFile:
         self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
 
     def read(self, first: int, last: int) -> np.ndarray:
+        """Samples first..last-1 of the first channel, int16 or float32 (-1..1)."""
         self._file.seek(first)
-        return self._file.read(last - first, dtype=self._dtype)
+        samples = self._file.read(last - first, dtype=self._dtype)
+        return samples if samples.ndim == 1 else samples[:, 0]
 
     def close(self) -> None:
         self._file.close()
@@ -174,7 +176,7 @@ class Recording:
             except Exception as err:
                 raise self._error(err) from err
             if samples.dtype == np.int16:  # integers: nothing to check
-                return samples if samples.ndim == 1 else samples[:, 0]
+                return samples
             samples = _int16_scale(samples)
         bad = first_non_finite(samples)
         if bad is not None:
