@@ -86,6 +86,14 @@ class World:
         return out
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's (CUDA's too) global generators: two runs with one seed start from the
+    same random states, which their checkpoints record (RandomStates)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 class RandomStates:
     """The random generators (python, numpy, torch, CUDA) of every rank, as one recoverable.
 

@@ -56,7 +56,7 @@ from stklia.config import build, save_config
 from stklia.data.datasets import BatchSchedule, TrainingCrops, stop_workers
 from stklia.data.kaldi import DataSet, EvalData
 from stklia.data.splits import load_split, load_trial_split, prepare_data
-from stklia.distributed import RandomStates, World
+from stklia.distributed import RandomStates, World, seed_everything
 from stklia.errors import InputError
 from stklia.evaluation import log_results, test_model
 from stklia.heads import MarginHead
@@ -465,7 +465,7 @@ def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | No
     check_config(cfg, world)
     preemption = Preemption(cfg.preempt_signals, interrupt=True)
     set_deterministic(cfg.deterministic)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     data = load_run_data(cfg, world)
     parts = build_parts(cfg, data.crops.num_classes, world)
     if cfg.init_from is not None:

@@ -161,18 +161,20 @@ def alone(model: ResNet, feats: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(feats)[None]).numpy()[0]
 
 
-def assert_same_run(state: dict, reference: dict) -> None:
-    """Bitwise the same weights, buffers and optimizer state."""
-    assert state["step"] == reference["step"]
-    for part in ("generator", "head"):
-        assert state[part].keys() == reference[part].keys()
-        for name, tensor in reference[part].items():
-            assert torch.equal(state[part][name], tensor), f"{part}.{name} differs"
-    for index, buffers in reference["optimizer"]["state"].items():
-        for name, tensor in buffers.items():
-            assert torch.equal(state["optimizer"]["state"][index][name], tensor), f"optimizer {index}.{name} differs"
-    assert state["scheduler"] == reference["scheduler"]
-    assert state["best"] == reference["best"]
+def assert_same_run(state: dict, reference: dict, where: str = "checkpoint") -> None:
+    """Bitwise the same checkpoint: weights, buffers, optimizer, scheduler, every random generator's state."""
+    if isinstance(reference, torch.Tensor):
+        assert torch.equal(state, reference), f"{where} differs"
+    elif isinstance(reference, dict):
+        assert state.keys() == reference.keys(), f"{where} has other keys"
+        for key, value in reference.items():
+            assert_same_run(state[key], value, f"{where}.{key}")
+    elif isinstance(reference, (list, tuple)):
+        assert len(state) == len(reference), f"{where} has another length"
+        for index, (item, value) in enumerate(zip(state, reference)):
+            assert_same_run(item, value, f"{where}[{index}]")
+    else:
+        assert state == reference, f"{where} differs"
 
 
 def short_run(demo_root: Path) -> list[str]:
