@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
 from omegaconf import DictConfig
-from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -53,7 +52,7 @@ from stklia.checkpoint import (
     snapshot,
 )
 from stklia.config import build, save_config
-from stklia.data.datasets import BatchSchedule, TrainingCrops, stop_workers
+from stklia.data.datasets import BatchSchedule, TrainingCrops, stop_workers, training_loader
 from stklia.data.kaldi import DataSet, EvalData
 from stklia.data.splits import load_split, load_trial_split, prepare_data
 from stklia.distributed import RandomStates, World, seed_everything
@@ -345,17 +344,8 @@ def make_loader(cfg: DictConfig, crops: TrainingCrops, start_step: int, world: W
     """Batches of steps start_step.. of this process's share; they depend on (seed, step) only."""
     schedule = BatchSchedule(crops.labels, cfg.batch_size, cfg.num_iterations, cfg.seed, cfg.sampling, start_step,
                              world.rank, world.size)
-    # its own generator: drawing worker seeds from the global one would make it depend on where a run started.
     # One pass over every step: the workers live for the whole run (persistent_workers would change nothing).
-    return DataLoader(crops, batch_sampler=schedule, num_workers=cfg.num_workers, collate_fn=crops.collate,
-                      pin_memory=world.device.type == "cuda", worker_init_fn=one_thread_per_worker,
-                      prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None, generator=torch.Generator())
-
-
-def one_thread_per_worker(worker_id: int) -> None:
-    """A loader worker makes one item at a time: one torch and one BLAS thread, so N workers use N cores."""
-    torch.set_num_threads(1)
-    threadpool_limits(1)
+    return training_loader(crops, schedule, cfg.num_workers, cfg.prefetch_factor, world.device.type == "cuda")
 
 
 def training_step(parts: Parts, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, step: int,

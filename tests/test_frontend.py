@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
-from stklia.data.datasets import BatchSchedule, TrainingCrops
+from stklia.data.datasets import BatchSchedule, TrainingCrops, training_loader
 from stklia.data.features import Fbank
 from stklia.data.frontend import AudioBatch
 from stklia.data.kaldi import load_data_dir
@@ -70,6 +70,37 @@ def test_the_front_end_never_reads_a_value_of_the_batch_on_the_host(demo_root: P
     assert {**device.frontend.features._copies, **device.frontend.speed._copies}.keys() == copies.keys()
     unpickled = pickle.loads(pickle.dumps(device))
     assert not unpickled.frontend.features._copies and not unpickled.frontend.speed._copies
+
+
+def assert_same_audio(batch: AudioBatch, expected: AudioBatch) -> None:
+    for name in ("samples", "rirs", "noise", "offsets", "reverb_rows", "noise_rows", "masks", "labels"):
+        assert torch.equal(getattr(batch, name), getattr(expected, name)), name
+    assert batch.dither_seeds == expected.dither_seeds and batch.speed_max_offsets == expected.speed_max_offsets
+
+
+def test_loader_workers_hand_batches_over_in_buffers_the_training_step_releases(demo_root: Path) -> None:
+    """The device path's workers collate into shared-memory buffers made once (BatchSlots), which the training
+    step hands back after the front end: in training every batch comes in one and holds what the same items
+    collated in this process hold. A consumer that keeps its batches gets new memory once a worker's buffers
+    are all held: none is written over, and nothing waits."""
+    data = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40))
+    crops = TrainingCrops(data, 60, True, demo_augment(demo_root), on_device=True)
+    schedule = BatchSchedule(crops.labels, batch_size=12, num_steps=16, seed=5)
+    expected = [crops.collate([crops[item] for item in schedule.batch(step)]) for step in range(16)]
+    assert all(batch.slot is None for batch in expected)  # no buffers outside a loader's workers
+    slots = []
+    for step, batch in enumerate(training_loader(crops, schedule, num_workers=2, prefetch_factor=2,
+                                                 pin_memory=False)):
+        assert_same_audio(batch, expected[step])
+        slots.append(batch.slot)
+        feats, _ = crops.to_device(batch, torch.device("cpu"))
+        assert batch.slot is None and torch.equal(feats, crops.to_device(expected[step], torch.device("cpu"))[0])
+    assert None not in slots and len(set(slots)) == 2 * (2 + 2)  # every worker's prefetch_factor + 2 buffers
+
+    kept = list(training_loader(crops, schedule, num_workers=2, prefetch_factor=2, pin_memory=False))
+    for batch, reference in zip(kept, expected, strict=True):
+        assert_same_audio(batch, reference)
+    assert sum(batch.slot is not None for batch in kept) == 2 * (2 + 2)
 
 
 def test_the_device_path_needs_audio_input(demo_root: Path, tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, default_collate
+from threadpoolctl import threadpool_limits
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from stklia.data.augment import Augment
-from stklia.data.frontend import AudioBatch, AudioCrop, FrontEnd
+from stklia.data.frontend import AudioBatch, AudioCrop, BatchSlots, FrontEnd
 from stklia.data.kaldi import DataSet
 from stklia.errors import InputError
 
@@ -49,6 +50,7 @@ class TrainingCrops(Dataset):
         self.augment = augment
         self.on_device = on_device
         self.num_classes = self.num_speakers * (augment.num_label_copies if augment else 1)
+        self.slots: BatchSlots | None = None  # the workers' reused batch buffers (training_loader)
         self.frontend = None
         if data.features is not None:
             self.crop_samples = data.features.num_samples(max_seq_len)
@@ -105,16 +107,46 @@ class TrainingCrops(Dataset):
 
     def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor] | AudioBatch:
         """The DataLoader's collate_fn: AudioCrops (on_device) into an AudioBatch, else features and labels."""
-        return AudioBatch.collate(items) if self.on_device else default_collate(items)
+        return AudioBatch.collate(items, self.slots) if self.on_device else default_collate(items)
 
     def to_device(self, batch: tuple[torch.Tensor, torch.Tensor] | AudioBatch,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, labels) of a loader batch on `device`: an AudioBatch goes through the front end there."""
+        """(features, labels) of a loader batch on `device`: an AudioBatch goes through the front end there, and
+        its worker's buffer is released once the front end has read it (on a GPU: once it is copied there)."""
         if isinstance(batch, AudioBatch):
-            batch = batch.to(device)
-            return self.frontend(batch), batch.labels
+            try:
+                moved = batch.to(device)
+                return self.frontend(moved), moved.labels
+            finally:
+                self.release(batch)
         feats, labels = batch
         return feats.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def release(self, batch: AudioBatch) -> None:
+        """Hand a batch's buffer back to its worker (BatchSlots), once: nothing reads the batch afterwards."""
+        if batch.slot is not None and self.slots is not None:
+            self.slots.release(batch.slot)
+            batch.slot = None
+
+
+def one_thread_per_worker(worker_id: int) -> None:
+    """A loader worker makes one item at a time: one torch and one BLAS thread, so N workers use N cores."""
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def training_loader(crops: TrainingCrops, batches: Sampler[list[tuple[int, int]]], num_workers: int,
+                    prefetch_factor: int, pin_memory: bool, persistent_workers: bool = False) -> DataLoader:
+    """The DataLoader of training batches. On the device path its workers collate into reused buffers
+    (BatchSlots): a worker has at most prefetch_factor batches on their way and one being read by the training
+    step; with one buffer to spare, no training batch goes into new memory."""
+    if crops.on_device and num_workers:
+        crops.slots = BatchSlots(num_workers, prefetch_factor + 2)
+    # its own generator: drawing worker seeds from the global one would make it depend on where a run started
+    return DataLoader(crops, batch_sampler=batches, num_workers=num_workers, collate_fn=crops.collate,
+                      pin_memory=pin_memory, worker_init_fn=one_thread_per_worker,
+                      prefetch_factor=prefetch_factor if num_workers else None, persistent_workers=persistent_workers,
+                      generator=torch.Generator())
 
 
 class BatchSchedule(Sampler[list[tuple[int, int]]]):

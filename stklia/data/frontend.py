@@ -11,12 +11,14 @@ draw the same choices and compute the same features.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment
 from stklia.data.features import Fbank
@@ -37,14 +39,68 @@ class AudioCrop:
     label: int
 
 
-def _stack_padded(arrays: list[np.ndarray]) -> torch.Tensor:
-    """(len(arrays), longest), zero-padded on the right; int16 if every array is, else float32."""
-    dtype = np.int16 if all(a.dtype == np.int16 for a in arrays) else np.float32
-    out = np.empty((len(arrays), max((len(a) for a in arrays), default=0)), dtype)
-    for row, a in zip(out, arrays):
+class BatchSlots:
+    """Shared-memory buffers that loader workers collate AudioBatches into, reused batch after batch.
+
+    A DataLoader hands each batch over in newly made shared memory, and making it (its page faults, 20 MB for
+    128 augmented crops) takes a worker longer than collating the batch (docs/benchmarks.md). Each worker
+    writes its batches into its `slots` buffers in turn, made once; the training process releases a batch's
+    buffer once it has read it (TrainingCrops.to_device). A buffer not yet released is never written: that
+    batch goes into new memory, as without buffers, so a consumer that keeps batches makes the handing over
+    slower, never wrong, and no one waits.
+    """
+
+    def __init__(self, num_workers: int, slots: int):
+        self._free = [[multiprocessing.Semaphore(1) for _ in range(slots)] for _ in range(num_workers)]
+        self._buffers: dict[int, torch.Tensor] = {}  # a worker's own, by slot, made when first needed
+        self._turn = 0
+
+    def claim(self, nbytes: int) -> tuple[tuple[int, int], torch.Tensor] | None:
+        """In a loader worker: (its key, its uint8 buffer of at least `nbytes`) if the worker's next buffer has
+        been released; else (or outside a worker) None."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            return None
+        slot, self._turn = self._turn, (self._turn + 1) % len(self._free[worker.id])
+        if not self._free[worker.id][slot].acquire(block=False):
+            return None
+        buffer = self._buffers.get(slot)
+        if buffer is None or len(buffer) < nbytes:  # room to spare: batches vary with the speed perturbation
+            buffer = self._buffers[slot] = torch.empty(nbytes + nbytes // 4, dtype=torch.uint8).share_memory_()
+        return (worker.id, slot), buffer
+
+    def release(self, key: tuple[int, int]) -> None:
+        worker, slot = key
+        self._free[worker][slot].release()
+
+
+def _padded_shape(arrays: list[np.ndarray]) -> tuple[tuple[int, int], torch.dtype]:
+    """Shape and dtype of the arrays stacked: (len(arrays), longest); int16 if every array is, else float32."""
+    dtype = torch.int16 if all(a.dtype == np.int16 for a in arrays) else torch.float32
+    return (len(arrays), max((len(a) for a in arrays), default=0)), dtype
+
+
+def _stack_padded(arrays: list[np.ndarray], out: torch.Tensor) -> torch.Tensor:
+    """`arrays` written into the rows of `out`, zero-padded on the right."""
+    for row, a in zip(out.numpy(), arrays):
         row[: len(a)] = a
         row[len(a) :] = 0
-    return torch.from_numpy(out)
+    return out
+
+
+def _allocate(shapes: dict[str, tuple[tuple[int, int], torch.dtype]], slots: BatchSlots | None
+              ) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
+    """Tensors of these shapes: views of one claimed buffer of `slots` (and its key), or new ones."""
+    starts, end = {}, 0
+    for name, (shape, dtype) in shapes.items():
+        starts[name] = end
+        end += -(-shape[0] * shape[1] * dtype.itemsize // 64) * 64  # each array 64-byte aligned
+    claimed = slots.claim(end) if slots is not None else None
+    if claimed is None:
+        return {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}, None
+    key, buffer = claimed
+    return {name: buffer[starts[name] : starts[name] + shape[0] * shape[1] * dtype.itemsize].view(dtype).view(shape)
+            for name, (shape, dtype) in shapes.items()}, key
 
 
 @dataclass
@@ -63,25 +119,31 @@ class AudioBatch:
     dither_seeds: list[int]
     masks: torch.Tensor  # (batch, bands, 3)
     labels: torch.Tensor  # (batch,)
+    slot: tuple[int, int] | None = None  # the BatchSlots buffer holding samples, rirs and noise, until released
 
     @classmethod
-    def collate(cls, crops: list[AudioCrop]) -> AudioBatch:
+    def collate(cls, crops: list[AudioCrop], slots: BatchSlots | None = None) -> AudioBatch:
+        """The crops as one batch; in a loader worker with `slots`, its large arrays in a reused buffer."""
         def rows(keep: list[bool]) -> torch.Tensor:
             return torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.int64)
 
         speeds = [c.speed for c in crops]
+        large = {"samples": [c.samples for c in crops], "rirs": [c.rir for c in crops if c.rir is not None],
+                 "noise": [c.noise for c in crops if c.noise is not None]}
+        out, slot = _allocate({name: _padded_shape(arrays) for name, arrays in large.items()}, slots)
         return cls(
-            samples=_stack_padded([c.samples for c in crops]),
+            samples=_stack_padded(large["samples"], out["samples"]),
             offsets=torch.tensor([c.offset for c in crops], dtype=torch.int64),
             speed_rows={s: rows([x == s for x in speeds]) for s in sorted(set(speeds) - {0})},
             speed_max_offsets={s: max(c.offset for c in crops if c.speed == s) for s in set(speeds) - {0}},
             reverb_rows=rows([c.rir is not None for c in crops]),
-            rirs=_stack_padded([c.rir for c in crops if c.rir is not None]),
+            rirs=_stack_padded(large["rirs"], out["rirs"]),
             noise_rows=rows([c.noise is not None for c in crops]),
-            noise=_stack_padded([c.noise for c in crops if c.noise is not None]),
+            noise=_stack_padded(large["noise"], out["noise"]),
             dither_seeds=[c.dither_seed for c in crops],
             masks=torch.from_numpy(np.stack([c.masks for c in crops])),
             labels=torch.tensor([c.label for c in crops], dtype=torch.int64),
+            slot=slot,
         )
 
     def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> AudioBatch:
