@@ -4,9 +4,10 @@ The plain loop is the seed's extract loop, the way one extracts with any PyTorch
 utterance, read its features, mean-normalise them and call `generator(feats[None])`. stklia runs
 `embed_utterances` as test and extract do, with the settings of `stklia/conf/trained/embedding.yaml`
 (batch_frames, max_frames, num_workers). Every way embeds the same utterances with the same model
-(`--model`, random weights from one seed: speed does not depend on them) and the same torch threads,
-each pass in a fresh process; the ways take turns, round after round (so they see the same machine
-load), and the best round of each counts. Each way's embeddings are compared with the plain loop's.
+(`--model`, random weights from one seed: speed does not depend on them) on the same `--device` (the
+CPU by default; on a GPU the plain loop copies each utterance there and its embedding back) and the same
+torch threads, each pass in a fresh process; the ways take turns, round after round (so they see the same
+machine load), and the best round of each counts. Each way's embeddings are compared with the plain loop's.
 
 The utterances are real-length: the demo corpus's recordings, concatenated per speaker and cut into
 `--utterances` pieces of uniform random length in [--min-seconds, --max-seconds], with the demo's
@@ -90,7 +91,7 @@ def make_utterances(out: Path, count: int, seconds: tuple[float, float], seed: i
 
 
 def measure(way: str, src: Path, data_dir: Path, model: str, threads: int | None, num_workers: int | None,
-            profile: bool, out: Path) -> None:
+            profile: bool, out: Path, device_name: str) -> None:
     """One timed pass of `way` with the stklia under `src`; prints its seconds as JSON, saves the embeddings."""
     sys.path.insert(0, str(src))
     import torch
@@ -110,7 +111,8 @@ def measure(way: str, src: Path, data_dir: Path, model: str, threads: int | None
     embedding = OmegaConf.load(conf / "trained" / "embedding.yaml")
     workers = embedding.num_workers if num_workers is None else num_workers
     torch.manual_seed(0)
-    generator = instantiate(cfg.model).eval()
+    device = torch.device(device_name)
+    generator = instantiate(cfg.model).eval().to(device)
     data = load_data(data_dir, instantiate(cfg.data.features))  # the features are used by wav.scp dirs only
     cmn = bool(cfg.data.cmn)
 
@@ -122,12 +124,12 @@ def measure(way: str, src: Path, data_dir: Path, model: str, threads: int | None
         def run(utts: list[str]) -> np.ndarray:
             out = []
             for utt in utts:
-                feats = torch.from_numpy(normalise(data.load(utt), cmn))
-                out.append(generator(feats[None])[0].numpy())
+                feats = torch.from_numpy(normalise(data.load(utt), cmn)).to(device)
+                out.append(generator(feats[None])[0].cpu().numpy())
             return np.stack(out)
     else:
         def run(utts: list[str]) -> np.ndarray:
-            return embed_utterances(generator, data, utts, cmn, torch.device("cpu"), workers, progress=False,
+            return embed_utterances(generator, data, utts, cmn, device, workers, progress=False,
                                     **embedding.extraction)
 
     run(data.utts[:8])  # warm-up
@@ -167,6 +169,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads of every way (default: torch's, one per core)")
     parser.add_argument("--num-workers", type=int, help="stklia's loader workers (default: embedding.yaml's)")
+    parser.add_argument("--device", default="cpu", help="where every way runs the model: cpu, cuda, ...")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print each way's operators by time (first round)")
     parser.add_argument("--measure", choices=WAYS, help=argparse.SUPPRESS)  # internal: one timed pass
@@ -175,7 +178,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        measure(args.measure, args.src, args.data, args.model, args.threads, args.num_workers, args.profile, args.out)
+        measure(args.measure, args.src, args.data, args.model, args.threads, args.num_workers, args.profile, args.out,
+                args.device)
         return
 
     ways = args.ways or [w for w in WAYS if w != "before" or args.before]
@@ -198,7 +202,8 @@ def main() -> None:
         for round_ in range(args.rounds):
             for way in ways[round_ % len(ways):] + ways[: round_ % len(ways)]:  # rotated: no way always first
                 command = [sys.executable, __file__, "--measure", way, "--src", str(sources[way]),
-                           "--data", str(tmp / "data"), "--model", args.model, "--out", str(tmp / f"{way}.npy")]
+                           "--data", str(tmp / "data"), "--model", args.model, "--out", str(tmp / f"{way}.npy"),
+                           "--device", args.device]
                 command += ["--threads", str(args.threads)] if args.threads else []
                 command += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
                 command += ["--profile"] if args.profile and round_ == 0 else []
@@ -213,7 +218,8 @@ def main() -> None:
 
     reference = embeddings.get("loop")
     baseline = args.utterances / min(seconds["loop"]) if "loop" in ways else None
-    print(f"{os.cpu_count()} CPUs, {info[ways[0]]['threads']} torch threads in every way, model={args.model}, "
+    print(f"{os.cpu_count()} CPUs, {info[ways[0]]['threads']} torch threads in every way, model={args.model} on "
+          f"{args.device}, "
           f"{'wav files (fbank computed while extracting)' if args.audio else 'feats.scp'}; "
           f"load average {load_start:.2f} at the start, {load_end:.2f} at the end; best of {args.rounds} rounds\n")
     print(length_summary(frames) + "\n")

@@ -12,9 +12,11 @@ does in training: read, augment, collate, hand the batch over to the training pr
 
 * the CPU path (features in the loader workers): without augmentation and with
   experiment=voxceleb_resnet34_aam's (speed, reverberation, noise/music/babble, SpecAugment);
-* the device path (features_on_device=true): the workers' share; the same items made and collated in this
-  process (with one torch thread), without the handing over; and the device's share, the FrontEnd time of a
-  batch, measured in this process on this CPU (a GPU's is far smaller);
+* the device path (features_on_device=true): the workers' share, with the batch buffers handed back as the
+  training step does, and with every batch in new shared memory (what a plain DataLoader does); the same
+  items made and collated in this process (with one torch thread), without the handing over; and the
+  device's share, the FrontEnd time of a batch, measured in this process on this CPU (a GPU's is far
+  smaller);
 * the floor of FLAC input: decoding a crop's samples alone (soundfile: open, seek, read), no other work;
 * the loader cores a GPU training at 3,000 samples/s needs on each path;
 * 2 s against 20 s utterances (an item's cost must not depend on its utterance's length).
@@ -41,8 +43,10 @@ BATCH = 128
 CROP = 200
 
 
-def build_dirs(demo_root: Path, work: Path, stklia_root: Path) -> dict[str, Path]:
-    """Kaldi dirs of the demo's train audio joined into utterances of 2, 8 and 20 s, in each input kind."""
+def build_dirs(demo_root: Path, work: Path, stklia_root: Path, wanted: tuple[str, ...] | None = None
+               ) -> dict[str, Path]:
+    """Kaldi dirs of the demo's train audio joined into utterances of 2, 8 and 20 s, in each input kind; by name
+    (e.g. "8 s wav"), all of them or the `wanted` ones."""
     import kaldiio
     import soundfile
 
@@ -64,6 +68,8 @@ def build_dirs(demo_root: Path, work: Path, stklia_root: Path) -> dict[str, Path
             utts += [(f"{speaker}-{i:02d}", joined[i * n : (i + 1) * n]) for i in range(min(len(joined) // n, 4))]
         kinds = ("wav", "flac", "m4a", "feats") if name == "8 s" else ("flac",)
         for kind in kinds:
+            if wanted is not None and f"{name} {kind}" not in wanted:
+                continue
             d = work / f"{name.replace(' ', '')}_{kind}"
             dirs[f"{name} {kind}"] = d
             if (d / "utt2spk").exists():
@@ -107,26 +113,37 @@ def items_per_second(make: object, items: list, repeats: int) -> float:
     return len(items) / best
 
 
-def worker_items_per_second(dataset: object, batches: list[list], repeats: int) -> float:
+def worker_items_per_second(dataset: object, batches: list[list], repeats: int, release: bool = True) -> float:
     """Items per CPU second of a DataLoader's one worker process, as training runs it: reading, augmenting (on
     the CPU path: and computing the features of) each item, collating a batch and handing it over to the
     training process. Its CPU time (and that of the ffmpeg it runs) is read from /proc around each pass over
-    `batches`, after a first pass that starts the worker; best of `repeats`."""
+    `batches`, after a first pass that starts the worker; best of `repeats`. Without `release`, the batches'
+    buffers (the device path's BatchSlots) are never handed back: every batch goes into new shared memory, as
+    a plain DataLoader's do."""
     import torch
     from torch.utils.data import DataLoader, default_collate
 
     def cpu_ticks(pid: int) -> int:  # utime, stime, cutime, cstime: fields 14-17 of /proc/PID/stat
         return sum(int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15])
 
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=1, persistent_workers=True,
-                        collate_fn=getattr(dataset, "collate", default_collate), generator=torch.Generator())
+    try:  # the training loader, where the checkout has one (stklia.data.datasets.training_loader)
+        from stklia.data.datasets import training_loader
+    except ImportError:
+        training_loader = None
+    if training_loader is not None and hasattr(dataset, "release"):
+        loader = training_loader(dataset, batches, 1, 2, pin_memory=False, persistent_workers=True)
+    else:
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=1, persistent_workers=True,
+                            collate_fn=getattr(dataset, "collate", default_collate), generator=torch.Generator())
+    hand_back = getattr(dataset, "release", None) if release else None  # what training does after the front end
     best = np.inf
     for repeat in range(1 + repeats):
         batch_iterator = iter(loader)
         pid = batch_iterator._workers[0].pid
         start = cpu_ticks(pid)
-        for _ in batch_iterator:
-            pass
+        for batch in batch_iterator:
+            if hand_back is not None and not isinstance(batch, (list, tuple)):
+                hand_back(batch)
         if repeat:
             best = min(best, (cpu_ticks(pid) - start) / os.sysconf("SC_CLK_TCK"))
     return sum(map(len, batches)) / best
@@ -178,6 +195,9 @@ def main() -> None:
         if has_device_path and "feats" not in kind:
             device = TrainingCrops(data, CROP, True, used, on_device=True)
             out["workers"] = worker_items_per_second(device, batches, args.repeats)
+            if hasattr(device, "release"):
+                device = TrainingCrops(data, CROP, True, used, on_device=True)
+                out["workers_new_memory"] = worker_items_per_second(device, batches, args.repeats, release=False)
             out["in_process"] = items_per_second(lambda its: [device.collate([device[i] for i in b]) for b in batches],
                                                  items, args.repeats)
             batch = device.collate([device[i] for i in batches[0]])
@@ -190,9 +210,9 @@ def main() -> None:
         return "n/a" if value is None else f"{value:,.0f}{unit}"
 
     print("| input (8 s utterances) | augmentation | CPU path: items/s/core | cores per GPU at 3,000/s "
-          "| device path: workers' items/s/core | cores per GPU at 3,000/s | device path: items + collate alone "
-          "| device's batch of 128 on this CPU |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| device path: workers' items/s/core | cores per GPU at 3,000/s | ... each batch in new shared memory "
+          "| device path: items + collate alone | device's batch of 128 on this CPU |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = {}
     for kind in ("8 s feats", "8 s wav", "8 s flac", "8 s m4a"):
         for augmented in (False, True):
@@ -202,7 +222,8 @@ def main() -> None:
             label = "SpecAugment" if augmented and "feats" in kind else "musan_rirs" if augmented else "none"
             print(f"| {kind.split()[-1].replace('feats', 'feats.scp').replace('m4a', 'm4a (ffmpeg pipes)')} "
                   f"| {label} | {cell(r['cpu'])} | {GPU_RATE / r['cpu']:.1f} | {cell(workers)} "
-                  f"| {'n/a' if workers is None else f'{GPU_RATE / workers:.1f}'} | {cell(r.get('in_process'))} "
+                  f"| {'n/a' if workers is None else f'{GPU_RATE / workers:.1f}'} "
+                  f"| {cell(r.get('workers_new_memory'))} | {cell(r.get('in_process'))} "
                   f"| {device} |", flush=True)
     import soundfile
 
