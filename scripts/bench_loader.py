@@ -1,6 +1,6 @@
 """Benchmark the training data path at VoxCeleb scale: items/s per loader core, for every input kind.
 
-    python scripts/bench_loader.py [--items 300] [--work DIR] [--stklia CHECKOUT]
+    python scripts/bench_loader.py [--items 1024] [--repeats 2] [--inputs KIND ...] [--work DIR] [--stklia CHECKOUT]
 
 Builds (once, in --work) VoxCeleb-shaped Kaldi dirs from the demo corpus's audio: 8 s utterances (a
 demo speaker's recordings joined and cut) as wav, FLAC, m4a read through the `ffmpeg ... |` pipes of
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 SECONDS = {"8 s": 8, "2 s": 2, "20 s": 20}
+INPUTS = ("feats", "wav", "flac", "m4a")
 GPU_RATE = 3000  # samples/s a current data-centre GPU trains a ResNet34 at (bf16)
 BATCH = 128
 CROP = 200
@@ -153,6 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1024, help="items per measurement (m4a pipes: a tenth)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=INPUTS,
+                        help="input kinds to measure (the FLAC floor and lengths come with flac)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/stklia-bench-loader"))
     parser.add_argument("--demo", help="demo corpus root (default: the cache)")
     parser.add_argument("--stklia", type=Path, default=Path(__file__).resolve().parents[1],
@@ -214,7 +217,7 @@ def main() -> None:
           "| device path: items + collate alone | device's batch of 128 on this CPU |")
     print("|---|---|---|---|---|---|---|---|---|")
     results = {}
-    for kind in ("8 s feats", "8 s wav", "8 s flac", "8 s m4a"):
+    for kind in (f"8 s {name}" for name in args.inputs):
         for augmented in (False, True):
             r = results[kind, augmented] = measure(kind, augmented)
             workers = r.get("workers")
@@ -225,32 +228,37 @@ def main() -> None:
                   f"| {'n/a' if workers is None else f'{GPU_RATE / workers:.1f}'} "
                   f"| {cell(r.get('workers_new_memory'))} | {cell(r.get('in_process'))} "
                   f"| {device} |", flush=True)
-    import soundfile
 
-    flac_files = sorted((dirs["8 s flac"] / "audio").glob("*.flac"))
-    length = features.num_samples(CROP)
-    starts = np.random.default_rng(0).integers(0, 8 * 16000 - length, args.items).tolist()
+    def flac_tables() -> None:
+        """FLAC's decoding floor, and items/s against the utterances' length."""
+        import soundfile
 
-    def decode(starts: list[int]) -> None:
-        for i, start in enumerate(starts):
-            with soundfile.SoundFile(flac_files[i % len(flac_files)]) as f:
-                f.seek(start)
-                f.read(length, dtype="int16")
+        flac_files = sorted((dirs["8 s flac"] / "audio").glob("*.flac"))
+        length = features.num_samples(CROP)
+        starts = np.random.default_rng(0).integers(0, 8 * 16000 - length, args.items).tolist()
 
-    print(f"\nThe floor of FLAC input, decoding the crop's {length:,} samples alone (soundfile: open, seek, read): "
-          f"{items_per_second(decode, starts, args.repeats):,.0f} items/s/core")
-    print("\n| FLAC utterances | augmentation | CPU path: items/s/core | device path: workers' items/s/core |")
-    print("|---|---|---|---|")
-    for augmented in (False, True):
-        for name in ("2 s", "8 s", "20 s"):
-            r = results.get((f"{name} flac", augmented)) or measure(f"{name} flac", augmented)
-            results[f"{name} flac", augmented] = r
-            print(f"| {name} | {'musan_rirs' if augmented else 'none'} | {cell(r['cpu'])} | {cell(r.get('workers'))} |",
-                  flush=True)
-    for augmented in (False, True):
-        short, long = results["2 s flac", augmented], results["20 s flac", augmented]
-        ratios = [f"{path} {long[path] / short[path]:.2f}" for path in ("cpu", "workers") if path in short]
-        print(f"\n20 s / 2 s items/s, {'musan_rirs' if augmented else 'no augmentation'}: {', '.join(ratios)}")
+        def decode(starts: list[int]) -> None:
+            for i, start in enumerate(starts):
+                with soundfile.SoundFile(flac_files[i % len(flac_files)]) as f:
+                    f.seek(start)
+                    f.read(length, dtype="int16")
+
+        print(f"\nThe floor of FLAC input, decoding the crop's {length:,} samples alone (soundfile: open, seek, read): "
+              f"{items_per_second(decode, starts, args.repeats):,.0f} items/s/core")
+        print("\n| FLAC utterances | augmentation | CPU path: items/s/core | device path: workers' items/s/core |")
+        print("|---|---|---|---|")
+        for augmented in (False, True):
+            for name in ("2 s", "8 s", "20 s"):
+                r = results.get((f"{name} flac", augmented)) or measure(f"{name} flac", augmented)
+                results[f"{name} flac", augmented] = r
+                label = "musan_rirs" if augmented else "none"
+                print(f"| {name} | {label} | {cell(r['cpu'])} | {cell(r.get('workers'))} |", flush=True)
+        for augmented in (False, True):
+            short, long = results["2 s flac", augmented], results["20 s flac", augmented]
+            ratios = [f"{path} {long[path] / short[path]:.2f}" for path in ("cpu", "workers") if path in short]
+            print(f"\n20 s / 2 s items/s, {'musan_rirs' if augmented else 'no augmentation'}: {', '.join(ratios)}")
+    if "flac" in args.inputs:
+        flac_tables()
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
