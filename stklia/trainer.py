@@ -95,6 +95,10 @@ def check_config(cfg: DictConfig, world: World) -> None:
         raise InputError("config", f"keep_last must be null (keep all) or at least 1, not {cfg.keep_last}")
     if cfg.features_on_device not in ("auto", True, False):
         raise InputError("config", f"features_on_device must be auto, true or false, not '{cfg.features_on_device}'")
+    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+        raise InputError("config", f"num_workers must be a whole number, 0 or more, not {cfg.num_workers!r}")
+    if cfg.num_workers and (not isinstance(cfg.prefetch_factor, int) or cfg.prefetch_factor < 1):
+        raise InputError("config", f"prefetch_factor must be a whole number, 1 or more, not {cfg.prefetch_factor!r}")
     if cfg.preempt_check_interval < 1:
         raise InputError("config", f"preempt_check_interval must be at least 1, not {cfg.preempt_check_interval}")
     metric = cfg.optimized_metric

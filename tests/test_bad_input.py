@@ -133,6 +133,20 @@ def test_command_line_mistakes_get_one_line(command: tuple[str, ...], tmp_path: 
     assert not list(tmp_path.iterdir())  # nothing written: no run dir, no log, no .hydra/
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ("num_workers=-1", "num_workers must be a whole number, 0 or more, not -1"),
+    ("prefetch_factor=0", "prefetch_factor must be a whole number, 1 or more, not 0"),
+    ("prefetch_factor=null", "prefetch_factor must be a whole number, 1 or more, not None"),
+])
+def test_loader_settings_that_cannot_work_are_one_line(setting: str, message: str, demo_root: Path,
+                                                        tmp_path: Path) -> None:
+    workers = "num_workers=2" if setting.startswith("prefetch") else "num_workers=0"  # prefetching needs workers
+    proc = run_stklia("train", f"data.root={demo_root}", "data.prepare=null", workers, setting,
+                      f"model_dir={tmp_path / 'm'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr == f"stklia: error: config: {message}\n"
+    assert not list(tmp_path.iterdir())
+
+
 def test_lmft_of_a_head_without_margin_is_one_line(tmp_path: Path) -> None:
     for head, name in (("adacos", "AdaCos"), ("sphereface", "SphereFace")):
         proc = run_stklia("train", f"head={head}", "+stage=lmft", f"init_from={tmp_path / 'x'}", cwd=tmp_path,
