@@ -44,6 +44,14 @@ BATCH = 128
 CROP = 200
 
 
+def musan_rirs_overrides(demo_root: Path) -> list[str]:
+    """Hydra overrides of the recipe's augmentation (musan_rirs) with the demo's noise, music, babble and RIR sets."""
+    sets = demo_root / "augment"
+    return ["augment=musan_rirs", f"augment.reverb.rirs={sets / 'rirs'}",
+            f"augment.noise.sources.noise.list={sets / 'noise'}", f"augment.noise.sources.music.list={sets / 'music'}",
+            f"augment.noise.sources.babble.list={sets / 'babble'}"]
+
+
 def build_dirs(demo_root: Path, work: Path, stklia_root: Path, wanted: tuple[str, ...] | None = None
                ) -> dict[str, Path]:
     """Kaldi dirs of the demo's train audio joined into utterances of 2, 8 and 20 s, in each input kind; by name
@@ -175,12 +183,8 @@ def main() -> None:
     demo = ensure_demo(args.demo)
     work = args.work / ("before" if args.stklia.resolve() != Path(__file__).resolve().parents[1] else "after")
     dirs = build_dirs(demo, work, args.stklia)
-    sets = demo / "augment"
     with initialize_config_dir(str(args.stklia / "stklia" / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=voxceleb_resnet34_aam", f"augment.reverb.rirs={sets / 'rirs'}",
-            f"augment.noise.sources.noise.list={sets / 'noise'}", f"augment.noise.sources.music.list={sets / 'music'}",
-            f"augment.noise.sources.babble.list={sets / 'babble'}"])
+        cfg = compose("train", overrides=["experiment=voxceleb_resnet34_aam", *musan_rirs_overrides(demo)])
     features = instantiate(cfg.data.features)
     augment = instantiate(cfg.augment)
     has_device_path = "on_device" in inspect.signature(TrainingCrops).parameters

@@ -108,11 +108,10 @@ def training_loop(checkout: Path, overrides: list[str], steps: int, log_interval
 
 def setups(demo: Path, dirs: dict[str, Path]) -> dict[str, list[str]]:
     """The training sets measured, by name: their overrides."""
-    sets = demo / "augment"
-    voxceleb_shaped = [
-        "data.features_per_frame=80", "data.features.num_mel_bins=80", "max_seq_len=200", "augment=musan_rirs",
-        f"augment.reverb.rirs={sets / 'rirs'}", f"augment.noise.sources.noise.list={sets / 'noise'}",
-        f"augment.noise.sources.music.list={sets / 'music'}", f"augment.noise.sources.babble.list={sets / 'babble'}"]
+    from bench_loader import musan_rirs_overrides
+
+    voxceleb_shaped = ["data.features_per_frame=80", "data.features.num_mel_bins=80", "max_seq_len=200",
+                       *musan_rirs_overrides(demo)]
     return {
         "demo train_wav, `experiment=demo_aug`": ["experiment=demo_aug", "max_seq_len=150"],
         "VoxCeleb-shaped 8 s FLAC, musan_rirs": [f"data.train=[{dirs['8 s flac']}]", *voxceleb_shaped],

@@ -26,17 +26,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from bench_loader import musan_rirs_overrides  # this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def augment_lists(demo: Path) -> list[str]:
-    """The recipe's augmentation (musan_rirs) with the demo's noise, music, babble and RIR sets."""
-    sets = demo / "augment"
-    return ["augment=musan_rirs", f"augment.reverb.rirs={sets / 'rirs'}",
-            f"augment.noise.sources.noise.list={sets / 'noise'}", f"augment.noise.sources.music.list={sets / 'music'}",
-            f"augment.noise.sources.babble.list={sets / 'babble'}"]
 
 
 def front_end(demo: Path, dither: float, device: torch.device) -> float:
@@ -53,7 +46,7 @@ def front_end(demo: Path, dither: float, device: torch.device) -> float:
         with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
             cfg = compose("train", overrides=[
                 f"data.root={demo}", "data.prepare=null", "experiment=demo_aug", "data.eval=null", "data.test=null",
-                *augment_lists(demo), "augment.reverb.prob=0.5", "augment.speed.new_speakers=true",
+                *musan_rirs_overrides(demo), "augment.reverb.prob=0.5", "augment.speed.new_speakers=true",
                 f"data.features.dither={dither}", "max_seq_len=200", f"features_on_device={on_device}"])
         crops[on_device] = load_run_data(cfg, gpu).crops
     schedule = BatchSchedule(crops[False].labels, batch_size=64, num_steps=3, seed=7)
@@ -86,7 +79,7 @@ def repeatability(demo: Path, out: Path, tmp: Path, device: torch.device) -> lis
     """Final checkpoints of two whole runs and of one resumed run: the names of the tensors that differ."""
     from stklia.checkpoint import list_checkpoints, load_checkpoint
 
-    common = [f"data.root={demo}", "data.prepare=null", "experiment=demo_aug", *augment_lists(demo),
+    common = [f"data.root={demo}", "data.prepare=null", "experiment=demo_aug", *musan_rirs_overrides(demo),
               "features_on_device=true", "deterministic=true", "amp=bf16", "num_iterations=40",
               "checkpoint_interval=20", "data.eval=null", "data.test=null", "progress=false", f"device={device}"]
     for name in ("first", "second", "resumed"):

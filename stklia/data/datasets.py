@@ -124,7 +124,7 @@ class TrainingCrops(Dataset):
 
     def release(self, batch: AudioBatch) -> None:
         """Hand a batch's buffer back to its worker (BatchSlots), once: nothing reads the batch afterwards."""
-        if batch.slot is not None and self.slots is not None:
+        if batch.slot is not None:  # only a worker of training_loader, which made self.slots, gives one
             self.slots.release(batch.slot)
             batch.slot = None
 

@@ -91,15 +91,15 @@ def _stack_padded(arrays: list[np.ndarray], out: torch.Tensor) -> torch.Tensor:
 def _allocate(shapes: dict[str, tuple[tuple[int, int], torch.dtype]], slots: BatchSlots | None
               ) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
     """Tensors of these shapes: views of one claimed buffer of `slots` (and its key), or new ones."""
-    starts, end = {}, 0
+    starts, sizes, end = {}, {}, 0
     for name, (shape, dtype) in shapes.items():
-        starts[name] = end
-        end += -(-shape[0] * shape[1] * dtype.itemsize // 64) * 64  # each array 64-byte aligned
+        starts[name], sizes[name] = end, shape[0] * shape[1] * dtype.itemsize
+        end += -(-sizes[name] // 64) * 64  # each array 64-byte aligned
     claimed = slots.claim(end) if slots is not None else None
     if claimed is None:
         return {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}, None
     key, buffer = claimed
-    return {name: buffer[starts[name] : starts[name] + shape[0] * shape[1] * dtype.itemsize].view(dtype).view(shape)
+    return {name: buffer[starts[name] : starts[name] + sizes[name]].view(dtype).view(shape)
             for name, (shape, dtype) in shapes.items()}, key
 
 
