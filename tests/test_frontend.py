@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
-from stklia.data.datasets import BatchSchedule, TrainingCrops, training_loader
+from stklia.data.datasets import FRONT_END_ROWS, BatchSchedule, TrainingCrops, training_loader
 from stklia.data.features import Fbank
 from stklia.data.frontend import AudioBatch
-from stklia.data.kaldi import load_data_dir
+from stklia.data.kaldi import load_data, load_data_dir
 from stklia.distributed import World
 from stklia.errors import InputError
 from stklia.trainer import features_on_device
@@ -53,6 +53,22 @@ def test_the_device_path_draws_and_computes_what_the_cpu_path_does(demo_root: Pa
     assert all(count > 0 for count in work.values()), work
 
 
+def test_the_cpu_path_computes_a_batchs_features_together_each_as_it_is_alone(demo_root: Path) -> None:
+    """A loader worker asks for a batch's items together (TrainingCrops.__getitems__), and on the CPU path the
+    front end computes FRONT_END_ROWS audio items at a time: each item gets, in its place, the features and the
+    label it gets alone, also when feats.scp and audio utterances share the batch."""
+    data = load_data([demo_root / "test", demo_root / "train_wav"], Fbank(num_mel_bins=40))
+    crops = TrainingCrops(data, 60, True, demo_augment(demo_root))
+    items = BatchSchedule(crops.labels, batch_size=48, num_steps=1, seed=3, sampling="utterance").batch(0)
+    is_audio = [data.utts[index] in data.audio for index, _ in items]
+    assert sum(is_audio) > 2 * FRONT_END_ROWS and not all(is_audio)
+    together = crops.__getitems__(items)
+    for item, (feats, label) in zip(items, together, strict=True):
+        alone, alone_label = crops[item]
+        assert label == alone_label
+        np.testing.assert_allclose(feats.numpy(), alone.numpy(), rtol=0, atol=1e-3)
+
+
 def test_the_front_end_never_reads_a_value_of_the_batch_on_the_host(demo_root: Path) -> None:
     """On a GPU, the host reading a value of the batch waits for the device. On the meta device (shapes, no
     values) any such read fails: the whole front end runs there (dither off: the meta device has no random
@@ -73,7 +89,7 @@ def test_the_front_end_never_reads_a_value_of_the_batch_on_the_host(demo_root: P
 
 
 def assert_same_audio(batch: AudioBatch, expected: AudioBatch) -> None:
-    for name in ("samples", "rirs", "noise", "offsets", "reverb_rows", "noise_rows", "masks", "labels"):
+    for name in ("samples", "rirs", "noise", "offsets", "reverb_rows", "noise_rows", "zeroed", "labels"):
         assert torch.equal(getattr(batch, name), getattr(expected, name)), name
     assert batch.dither_seeds == expected.dither_seeds and batch.speed_max_offsets == expected.speed_max_offsets
 

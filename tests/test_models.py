@@ -199,7 +199,7 @@ def test_each_family_trains_with_ddp_then_tests_extracts_and_exports(preset: str
     exported = torch.jit.load(str(tmp_path / "generator.pt"))
     data = load_data_dir(demo_root / "test")
     for utt in data.utts[:3]:  # the exported generator embeds as extract did (a padded batch, masked)
-        got = exported(torch.from_numpy(data.load(utt))[None])[0].detach()
+        got = exported(torch.tensor(data.load(utt))[None])[0].detach()
         torch.testing.assert_close(got, extracted[utt], rtol=1e-4, atol=1e-4 * extracted[utt].abs().max().item())
 
 

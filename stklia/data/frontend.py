@@ -4,8 +4,8 @@ dithered Kaldi fbank, mean normalisation over the crop, SpecAugment.
 The data loader's workers make one `AudioCrop` per training item (stklia.data.datasets.TrainingCrops):
 every random choice, drawn from the item's seed, and the samples those choices need (the source window of
 the crop, the impulse response, the noise). `FrontEnd` carries them out on a batch with torch, on whatever
-device the batch is: in the worker for one item (the CPU path), or on the training device for the whole
-batch (`features_on_device`), which leaves the loader's cores nothing to do but read audio. Both paths
+device the batch is: in the worker, a few items at a time (the CPU path), or on the training device for the
+whole batch (`features_on_device`), which leaves the loader's cores nothing to do but read audio. Both paths
 draw the same choices and compute the same features.
 """
 
@@ -35,7 +35,7 @@ class AudioCrop:
     rir: np.ndarray | None  # the impulse response to convolve with
     noise: np.ndarray | None  # the noise to add, at unit speech power (AddNoise.draw)
     dither_seed: int
-    masks: np.ndarray  # the SpecAugment bands (SpecAugment.draw)
+    zeroed: np.ndarray  # the frames, then the bins, that SpecAugment zeroes (SpecAugment.draw)
     label: int
 
 
@@ -117,7 +117,7 @@ class AudioBatch:
     noise_rows: torch.Tensor
     noise: torch.Tensor  # (len(noise_rows), crop samples)
     dither_seeds: list[int]
-    masks: torch.Tensor  # (batch, bands, 3)
+    zeroed: torch.Tensor  # (batch, frames + bins) booleans
     labels: torch.Tensor  # (batch,)
     slot: tuple[int, int] | None = None  # the BatchSlots buffer holding samples, rirs and noise, until released
 
@@ -141,7 +141,7 @@ class AudioBatch:
             noise_rows=rows([c.noise is not None for c in crops]),
             noise=_stack_padded(large["noise"], out["noise"]),
             dither_seeds=[c.dither_seed for c in crops],
-            masks=torch.from_numpy(np.stack([c.masks for c in crops])),
+            zeroed=torch.from_numpy(np.stack([c.zeroed for c in crops])),
             labels=torch.tensor([c.label for c in crops], dtype=torch.int64),
             slot=slot,
         )
@@ -167,7 +167,7 @@ class AudioBatch:
 class FrontEnd:
     """AudioBatch -> (batch, frames, bins) training features, on the batch's device: each row's speed
     perturbation, reverberation, noise, dithered fbank of `crop_samples` samples, mean normalisation over the
-    crop (`cmn`), SpecAugment bands."""
+    crop (`cmn`), SpecAugment's zeroed bands."""
 
     def __init__(self, features: Fbank, crop_samples: int, cmn: bool, augment: Augment | None = None):
         self.features, self.crop_samples, self.cmn = features, crop_samples, cmn
@@ -188,4 +188,4 @@ class FrontEnd:
         feats = self.features.batch(x, batch.dither_seeds)
         if self.cmn:
             feats = feats - feats.mean(dim=1, keepdim=True)
-        return SpecAugment.apply(feats, batch.masks)
+        return SpecAugment.apply(feats, batch.zeroed)
