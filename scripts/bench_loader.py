@@ -17,6 +17,8 @@ does in training: read, augment, collate, hand the batch over to the training pr
   items made and collated in this process (with one torch thread), without the handing over; and the
   device's share, the FrontEnd time of a batch, measured in this process on this CPU (a GPU's is far
   smaller);
+* the CPU path's front end per item by the number of items it computes together (1 to a batch; the workers
+  use stklia.data.datasets.FRONT_END_ROWS);
 * the floor of FLAC input: decoding a crop's samples alone (soundfile: open, seek, read), no other work;
 * the loader cores a GPU training at 3,000 samples/s needs on each path;
 * 2 s against 20 s utterances (an item's cost must not depend on its utterance's length).
@@ -261,6 +263,25 @@ def main() -> None:
             short, long = results["2 s flac", augmented], results["20 s flac", augmented]
             ratios = [f"{path} {long[path] / short[path]:.2f}" for path in ("cpu", "workers") if path in short]
             print(f"\n20 s / 2 s items/s, {'musan_rirs' if augmented else 'no augmentation'}: {', '.join(ratios)}")
+    def rows_table() -> None:
+        """The CPU path's front end per item, by the number of items it computes together."""
+        from stklia.data.frontend import AudioBatch
+
+        data = load_data(str(dirs["8 s wav"]), features)
+        crops = TrainingCrops(data, CROP, True, augment, on_device=True)
+        rng = np.random.default_rng(1)
+        count = args.items // BATCH * BATCH
+        crops = [crops[index, seed] for index, seed in zip(rng.integers(len(data.utts), size=count).tolist(),
+                                                           rng.integers(2**62, size=count).tolist())]
+        frontend = TrainingCrops(data, CROP, True, augment).frontend
+        print("\n| 8 s wav items, musan_rirs: the front end computes together | ms per item on one core |")
+        print("|---|---|")
+        for rows in (1, 2, 4, 8, 16, 32, BATCH):
+            batches = [AudioBatch.collate(crops[i : i + rows]) for i in range(0, count, rows)]
+            rate = items_per_second(lambda its, batches=batches: [frontend(b) for b in batches], crops, args.repeats)
+            print(f"| {rows} | {1000 / rate:.2f} |", flush=True)
+    if has_device_path and "wav" in args.inputs:
+        rows_table()
     if "flac" in args.inputs:
         flac_tables()
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")

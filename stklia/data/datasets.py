@@ -73,8 +73,8 @@ class TrainingCrops(Dataset):
     def __getitems__(self, items: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int] | AudioCrop]:
         """The items of a batch (a DataLoader asks for them together). On the CPU path the front end computes the
         features of the audio items FRONT_END_ROWS at a time: enough rows to share each tensor operation's fixed
-        cost, few enough that their arrays stay in the core's cache (a third faster per item than one at a time,
-        or than the whole batch at once; docs/benchmarks.md)."""
+        cost, few enough that their arrays stay in the core's cache (1.5x faster per item than one at a time or
+        the whole batch at once; docs/benchmarks.md)."""
         made = [self._item(item) for item in items]
         if self.on_device:
             return made
