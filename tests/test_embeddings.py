@@ -8,6 +8,8 @@ against the plain forward pass.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,13 @@ def test_length_batches_respect_the_frame_budget() -> None:
     # sorting by length keeps the padding small: < 5% of the frames computed
     computed = sum(len(b) * max(len(f) for _, f in b) for b in batches)
     assert computed < 1.05 * sum(lengths)
+
+
+
+def test_no_warning_on_features_read_from_feats_scp(demo_root: Path) -> None:
+    """kaldiio reads features into read-only arrays, and torch warns when a tensor is made of one (once per process,
+    hence a process of its own): extraction and training with cmn=false would print it at every run."""
+    code = ("import sys; from stklia.data.kaldi import load_data_dir; "
+            "from stklia.data.datasets import TrainingCrops, Utterances; data = load_data_dir(sys.argv[1]); "
+            "Utterances(data, data.utts[:1], cmn=False)[0]; TrainingCrops(data, 20, cmn=False)[0, 1]")
+    subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code, str(demo_root / "test")], check=True)

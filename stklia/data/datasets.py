@@ -28,6 +28,12 @@ def random_crop(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndar
     return x[start : start + length]
 
 
+def feature_tensor(feats: np.ndarray) -> torch.Tensor:
+    """A tensor sharing a features array, copied only when it is not contiguous or not writable: kaldiio reads
+    features into read-only arrays, and torch warns when a tensor is made of one (with cmn=false, at every run)."""
+    return torch.from_numpy(np.require(feats, requirements=["C", "W"]))
+
+
 FRONT_END_ROWS = 8  # audio items whose features a loader worker computes together (TrainingCrops.__getitems__)
 
 
@@ -100,7 +106,7 @@ class TrainingCrops(Dataset):
         feats = random_crop(normalise(self.data.load(utt), self.cmn), self.max_seq_len, rng)
         if self.augment and self.augment.specaugment:
             feats = self.augment.specaugment(feats, rng)
-        return torch.from_numpy(np.ascontiguousarray(feats)), label
+        return feature_tensor(feats), label
 
     def audio_crop(self, utt: str, speed: int, label: int, rng: np.random.Generator) -> AudioCrop:
         """The random choices of an audio item after its speed (crop, impulse response, noise, dither,
@@ -223,7 +229,7 @@ class Utterances(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         feats = normalise(self.data.load(self.utts[index]), self.cmn)
-        return torch.from_numpy(np.ascontiguousarray(feats))
+        return feature_tensor(feats)
 
 
 def stop_workers(batches: Iterator) -> None:
