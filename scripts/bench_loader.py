@@ -17,8 +17,8 @@ does in training: read, augment, collate, hand the batch over to the training pr
   items made and collated in this process (with one torch thread), without the handing over; and the
   device's share, the FrontEnd time of a batch, measured in this process on this CPU (a GPU's is far
   smaller);
-* the CPU path's front end per item by the number of items it computes together (1 to a batch; the workers
-  use stklia.data.datasets.FRONT_END_ROWS);
+* the front end on this CPU, per item, by the number of items it computes together (1 to a batch; stklia
+  computes stklia.data.frontend.CPU_ROWS at a time);
 * the floor of FLAC input: decoding a crop's samples alone (soundfile: open, seek, read), no other work;
 * the loader cores a GPU training at 3,000 samples/s needs on each path;
 * 2 s against 20 s utterances (an item's cost must not depend on its utterance's length).
@@ -54,6 +54,14 @@ def musan_rirs_overrides(demo_root: Path) -> list[str]:
             f"augment.noise.sources.babble.list={sets / 'babble'}"]
 
 
+def recipe_module(stklia_root: Path, name: str) -> object:
+    """recipes/voxceleb/local/<name>.py of a checkout, imported."""
+    spec = importlib.util.spec_from_file_location(name, stklia_root / f"recipes/voxceleb/local/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_dirs(demo_root: Path, work: Path, stklia_root: Path, wanted: tuple[str, ...] | None = None
                ) -> dict[str, Path]:
     """Kaldi dirs of the demo's train audio joined into utterances of 2, 8 and 20 s, in each input kind; by name
@@ -63,9 +71,7 @@ def build_dirs(demo_root: Path, work: Path, stklia_root: Path, wanted: tuple[str
 
     from stklia.data.features import Fbank
 
-    spec = importlib.util.spec_from_file_location("prepare", stklia_root / "recipes/voxceleb/local/prepare.py")
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
+    prepare = recipe_module(stklia_root, "prepare")
     dirs = {}
     by_speaker: dict[str, list[str]] = {}
     for line in (demo_root / "train" / "wav.scp").read_text().splitlines():
@@ -243,14 +249,25 @@ def main() -> None:
         length = features.num_samples(CROP)
         starts = np.random.default_rng(0).integers(0, 8 * 16000 - length, args.items).tolist()
 
-        def decode(starts: list[int]) -> None:
-            for i, start in enumerate(starts):
-                with soundfile.SoundFile(flac_files[i % len(flac_files)]) as f:
-                    f.seek(start)
-                    f.read(length, dtype="int16")
+        # the same files as the VoxCeleb recipe's stage 0 writes them (ffmpeg's FLAC encoder, not libsndfile's)
+        convert = recipe_module(Path(__file__).resolve().parents[1], "convert_audio").convert
+        (work / "8s_flac_recipe").mkdir(exist_ok=True)
+        recipe_files = [work / "8s_flac_recipe" / f.name for f in flac_files]
+        for source, converted in zip(flac_files, recipe_files):
+            if not converted.exists() and (problem := convert(source, converted, "flac", 16000)):
+                raise SystemExit(f"{source}: {problem}")
+
+        def decoder(files: list[Path]) -> object:
+            def decode(starts: list[int]) -> None:
+                for i, start in enumerate(starts):
+                    with soundfile.SoundFile(files[i % len(files)]) as f:
+                        f.seek(start)
+                        f.read(length, dtype="int16")
+            return decode
 
         print(f"\nThe floor of FLAC input, decoding the crop's {length:,} samples alone (soundfile: open, seek, read): "
-              f"{items_per_second(decode, starts, args.repeats):,.0f} items/s/core")
+              f"{items_per_second(decoder(flac_files), starts, args.repeats):,.0f} items/s/core; files written by "
+              f"the recipe's stage 0 (ffmpeg): {items_per_second(decoder(recipe_files), starts, args.repeats):,.0f}")
         print("\n| FLAC utterances | augmentation | CPU path: items/s/core | device path: workers' items/s/core |")
         print("|---|---|---|---|")
         for augmented in (False, True):
@@ -264,7 +281,8 @@ def main() -> None:
             ratios = [f"{path} {long[path] / short[path]:.2f}" for path in ("cpu", "workers") if path in short]
             print(f"\n20 s / 2 s items/s, {'musan_rirs' if augmented else 'no augmentation'}: {', '.join(ratios)}")
     def rows_table() -> None:
-        """The CPU path's front end per item, by the number of items it computes together."""
+        """The front end on this CPU per item, by the number of items it computes together."""
+        import stklia.data.frontend as frontend_module
         from stklia.data.frontend import AudioBatch
 
         data = load_data(str(dirs["8 s wav"]), features)
@@ -277,6 +295,7 @@ def main() -> None:
         print("\n| 8 s wav items, musan_rirs: the front end computes together | ms per item on one core |")
         print("|---|---|")
         for rows in (1, 2, 4, 8, 16, 32, BATCH):
+            frontend_module.CPU_ROWS = rows  # a batch of `rows` computed as one (checkouts before CPU_ROWS: always)
             batches = [AudioBatch.collate(crops[i : i + rows]) for i in range(0, count, rows)]
             rate = items_per_second(lambda its, batches=batches: [frontend(b) for b in batches], crops, args.repeats)
             print(f"| {rows} | {1000 / rate:.2f} |", flush=True)

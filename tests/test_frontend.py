@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
-from stklia.data.datasets import FRONT_END_ROWS, BatchSchedule, TrainingCrops, training_loader
+from stklia.data.datasets import BatchSchedule, TrainingCrops, training_loader
 from stklia.data.features import Fbank
-from stklia.data.frontend import AudioBatch
+from stklia.data.frontend import CPU_ROWS, AudioBatch
 from stklia.data.kaldi import load_data, load_data_dir
 from stklia.distributed import World
 from stklia.errors import InputError
@@ -55,13 +55,13 @@ def test_the_device_path_draws_and_computes_what_the_cpu_path_does(demo_root: Pa
 
 def test_the_cpu_path_computes_a_batchs_features_together_each_as_it_is_alone(demo_root: Path) -> None:
     """A loader worker asks for a batch's items together (TrainingCrops.__getitems__), and on the CPU path the
-    front end computes FRONT_END_ROWS audio items at a time: each item gets, in its place, the features and the
-    label it gets alone, also when feats.scp and audio utterances share the batch."""
+    front end computes their audio items together, CPU_ROWS at a time: each item gets, in its place, the features
+    and the label it gets alone, also when feats.scp and audio utterances share the batch."""
     data = load_data([demo_root / "test", demo_root / "train_wav"], Fbank(num_mel_bins=40))
     crops = TrainingCrops(data, 60, True, demo_augment(demo_root))
     items = BatchSchedule(crops.labels, batch_size=48, num_steps=1, seed=3, sampling="utterance").batch(0)
     is_audio = [data.utts[index] in data.audio for index, _ in items]
-    assert sum(is_audio) > 2 * FRONT_END_ROWS and not all(is_audio)
+    assert sum(is_audio) > 2 * CPU_ROWS and not all(is_audio)
     together = crops.__getitems__(items)
     for item, (feats, label) in zip(items, together, strict=True):
         alone, alone_label = crops[item]

@@ -34,9 +34,6 @@ def feature_tensor(feats: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.require(feats, requirements=["C", "W"]))
 
 
-FRONT_END_ROWS = 8  # audio items whose features a loader worker computes together (TrainingCrops.__getitems__)
-
-
 class TrainingCrops(Dataset):
     """Item (utterance index, crop seed) -> (crop of max_seq_len frames, class label), optionally augmented.
 
@@ -77,19 +74,15 @@ class TrainingCrops(Dataset):
         return self.__getitems__([item])[0]
 
     def __getitems__(self, items: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int] | AudioCrop]:
-        """The items of a batch (a DataLoader asks for them together). On the CPU path the front end computes the
-        features of the audio items FRONT_END_ROWS at a time: enough rows to share each tensor operation's fixed
-        cost, few enough that their arrays stay in the core's cache (1.5x faster per item than one at a time or
-        the whole batch at once; docs/benchmarks.md)."""
+        """The items of a batch (a DataLoader asks for them together): on the CPU path the front end computes the
+        features of its audio items together (a few rows at a time, stklia.data.frontend.CPU_ROWS)."""
         made = [self._item(item) for item in items]
-        if self.on_device:
-            return made
         audio = [i for i, item in enumerate(made) if isinstance(item, AudioCrop)]
-        for first in range(0, len(audio), FRONT_END_ROWS):
-            rows = audio[first : first + FRONT_END_ROWS]
-            feats = self.frontend(AudioBatch.collate([made[i] for i in rows]))
-            for row, i in enumerate(rows):
-                made[i] = feats[row], made[i].label
+        if self.on_device or not audio:
+            return made
+        feats = self.frontend(AudioBatch.collate([made[i] for i in audio]))
+        for row, i in enumerate(audio):
+            made[i] = feats[row], made[i].label
         return made
 
     def _item(self, item: tuple[int, int]) -> tuple[torch.Tensor, int] | AudioCrop:
