@@ -115,6 +115,12 @@ def build_dirs(demo_root: Path, work: Path, stklia_root: Path, wanted: tuple[str
     return dirs
 
 
+def random_items(num_utts: int, count: int, seed: int) -> list[tuple[int, int]]:
+    """`count` training items (utterance index, crop seed), as a batch schedule draws them."""
+    rng = np.random.default_rng(seed)
+    return list(zip(rng.integers(num_utts, size=count).tolist(), rng.integers(2**62, size=count).tolist()))
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of its finished children (the ffmpeg of pipes): what a loader core spends."""
     return sum(os.times()[:4])
@@ -202,8 +208,7 @@ def main() -> None:
     def measure(kind: str, augmented: bool) -> dict[str, float]:
         data = load_data(str(dirs[kind]), features)
         count = args.items // 10 if "m4a" in kind else args.items
-        rng = np.random.default_rng(0)
-        items = list(zip(rng.integers(len(data.utts), size=count).tolist(), rng.integers(2**62, size=count).tolist()))
+        items = random_items(len(data.utts), count, seed=0)
         used = augment if augmented else None
         batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
         out = {"cpu": worker_items_per_second(TrainingCrops(data, CROP, True, used), batches, args.repeats)}
@@ -286,12 +291,10 @@ def main() -> None:
         from stklia.data.frontend import AudioBatch
 
         data = load_data(str(dirs["8 s wav"]), features)
-        crops = TrainingCrops(data, CROP, True, augment, on_device=True)
-        rng = np.random.default_rng(1)
+        device = TrainingCrops(data, CROP, True, augment, on_device=True)
         count = args.items // BATCH * BATCH
-        crops = [crops[index, seed] for index, seed in zip(rng.integers(len(data.utts), size=count).tolist(),
-                                                           rng.integers(2**62, size=count).tolist())]
-        frontend = TrainingCrops(data, CROP, True, augment).frontend
+        crops = [device[item] for item in random_items(len(data.utts), count, seed=1)]
+        frontend = device.frontend
         print("\n| 8 s wav items, musan_rirs: the front end computes together | ms per item on one core |")
         print("|---|---|")
         for rows in (1, 2, 4, 8, 16, 32, BATCH):

@@ -129,11 +129,11 @@ class SpeedPerturb:
             # y[m] = sum_j h[j] x_up[m * down + reach - j], x_up[i] = x[i / up] where up divides i
             phases = [((r * down + reach) % up, (r * down + reach) // up) for r in range(up)]
             shift = min(last - (len(h) - 1 - phase) // up for phase, last in phases)
-            weights = np.zeros((up, max(last for _, last in phases) - shift + 1))
+            weights = np.zeros((max(last for _, last in phases) - shift + 1, up))
             for r, (phase, last) in enumerate(phases):
                 taps = h[phase::up]  # taps k = 0, 1, ... multiply x[last - k]
-                weights[r, last - shift - np.arange(len(taps))] = taps
-            self._kernels[choice] = torch.from_numpy(weights.T.copy()), shift
+                weights[last - shift - np.arange(len(taps)), r] = taps
+            self._kernels[choice] = torch.from_numpy(weights), shift
         weights, shift = self._kernels[choice]
         return self._copies.of(choice, weights, like), shift
 
