@@ -17,8 +17,9 @@ does in training: read, augment, collate, hand the batch over to the training pr
   items made and collated in this process (with one torch thread), without the handing over; and the
   device's share, the FrontEnd time of a batch, measured in this process on this CPU (a GPU's is far
   smaller);
-* the front end on this CPU, per item, by the number of items it computes together (1 to a batch; stklia
-  computes stklia.data.frontend.CPU_ROWS at a time);
+* the front end on this CPU, per item: its waveform augmentation 8 items at a time against a batch at once
+  (stklia's), its features by the number of rows computed together (1 to a batch; stklia computes
+  stklia.data.frontend.CPU_ROWS at a time);
 * the floor of FLAC input: decoding a crop's samples alone (soundfile: open, seek, read), no other work;
 * the loader cores a GPU training at 3,000 samples/s needs on each path;
 * 2 s against 20 s utterances (an item's cost must not depend on its utterance's length).
@@ -286,7 +287,8 @@ def main() -> None:
             ratios = [f"{path} {long[path] / short[path]:.2f}" for path in ("cpu", "workers") if path in short]
             print(f"\n20 s / 2 s items/s, {'musan_rirs' if augmented else 'no augmentation'}: {', '.join(ratios)}")
     def rows_table() -> None:
-        """The front end on this CPU per item, by the number of items it computes together."""
+        """The front end on this CPU per item: its waveform augmentation by the number of items changed together,
+        its features (fbank, normalisation, SpecAugment) of a batch by the number of rows computed together."""
         import stklia.data.frontend as frontend_module
         from stklia.data.frontend import AudioBatch
 
@@ -295,14 +297,27 @@ def main() -> None:
         count = args.items // BATCH * BATCH
         crops = [device[item] for item in random_items(len(data.utts), count, seed=1)]
         frontend = device.frontend
-        print("\n| 8 s wav items, musan_rirs: the front end computes together | ms per item on one core |")
+        print("\n| 8 s wav items, musan_rirs, on one core | ms per item |")
         print("|---|---|")
-        for rows in (1, 2, 4, 8, 16, 32, BATCH):
-            frontend_module.CPU_ROWS = rows  # a batch of `rows` computed as one (checkouts before CPU_ROWS: always)
+        for rows in (8, BATCH):
             batches = [AudioBatch.collate(crops[i : i + rows]) for i in range(0, count, rows)]
-            rate = items_per_second(lambda its, batches=batches: [frontend(b) for b in batches], crops, args.repeats)
-            print(f"| {rows} | {1000 / rate:.2f} |", flush=True)
-    if has_device_path and "wav" in args.inputs:
+            rate = items_per_second(lambda its, batches=batches: [frontend.waveforms(b) for b in batches], crops,
+                                    args.repeats)
+            print(f"| waveforms (speed, reverberation, noise), {rows} items together | {1000 / rate:.2f} |")
+        batches = [AudioBatch.collate(crops[i : i + BATCH]) for i in range(0, count, BATCH)]
+        waveforms = [(frontend.waveforms(b), b.dither_seeds, b.zeroed) for b in batches]
+        for rows in (1, 2, 4, 8, 16, 32, BATCH):
+            def compute(its: list, rows: int = rows) -> None:
+                for x, seeds, zeroed in waveforms:
+                    for first in range(0, len(x), rows):
+                        frontend.features_of(x[first : first + rows], seeds[first : first + rows],
+                                             zeroed[first : first + rows])
+            rate = items_per_second(compute, crops, args.repeats)
+            chosen = " (stklia's CPU_ROWS)" if rows == frontend_module.CPU_ROWS else ""
+            print(f"| features (fbank, normalisation, SpecAugment), {rows} rows together{chosen} "
+                  f"| {1000 / rate:.2f} |", flush=True)
+    from stklia.data import frontend as frontend_parts  # checkouts before the front end's two parts: no table
+    if has_device_path and "wav" in args.inputs and hasattr(getattr(frontend_parts, "FrontEnd", None), "waveforms"):
         rows_table()
     if "flac" in args.inputs:
         flac_tables()

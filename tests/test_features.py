@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from scipy import stats
 
-from stklia.data.features import Fbank
+from stklia.data.features import DITHER_TABLE, DeviceCopies, Fbank, dither_noise
 
 AWAY_FROM_SILENCE = 10.0  # log mel energy (int16 scale) above which both float32 implementations agree to 1e-3
 
@@ -60,6 +61,22 @@ def test_a_batch_gives_each_row_its_own_features(demo_root: Path) -> None:
     assert not torch.equal(batch[0], fbank.batch(torch.from_numpy(crops[0])[None])[0])  # dithered
     undithered = fbank.batch(torch.from_numpy(np.stack(crops)))
     np.testing.assert_allclose(undithered[0].numpy(), kaldi_native_fbank(crops[0], 40), rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("length", [32240, DITHER_TABLE + 5])  # a 2 s crop; longer than the table
+def test_dither_is_standard_normal_noise_each_item_gets_in_any_batch(length: int) -> None:
+    """Each row's dither is Gaussian (Kolmogorov-Smirnov against scipy's standard normal), uncorrelated between
+    rows of random seeds, and a row gets the same noise alone as in a batch."""
+    seeds = np.random.default_rng(0).integers(2**63 - 1, size=6).tolist()
+    like, copies = torch.zeros(0), DeviceCopies()
+    noise = dither_noise(seeds, length, like, copies)
+    assert noise.shape == (6, length) and noise.dtype == torch.float32
+    assert stats.kstest(noise[:, ::101].flatten().numpy(), "norm").pvalue > 0.01
+    correlations = np.corrcoef(noise.numpy())
+    assert np.abs(correlations[~np.eye(6, dtype=bool)]).max() < 0.05
+    for row, seed in enumerate(seeds):
+        assert torch.equal(dither_noise([seed], length, like, copies)[0], noise[row])
+    assert dither_noise([], length, like, copies).shape == (0, length)
 
 
 def test_frame_count_follows_snip_edges() -> None:

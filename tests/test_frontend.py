@@ -71,10 +71,9 @@ def test_the_cpu_path_computes_a_batchs_features_together_each_as_it_is_alone(de
 
 def test_the_front_end_never_reads_a_value_of_the_batch_on_the_host(demo_root: Path) -> None:
     """On a GPU, the host reading a value of the batch waits for the device. On the meta device (shapes, no
-    values) any such read fails: the whole front end runs there (dither off: the meta device has no random
-    generator). Its constants are copied to a device once, and a pickled front end (a loader worker's) holds
-    none of those copies."""
-    data = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40, dither=0))
+    values) any such read fails: the whole front end runs there, dither included. Its constants are copied to a
+    device once, and a pickled front end (a loader worker's) holds none of those copies."""
+    data = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40, dither=1.0))
     device = TrainingCrops(data, 60, True, demo_augment(demo_root), on_device=True)
     batch = device.collate([device[item] for item in BatchSchedule(device.labels, 12, 1, seed=5).batch(0)])
     assert batch.speed_rows and len(batch.reverb_rows) and len(batch.noise_rows)

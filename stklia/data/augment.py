@@ -4,10 +4,10 @@
 Each augmentation comes in two halves. `draw` makes the random choices of one item with the item's
 own generator (seeded by its crop seed) and reads what they need (a room impulse response, windows of
 noise recordings); the data loader's workers run it. `apply` carries the choices out on a batch of
-torch tensors, on whatever device the batch is: in a worker, a few items at a time (the CPU path), or
-on the training device for a whole batch (stklia.data.frontend). Either way an augmented batch is a pure
-function of (seed, step), so resumed runs stay exact. Each augmentation draws its coin even when it
-is skipped, so the draws never shift. `__call__(x, rng)` does both halves for one whole signal.
+torch tensors, on whatever device the batch is: in a worker (the CPU path) or on the training device
+(stklia.data.frontend). Either way an augmented batch is a pure function of (seed, step), so resumed runs
+stay exact. Each augmentation draws its coin even when it is skipped, so the draws never shift.
+`__call__(x, rng)` does both halves for one whole signal.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def _power(x: np.ndarray) -> float:
 def power(x: torch.Tensor) -> torch.Tensor:
     """Mean square of each row, (batch, 1)."""
     return x.square().mean(dim=1, keepdim=True) + 1e-10
+
+
+def row_windows(x: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """(rows, length): x[b, starts[b] : starts[b] + length] for each row b, read on x's device (the windows of a
+    strided view: 2.5x faster on a CPU than a gather, which needs an index for every sample)."""
+    return x.unfold(1, length, 1)[torch.arange(len(x), device=x.device), starts]
 
 
 def _one(apply_output: torch.Tensor) -> np.ndarray:
@@ -151,7 +157,7 @@ class SpeedPerturb:
         # A matrix product rather than a strided conv1d: 2.5x faster on a CPU core, already in output order (row t
         # holds samples up t .. up t + up - 1), and exact float32 on a GPU, where cuDNN convolutions may use TF32.
         resampled = (x.unfold(1, taps, down) @ kernel).reshape(len(windows), -1)
-        return resampled.gather(1, offsets[:, None] + torch.arange(length, device=windows.device))
+        return row_windows(resampled, offsets, length)
 
     def apply(self, samples: np.ndarray, choice: int) -> np.ndarray:
         """The whole signal at choice's speed (float32)."""
@@ -186,8 +192,7 @@ class Reverb:
         length, taps = samples.shape[1], rirs.shape[1]
         n_fft = next_fast_len(length + taps - 1, real=True)
         wet = torch.fft.irfft(torch.fft.rfft(samples, n_fft) * torch.fft.rfft(rirs, n_fft), n_fft)
-        delays = rirs.abs().argmax(dim=1, keepdim=True)
-        wet = wet.gather(1, delays + torch.arange(length, device=samples.device))
+        wet = row_windows(wet, rirs.abs().argmax(dim=1), length)
         return wet * (power(samples) / power(wet)).sqrt()
 
     def __call__(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -267,7 +272,7 @@ class SpecAugment:
     def apply(feats: torch.Tensor, zeroed: torch.Tensor) -> torch.Tensor:
         """(batch, frames, bins) features with the frames and bins zeroed[b] (as `draw` gives them) of row b zeroed."""
         frames = feats.shape[1]
-        return feats.masked_fill(zeroed[:, :frames, None] | zeroed[:, None, frames:], 0)
+        return feats.masked_fill(zeroed[:, :frames, None], 0).masked_fill_(zeroed[:, None, frames:], 0)
 
     def __call__(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         zeroed = self.draw(rng, *feats.shape)

@@ -75,7 +75,7 @@ class TrainingCrops(Dataset):
 
     def __getitems__(self, items: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int] | AudioCrop]:
         """The items of a batch (a DataLoader asks for them together): on the CPU path the front end computes the
-        features of its audio items together (a few rows at a time, stklia.data.frontend.CPU_ROWS)."""
+        features of its audio items together (stklia.data.frontend.FrontEnd)."""
         made = [self._item(item) for item in items]
         audio = [i for i, item in enumerate(made) if isinstance(item, AudioCrop)]
         if self.on_device or not audio:

@@ -5,8 +5,8 @@ The data loader's workers make one `AudioCrop` per training item (stklia.data.da
 every random choice, drawn from the item's seed, and the samples those choices need (the source window of
 the crop, the impulse response, the noise). `FrontEnd` carries them out on a batch with torch, on whatever
 device the batch is: in the loader worker (the CPU path), or on the training device (`features_on_device`),
-which leaves the loader's cores nothing to do but read audio; on a CPU, a few rows at a time. Both paths draw
-the same choices and compute the same features.
+which leaves the loader's cores nothing to do but read audio. Both paths draw the same choices and compute the
+same features.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch.utils.data
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment
 from stklia.data.features import Fbank
 
-# Rows a CPU core computes together: enough to share each tensor operation's fixed cost, few enough that their
-# arrays stay in the core's cache (1.5x faster per item than one at a time or 128 at once; docs/benchmarks.md).
+# Rows whose features a CPU core computes together: enough to share each tensor operation's fixed cost, few
+# enough that the fbank's arrays stay in the core's cache (faster per item than 4 or 16; docs/benchmarks.md).
 CPU_ROWS = 8
 
 
@@ -150,21 +149,6 @@ class AudioBatch:
             slot=slot,
         )
 
-    def rows(self, start: int, stop: int) -> AudioBatch:
-        """Rows start..stop-1 as a batch of their own (for a batch on the CPU: it reads row indices)."""
-        def within(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            keep = (rows >= start) & (rows < stop)
-            return keep, rows[keep] - start
-
-        offsets = self.offsets[start:stop]
-        speed_rows = {choice: kept for choice, rows in self.speed_rows.items() if len(kept := within(rows)[1])}
-        (reverb_keep, reverb_rows), (noise_keep, noise_rows) = within(self.reverb_rows), within(self.noise_rows)
-        return replace(self, samples=self.samples[start:stop], offsets=offsets, speed_rows=speed_rows,
-                       speed_max_offsets={choice: int(offsets[rows].max()) for choice, rows in speed_rows.items()},
-                       reverb_rows=reverb_rows, rirs=self.rirs[reverb_keep], noise_rows=noise_rows,
-                       noise=self.noise[noise_keep], dither_seeds=self.dither_seeds[start:stop],
-                       zeroed=self.zeroed[start:stop], labels=self.labels[start:stop], slot=None)
-
     def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> AudioBatch:
         changes = {}
         for f in fields(self):
@@ -186,7 +170,10 @@ class AudioBatch:
 class FrontEnd:
     """AudioBatch -> (batch, frames, bins) training features, on the batch's device: each row's speed
     perturbation, reverberation, noise, dithered fbank of `crop_samples` samples, mean normalisation over the
-    crop (`cmn`), SpecAugment's zeroed bands."""
+    crop (`cmn`), SpecAugment's zeroed bands.
+
+    The waveforms are changed for the whole batch at once (on a CPU too: each FFT call has a fixed cost, and a
+    batch shares it); on a CPU the features are then computed CPU_ROWS rows at a time."""
 
     def __init__(self, features: Fbank, crop_samples: int, cmn: bool, augment: Augment | None = None):
         self.features, self.crop_samples, self.cmn = features, crop_samples, cmn
@@ -194,20 +181,32 @@ class FrontEnd:
 
     @torch.no_grad()
     def __call__(self, batch: AudioBatch) -> torch.Tensor:
-        if batch.samples.device.type == "cpu" and len(batch.labels) > CPU_ROWS:
-            return torch.cat([self(batch.rows(first, first + CPU_ROWS)) for first in range(0, len(batch.labels),
-                                                                                            CPU_ROWS)])
-        samples = batch.samples.float()
-        x = F.pad(samples, (0, max(self.crop_samples - samples.shape[1], 0)))[:, : self.crop_samples]
+        x = self.waveforms(batch)
+        rows = CPU_ROWS if x.device.type == "cpu" else len(x)
+        if len(x) <= rows:
+            return self.features_of(x, batch.dither_seeds, batch.zeroed)
+        return torch.cat([self.features_of(x[first : first + rows], batch.dither_seeds[first : first + rows],
+                                           batch.zeroed[first : first + rows]) for first in range(0, len(x), rows)])
+
+    def waveforms(self, batch: AudioBatch) -> torch.Tensor:
+        """(batch, crop_samples) float32: the crops, speed-perturbed, reverberated, with noise added."""
+        source = batch.samples
+        kept = min(source.shape[1], self.crop_samples)
+        x = torch.empty((len(source), self.crop_samples), device=source.device)  # its rows are changed in place
+        x[:, :kept] = source[:, :kept]  # as float32
+        x[:, kept:] = 0
         for choice, rows in batch.speed_rows.items():
-            perturbed = self.speed.resample(samples[rows], choice, batch.offsets[rows], self.crop_samples,
-                                            batch.speed_max_offsets[choice])
-            x = x.index_put((rows,), perturbed)
+            x[rows] = self.speed.resample(source[rows].float(), choice, batch.offsets[rows], self.crop_samples,
+                                          batch.speed_max_offsets[choice])
         if len(batch.reverb_rows):
-            x = x.index_put((batch.reverb_rows,), Reverb.apply(x[batch.reverb_rows], batch.rirs))
+            x[batch.reverb_rows] = Reverb.apply(x[batch.reverb_rows], batch.rirs)
         if len(batch.noise_rows):
-            x = x.index_put((batch.noise_rows,), AddNoise.apply(x[batch.noise_rows], batch.noise))
-        feats = self.features.batch(x, batch.dither_seeds)
+            x[batch.noise_rows] = AddNoise.apply(x[batch.noise_rows], batch.noise)
+        return x
+
+    def features_of(self, waveforms: torch.Tensor, dither_seeds: list[int], zeroed: torch.Tensor) -> torch.Tensor:
+        """(rows, frames, bins): the dithered fbank of the waveforms, mean-normalised, SpecAugment's bands zeroed."""
+        feats = self.features.batch(waveforms, dither_seeds)
         if self.cmn:
             feats = feats - feats.mean(dim=1, keepdim=True)
-        return SpecAugment.apply(feats, batch.zeroed)
+        return SpecAugment.apply(feats, zeroed)
