@@ -23,7 +23,8 @@ from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment
 from stklia.data.features import Fbank
 
 # Rows whose features a CPU core computes together: enough to share each tensor operation's fixed cost, few
-# enough that the fbank's arrays stay in the core's cache (faster per item than 4 or 16; docs/benchmarks.md).
+# enough that the fbank's arrays stay in the core's cache (4-16 rows cost about the same per item, 1 row 1.5x,
+# 128 rows 3x; docs/benchmarks.md).
 CPU_ROWS = 8
 
 
