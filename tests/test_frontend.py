@@ -55,8 +55,9 @@ def test_the_device_path_draws_and_computes_what_the_cpu_path_does(demo_root: Pa
 
 def test_the_cpu_path_computes_a_batchs_features_together_each_as_it_is_alone(demo_root: Path) -> None:
     """A loader worker asks for a batch's items together (TrainingCrops.__getitems__), and on the CPU path the
-    front end computes their audio items together, CPU_ROWS at a time: each item gets, in its place, the features
-    and the label it gets alone, also when feats.scp and audio utterances share the batch."""
+    front end computes their audio items together (the waveforms at once, the features CPU_ROWS at a time): each
+    item gets, in its place, the features and the label it gets alone, also when feats.scp and audio utterances
+    share the batch."""
     data = load_data([demo_root / "test", demo_root / "train_wav"], Fbank(num_mel_bins=40))
     crops = TrainingCrops(data, 60, True, demo_augment(demo_root))
     items = BatchSchedule(crops.labels, batch_size=48, num_steps=1, seed=3, sampling="utterance").batch(0)
