@@ -289,8 +289,7 @@ def main() -> None:
     def rows_table() -> None:
         """The front end on this CPU per item: its waveform augmentation by the number of items changed together,
         its features (fbank, normalisation, SpecAugment) of a batch by the number of rows computed together."""
-        import stklia.data.frontend as frontend_module
-        from stklia.data.frontend import AudioBatch
+        from stklia.data.frontend import CPU_ROWS, AudioBatch
 
         data = load_data(str(dirs["8 s wav"]), features)
         device = TrainingCrops(data, CROP, True, augment, on_device=True)
@@ -313,11 +312,14 @@ def main() -> None:
                         frontend.features_of(x[first : first + rows], seeds[first : first + rows],
                                              zeroed[first : first + rows])
             rate = items_per_second(compute, crops, args.repeats)
-            chosen = " (stklia's CPU_ROWS)" if rows == frontend_module.CPU_ROWS else ""
+            chosen = " (stklia's CPU_ROWS)" if rows == CPU_ROWS else ""
             print(f"| features (fbank, normalisation, SpecAugment), {rows} rows together{chosen} "
                   f"| {1000 / rate:.2f} |", flush=True)
-    from stklia.data import frontend as frontend_parts  # checkouts before the front end's two parts: no table
-    if has_device_path and "wav" in args.inputs and hasattr(getattr(frontend_parts, "FrontEnd", None), "waveforms"):
+    try:  # checkouts before the front end's two parts (waveforms, features) have no such table
+        from stklia.data.frontend import FrontEnd
+    except ImportError:
+        FrontEnd = None
+    if "wav" in args.inputs and hasattr(FrontEnd, "waveforms"):
         rows_table()
     if "flac" in args.inputs:
         flac_tables()

@@ -98,7 +98,6 @@ def test_length_batches_respect_the_frame_budget() -> None:
     assert computed < 1.05 * sum(lengths)
 
 
-
 def test_no_warning_on_features_read_from_feats_scp(demo_root: Path) -> None:
     """kaldiio reads features into read-only arrays, and torch warns when a tensor is made of one (once per process,
     hence a process of its own): extraction and training with cmn=false would print it at every run."""

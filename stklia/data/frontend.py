@@ -183,11 +183,11 @@ class FrontEnd:
     @torch.no_grad()
     def __call__(self, batch: AudioBatch) -> torch.Tensor:
         x = self.waveforms(batch)
-        rows = CPU_ROWS if x.device.type == "cpu" else len(x)
-        if len(x) <= rows:
+        if x.device.type != "cpu" or len(x) <= CPU_ROWS:
             return self.features_of(x, batch.dither_seeds, batch.zeroed)
-        return torch.cat([self.features_of(x[first : first + rows], batch.dither_seeds[first : first + rows],
-                                           batch.zeroed[first : first + rows]) for first in range(0, len(x), rows)])
+        return torch.cat([self.features_of(x[first : first + CPU_ROWS], batch.dither_seeds[first : first + CPU_ROWS],
+                                           batch.zeroed[first : first + CPU_ROWS])
+                          for first in range(0, len(x), CPU_ROWS)])
 
     def waveforms(self, batch: AudioBatch) -> torch.Tensor:
         """(batch, crop_samples) float32: the crops, speed-perturbed, reverberated, with noise added."""
