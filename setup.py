@@ -1,6 +1,6 @@
 from setuptools import find_namespace_packages, find_packages, setup
 
-# Optional features, each named in the error a command gives when it misses one (stklia.errors.require_extra).
+# Optional features, each named in the error a command gives when it misses one (stklia.core.errors.require_extra).
 EXTRAS = {
     "slurm": ["hydra-submitit-launcher>=1.2"],  # hydra/launcher=slurm_gpu | submitit_slurm
     "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],  # stklia.export format=onnx

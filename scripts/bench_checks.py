@@ -32,12 +32,13 @@ sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one 
 from bench_metrics import best_of  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from stklia.checkpoint import save_checkpoint, snapshot  # noqa: E402
 from stklia.data.audio import first_non_finite, read_audio  # noqa: E402
-from stklia.data.demo import ensure_demo  # noqa: E402
 from stklia.data.kaldi import DataSet, load_data  # noqa: E402
-from stklia.distributed import World  # noqa: E402
-from stklia.trainer import NonFiniteGuard, build_parts, training_step  # noqa: E402
+from stklia.demo.corpus import ensure_demo  # noqa: E402
+from stklia.modeldir.checkpoints import save_checkpoint  # noqa: E402
+from stklia.training.checkpointing import snapshot  # noqa: E402
+from stklia.training.distributed import World  # noqa: E402
+from stklia.training.loop import NonFiniteGuard, build_parts, training_step  # noqa: E402
 
 
 def voxceleb_like(folder: Path, count: int = 500) -> DataSet:

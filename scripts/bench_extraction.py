@@ -2,7 +2,7 @@
 
 The plain loop is the seed's extract loop, the way one extracts with any PyTorch generator: for each
 utterance, read its features, mean-normalise them and call `generator(feats[None])`. stklia runs
-`embed_utterances` as test and extract do, with the settings of `stklia/conf/trained/embedding.yaml`
+`embed_utterances` as test and extract do, with the settings of `stklia/conf/commands/embedding.yaml`
 (batch_frames, max_frames, num_workers). Every way embeds the same utterances with the same model
 (`--model`, random weights from one seed: speed does not depend on them) on the same `--device` (the
 CPU by default; on a GPU the plain loop copies each utterance there and its embedding back) and the same
@@ -53,9 +53,9 @@ def make_utterances(out: Path, count: int, seconds: tuple[float, float], seed: i
     import kaldiio
     from scipy.io import wavfile
 
-    from stklia.data.demo import ensure_demo
     from stklia.data.features import Fbank
     from stklia.data.kaldi import load_data
+    from stklia.demo.corpus import ensure_demo
 
     features = Fbank(num_mel_bins=40)
     source = load_data(ensure_demo() / "train_wav", features)
@@ -99,16 +99,16 @@ def measure(way: str, src: Path, data_dir: Path, model: str, threads: int | None
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from stklia.data.datasets import normalise
+    from stklia.data.features import subtract_mean
     from stklia.data.kaldi import load_data
-    from stklia.embeddings import embed_utterances
+    from stklia.evaluation.embeddings import Extraction, embed_utterances
 
     if threads:
         torch.set_num_threads(threads)
     conf = src / "stklia" / "conf"
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", "data.prepare=null"])
-    embedding = OmegaConf.load(conf / "trained" / "embedding.yaml")
+    embedding = OmegaConf.load(conf / "commands" / "embedding.yaml")
     workers = embedding.num_workers if num_workers is None else num_workers
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -124,13 +124,14 @@ def measure(way: str, src: Path, data_dir: Path, model: str, threads: int | None
         def run(utts: list[str]) -> np.ndarray:
             out = []
             for utt in utts:
-                feats = torch.from_numpy(normalise(data.load(utt), cmn)).to(device)
+                feats = data.load(utt)
+                feats = torch.from_numpy(subtract_mean(feats) if cmn else feats).to(device)
                 out.append(generator(feats[None])[0].cpu().numpy())
             return np.stack(out)
     else:
         def run(utts: list[str]) -> np.ndarray:
-            return embed_utterances(generator, data, utts, cmn, device, workers, progress=False,
-                                    **embedding.extraction)
+            return embed_utterances(generator, data, utts,
+                                    Extraction(device, cmn, workers, progress=False, **embedding.extraction))
 
     run(data.utts[:8])  # warm-up
     if profile:  # an untimed pass under the profiler: where the time goes, by operator

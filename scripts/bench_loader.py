@@ -191,8 +191,8 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from stklia.data.datasets import TrainingCrops
-    from stklia.data.demo import ensure_demo
     from stklia.data.kaldi import load_data
+    from stklia.demo.corpus import ensure_demo
 
     torch.set_num_threads(1)
     demo = ensure_demo(args.demo)

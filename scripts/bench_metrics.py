@@ -1,4 +1,4 @@
-"""Benchmark stklia.metrics (vectorised) against naive per-threshold loops.
+"""Benchmark stklia.evaluation.metrics (vectorised) against naive per-threshold loops.
 
 Times EER + minDCF(p=0.01) + minDCF(p=0.001) on ``--num-trials`` random trials,
 and, in the same run, on a ``--naive-trials`` subset where the naive
@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
 
-from stklia.metrics import SortedTrials, compute_min_dcf  # noqa: E402
+from stklia.evaluation.metrics import SortedTrials, compute_min_dcf  # noqa: E402
 
 P_TARGETS = (0.01, 0.001)
 PREVIOUS = "4f7a6df"  # the last commit whose metrics sorted once per metric
@@ -86,9 +86,9 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
 
 
 def vectorised(scores, labels, metrics=None):
-    """EER and minDCFs as stklia.scoring.trial_metrics gets them: one SortedTrials.
+    """EER and minDCFs as stklia.evaluation.scoring.trial_metrics gets them: one SortedTrials.
 
-    With `metrics`, an older stklia.metrics module (module_at): its functions, one call per metric.
+    With `metrics`, an older stklia.evaluation.metrics module (module_at): its functions, one call per metric.
     """
     if metrics is not None:
         eer = metrics.compute_eer(scores, labels)[0]

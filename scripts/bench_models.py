@@ -1,7 +1,7 @@
 """Benchmark training speed of each model preset on this machine, against its FLOP limit.
 
 Each preset of conf/model/ at full size, at the demo's features (40 filterbanks) and crop (150 frames),
-trains a few steps (stklia.trainer's build_parts and training_step: generator + the demo's AdaCos head,
+trains a few steps (stklia.training.loop's build_parts and training_step: generator + the demo's AdaCos head,
 SGD and warm-up + cosine schedule, float32) on random features; the
 table gives training samples/s (the best of `--repeats` timed windows, the least disturbed by
 other load) and the fraction of the FLOP limit it reaches. The FLOP limit is this machine's float32
@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from stklia.config import build  # noqa: E402
-from stklia.distributed import World  # noqa: E402
+from stklia.core.config import build  # noqa: E402
 from stklia.models.complexity import count_parameters, forward_flops  # noqa: E402
-from stklia.trainer import build_parts, training_step  # noqa: E402
+from stklia.training.distributed import World  # noqa: E402
+from stklia.training.loop import build_parts, training_step  # noqa: E402
 
 PRESETS = ["resnet_small", "xvector", "ecapa_tdnn", "ecapa_tdnn_c1024", "campplus", "resnet18", "resnet34",
            "resnet50", "resnet101", "resnet221", "resnet293"]

@@ -5,7 +5,7 @@
   stklia's one sort (SortedTrials) vs its previous code (stklia/metrics.py at git revision
   --previous, one sort per metric), on float64 scores (no ties) and float32 ones (ties);
 * cosine scoring of --num-trials trials (random string ids) from a --table-size x --dim embedding
-  table: stklia.scoring (ids -> rows once, chunked row-wise dot products) vs a per-trial Python
+  table: stklia.evaluation.scoring (ids -> rows once, chunked row-wise dot products) vs a per-trial Python
   loop, compared on a --naive-trials subset; plus AS-norm of all trials against a --cohort-size
   cohort (top --top-n).
 
@@ -31,9 +31,10 @@ sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one 
 
 from bench_metrics import PREVIOUS, best_of, estimate_naive_full, make_trials, module_at, naive, vectorised  # noqa: E402
 
-from stklia.backends.normalize import unit  # noqa: E402
-from stklia.data.kaldi import read_trials  # noqa: E402
-from stklia.scoring import asnorm, asnorm_stats, trial_indices, trial_scores, write_scores  # noqa: E402
+from stklia.data.trials import read_trials  # noqa: E402
+from stklia.evaluation.backends.normalize import unit  # noqa: E402
+from stklia.evaluation.scores import write_scores  # noqa: E402
+from stklia.evaluation.scoring import asnorm, asnorm_stats, trial_indices, trial_scores  # noqa: E402
 
 
 def naive_cosine(emb: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
@@ -46,7 +47,7 @@ def naive_cosine(emb: np.ndarray, index: dict[str, int], left: list[str], right:
 
 
 def fast_cosine(table: np.ndarray, index: dict[str, int], left: list[str], right: list[str]) -> np.ndarray:
-    """What stklia.scoring.evaluate does per trial list, given the unit-normalised table."""
+    """What stklia.evaluation.scoring.evaluate does per trial list, given the unit-normalised table."""
     return trial_scores(table, table, trial_indices(index, left), trial_indices(index, right))
 
 

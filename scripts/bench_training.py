@@ -39,8 +39,9 @@ def compute_only(cfg: object, steps: int) -> float:
     """Samples/s of training_step on one fixed batch (no data path)."""
     import torch
 
-    from stklia.distributed import World, resolve_device
-    from stklia.trainer import AMP_DTYPES, build_parts, training_step
+    from stklia.core.devices import resolve_device
+    from stklia.training.distributed import World
+    from stklia.training.loop import AMP_DTYPES, build_parts, training_step
 
     torch.manual_seed(0)
     device = resolve_device(cfg.device)
@@ -134,7 +135,7 @@ def main() -> None:
     from bench_loader import build_dirs
     from hydra import compose, initialize_config_dir
 
-    from stklia.data.demo import ensure_demo
+    from stklia.demo.corpus import ensure_demo
 
     torch.set_num_threads(1)
     demo = ensure_demo()

@@ -58,7 +58,7 @@ def parameters(family: str, features_per_frame: int = 40) -> float:
     """Millions of parameters of the family's generator at the demo's scale."""
     from hydra import compose, initialize_config_dir
 
-    from stklia.config import build
+    from stklia.core.config import build
     from stklia.models.complexity import count_parameters
 
     with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):

@@ -37,8 +37,8 @@ def front_end(demo: Path, dither: float, device: torch.device) -> float:
     from hydra import compose, initialize_config_dir
 
     from stklia.data.datasets import BatchSchedule
-    from stklia.distributed import World
-    from stklia.trainer import load_run_data
+    from stklia.training.distributed import World
+    from stklia.training.loop import load_run_data
 
     gpu = World(device)
     crops = {}
@@ -77,7 +77,7 @@ def train(overrides: list[str], log: Path, cwd: Path) -> str:
 
 def repeatability(demo: Path, out: Path, tmp: Path, device: torch.device) -> list[str]:
     """Final checkpoints of two whole runs and of one resumed run: the names of the tensors that differ."""
-    from stklia.checkpoint import list_checkpoints, load_checkpoint
+    from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
     common = [f"data.root={demo}", "data.prepare=null", "experiment=demo_aug", *musan_rirs_overrides(demo),
               "features_on_device=true", "deterministic=true", "amp=bf16", "num_iterations=40",
@@ -149,7 +149,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here: these checks need one")
-    from stklia.data.demo import ensure_demo
+    from stklia.demo.corpus import ensure_demo
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

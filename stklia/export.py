@@ -1,91 +1,10 @@
-"""`python -m stklia.export model_dir=DIR format=torchscript|onnx [checkpoint=...] [out=FILE]`.
+"""`python -m stklia.export model_dir=DIR format=torchscript|onnx [checkpoint=...] [out=FILE]`: a standalone
+generator (features -> embeddings) that runs without stklia, in torch.jit or onnxruntime."""
 
-Writes a standalone generator, features (batch, frames, dims) -> embeddings (batch, emb_size),
-with the number of frames (and the batch size) dynamic and the training's mean normalisation
-built in. It needs neither stklia nor Hydra to run: `torch.jit.load` or onnxruntime.
-"""
+from stklia.core.command import command
+from stklia.inference.export import export_model
 
-from __future__ import annotations
-
-import contextlib
-import logging
-import os
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-
-import hydra
-import torch
-from omegaconf import DictConfig
-
-from stklia.api import Embedder, load
-from stklia.atomic import atomic_output
-from stklia.config import CONF_DIR, check_complete, register_resolvers, run_command
-from stklia.errors import InputError, exit_on_input_error, require_extra
-
-log = logging.getLogger(__name__)
-
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
-# Shortest input exported models are traced and checked with: the ResNet halves frames 3 times.
-MIN_FRAMES = 8
-
-
-def export_torchscript(embedder: Embedder, path: Path) -> None:
-    torch.jit.save(torch.jit.script(embedder), str(path))
-
-
-@contextlib.contextmanager
-def quiet_onnx_exporter() -> Iterator[None]:
-    """The exporter's INFO pages (onnxscript's optimiser passes), its notes on torchvision operators a speaker
-    model does not use, and torch.export's internal deprecation warnings are not the user's business."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [logger.level for logger in loggers]
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")  # torch's LeafSpec notice
-            for logger in loggers:
-                logger.setLevel(logging.ERROR)
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def export_onnx(embedder: Embedder, path: Path, features_per_frame: int) -> None:
-    # a batch of 2: traced with 1, an operation that treats size 1 specially (a convolution of a channel
-    # slice, in ECAPA-TDNN's Res2Net) would fix the exported batch size at 1
-    example = torch.randn(2, 100, features_per_frame)
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("frames", min=MIN_FRAMES)}
-    with quiet_onnx_exporter():
-        program = torch.onnx.export(embedder.eval(), (example,), input_names=["feats"], output_names=["embedding"],
-                                    dynamic_shapes={"feats": dims}, dynamo=True, verbose=False)
-    program.save(str(path))
-
-
-def export(model_dir: str | os.PathLike, fmt: str, checkpoint: str | int = "last",
-           out: str | os.PathLike | None = None) -> Path:
-    """Export a checkpoint's generator; default file `<model_dir>/export/generator<.pt|.onnx>`."""
-    if fmt not in SUFFIXES:
-        raise InputError("format", f"'{fmt}' is not one of {', '.join(SUFFIXES)}")
-    if fmt == "onnx":
-        require_extra("export", "format=onnx", "onnx", "onnxscript")
-    model = load(model_dir, checkpoint)
-    path = Path(out) if out else Path(model_dir) / "export" / f"generator{SUFFIXES[fmt]}"
-    with atomic_output(path) as tmp:
-        if fmt == "torchscript":
-            export_torchscript(model.embedder, tmp)
-        else:
-            export_onnx(model.embedder, tmp, model.features_per_frame)
-    return path
-
-
-@hydra.main(version_base="1.3", config_path="conf/trained", config_name="export")
-def main(cfg: DictConfig) -> None:
-    register_resolvers()
-    with exit_on_input_error():
-        check_complete(cfg)
-        print(f"wrote {export(cfg.model_dir, cfg.format, cfg.checkpoint, cfg.out)}")
-
+main = command(export_model, "commands/export")
 
 if __name__ == "__main__":
-    run_command(main, CONF_DIR / "trained", "export")
+    main()

@@ -1,6 +1,6 @@
-"""`python -m stklia.test ...`: the earlier name of `python -m stklia.evaluate`, kept for existing scripts."""
+"""`python -m stklia.test model_dir=DIR ...`: the same command as `python -m stklia.evaluate`."""
 
-import runpy
+from stklia.evaluate import main
 
 if __name__ == "__main__":
-    runpy.run_module("stklia.evaluate", run_name="__main__", alter_sys=True)
+    main()

@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import torch
 
-from stklia.data.demo import SMALL_DEMO, make_demo
+from stklia.demo.corpus import SMALL_DEMO, make_demo
 from stklia.models.resnet import ResNet
 
 REPO = Path(__file__).resolve().parents[1]

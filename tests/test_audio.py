@@ -13,13 +13,13 @@ import soundfile
 import torch
 from scipy import signal
 
+from stklia.core.errors import InputError
 from stklia.data.audio import Recording
 from stklia.data.augment import Augment, SpeedPerturb
 from stklia.data.datasets import TrainingCrops
 from stklia.data.features import Fbank
 from stklia.data.kaldi import load_data_dir
-from stklia.errors import InputError
-from stklia.trainer import PIPES_WARNED
+from stklia.training.loop import PIPES_WARNED
 
 from conftest import TINY_TRAINING, run_stklia
 

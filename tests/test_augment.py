@@ -12,11 +12,11 @@ import torch
 from omegaconf import OmegaConf
 from scipy import signal
 
+from stklia.core.errors import InputError
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.data.datasets import TrainingCrops
 from stklia.data.features import Fbank
 from stklia.data.kaldi import load_data_dir
-from stklia.errors import InputError
 
 from conftest import SR, TINY_TRAINING, demo_data_overrides, run_stklia, write_list
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from stklia.core.errors import InputError
 from stklia.data.datasets import BatchSchedule
-from stklia.data.kaldi import load_data, read_trials
-from stklia.errors import InputError
+from stklia.data.kaldi import load_data
+from stklia.data.trials import read_trials
 
 from conftest import TINY_TRAINING, demo_data_overrides, kaldi_trial, make_enrollment, poison_features, run_stklia
 
@@ -152,7 +153,7 @@ def test_lmft_of_a_head_without_margin_is_one_line(tmp_path: Path) -> None:
         proc = run_stklia("train", f"head={head}", "+stage=lmft", f"init_from={tmp_path / 'x'}", cwd=tmp_path,
                           check=False)
         assert proc.returncode == 1 and proc.stderr == (
-            f"stklia: error: head: stklia.heads.{name} has no margin to enlarge: large-margin fine-tuning "
+            f"stklia: error: head: stklia.training.heads.{name} has no margin to enlarge: large-margin fine-tuning "
             "(+stage=lmft) is for the margin heads amsoftmax, arcface and subcenter_arcface\n")
     assert not list(tmp_path.iterdir())
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from stklia.backends.calibration import LinearCalibration
-from stklia.metrics import SortedTrials, compute_cllr
+from stklia.evaluation.calibration import LinearCalibration
+from stklia.evaluation.metrics import SortedTrials, compute_cllr
 
 
 def gaussian_scores(rng: np.random.Generator, n: int, target_fraction: float, shift: float = 2.0, scale: float = 1.5,

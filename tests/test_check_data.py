@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,8 +72,8 @@ BREAKAGES = {
     "NaN features": ("test", lambda d: poison_features(d, load_data_dir(d).utts[2]), "feats.scp", 3,
                      "hold non-finite values (NaN or Inf), first at frame 3", []),
     "dimension": ("test", None, "feats.scp", 1, "have 40 dims per frame but the config says 30",
-                  ["--features-per-frame", "30"]),
-    "too short": ("test", None, "feats.scp", 1, "is too short", ["--min-frames", "100000"]),
+                  ["features_per_frame=30"]),
+    "too short": ("test", None, "feats.scp", 1, "is too short", ["min_frames=100000"]),
     "NaN audio": ("train_wav", lambda d: _write_wav(d, np.array([0.1, math.nan] * 800, np.float32), subtype="FLOAT"),
                   "wav.scp", 1, "holds non-finite samples (NaN or Inf), first at sample 1", []),
     "sample rate": ("train_wav", lambda d: _write_wav(d, np.zeros(8000, np.int16), rate=8000), "wav.scp", 1,
@@ -83,13 +84,15 @@ BREAKAGES = {
 
 @pytest.mark.parametrize("case", BREAKAGES)
 def test_check_data_stops_at_the_first_problem_in_one_line(case: str, demo_root: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+                                                           capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     source, breaks, filename, line, words, args = BREAKAGES[case]
     d = Path(shutil.copytree(demo_root / source, tmp_path / source))
     if breaks:
         breaks(d)
+    monkeypatch.setattr(sys, "argv", ["check_data", str(d), "progress=false", *args])
     with pytest.raises(SystemExit) as exit_:
-        main([str(d), "--no-progress", *args])
+        main()
     assert exit_.value.code == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"stklia: error: {d / filename}{f':{line}' if line else ''}: ")

@@ -13,9 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from stklia.checkpoint import list_checkpoints, load_checkpoint
-from stklia.data.kaldi import load_data_dir, read_trials
-from stklia.metrics import compute_eer, compute_min_dcf
+from stklia.data.kaldi import load_data_dir
+from stklia.data.trials import read_trials
+from stklia.evaluation.metrics import compute_eer, compute_min_dcf
+from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
 from conftest import (
     REPO,
@@ -198,7 +199,7 @@ def test_multirun_gives_each_job_its_own_model_dir(demo_root: Path, tmp_path: Pa
     for job, (name, cls) in enumerate(HEADS.items()):
         assert f"#{job} : head={name}" in proc.stdout
         cfg = OmegaConf.load(sweep / str(job) / "config.yaml")
-        assert cfg.head._target_ == f"stklia.heads.{cls}" and cfg.model_dir == str(sweep / str(job))
+        assert cfg.head._target_ == f"stklia.training.heads.{cls}" and cfg.model_dir == str(sweep / str(job))
         assert list(list_checkpoints(sweep / str(job))) == [3]
 
 

@@ -18,10 +18,10 @@ from hydra.core.plugins import Plugins
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stklia.config import build, check_complete, register_resolvers
-from stklia.distributed import World
-from stklia.errors import InputError
-from stklia.trainer import build_parts, check_config, load_run_data, make_loader, training_step
+from stklia.core.config import build, check_complete, register_resolvers
+from stklia.core.errors import InputError
+from stklia.training.distributed import World
+from stklia.training.loop import build_parts, check_config, load_run_data, make_loader, training_step
 
 from conftest import REPO
 
@@ -36,7 +36,7 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_is_tested() -> None:
-    groups = {p.name for p in CONF.iterdir() if p.is_dir()} - {"experiment", "stage", "hydra", "trained"}
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()} - {"experiment", "stage", "hydra", "commands"}
     assert groups == {*GROUPS, "hparams_search"}  # hparams_search: test_hparams_search_presets_compose
 
 
@@ -153,8 +153,19 @@ def test_launcher_presets_instantiate(launcher: str) -> None:
     assert instantiate(cfg.hydra.launcher) is not None
 
 
-@pytest.mark.parametrize("command", [name for name in options("trained") if name not in ("base", "embedding")])
-def test_trained_model_commands_compose(command: str, tmp_path: Path) -> None:
-    with initialize_config_dir(str(CONF / "trained"), version_base="1.3"):
-        cfg = compose(command, [f"model_dir={tmp_path}"])
+# what each command's config leaves to the command line (`???`)
+MANDATORY = {"test": {"model_dir"}, "extract": {"model_dir"}, "average": {"model_dir"}, "export": {"model_dir"},
+             "calibrate": {"fit.scores", "fit.trials"}, "report": {"dirs"}, "check_data": {"dirs"}, "demo": {"root"}}
+
+
+def test_every_command_config_is_tested() -> None:
+    assert set(options("commands")) - {"base", "trained", "embedding"} == set(MANDATORY)
+
+
+@pytest.mark.parametrize("command", MANDATORY)
+def test_command_configs_compose(command: str, tmp_path: Path) -> None:
+    with initialize_config_dir(str(CONF / "commands"), version_base="1.3"):
+        cfg = compose(command)
+        assert OmegaConf.missing_keys(cfg) == MANDATORY[command]
+        cfg = compose(command, [f"{key}={tmp_path}" for key in MANDATORY[command]])
     check_complete(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import kaldi_native_fbank as knf
@@ -14,10 +15,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy.io import wavfile
 
-from stklia.config import CONF_DIR
+from stklia.core import config
+from stklia.core.config import CONF_DIR
 from stklia.data.augment import AudioList
-from stklia.data.demo import SMALL_DEMO, baseline_eer, default_demo_root, main, make_demo
 from stklia.data.splits import prepare_data
+from stklia.demo.__main__ import main
+from stklia.demo.corpus import SMALL_DEMO, baseline_eer, make_demo
 
 SPLITS = ("train", "eval", "test")
 TINY = {**SMALL_DEMO, "num_train_speakers": 2, "num_eval_speakers": 2, "num_test_speakers": 2,
@@ -152,13 +155,15 @@ def test_baseline_eer_is_imperfect_but_better_than_nothing(corpus: Path) -> None
 
 def test_default_root_follows_stklia_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STKLIA_CACHE", str(tmp_path))
-    assert default_demo_root() == tmp_path / "demo-v1"
+    assert config.demo_root() == tmp_path / "demo-v1"
     monkeypatch.delenv("STKLIA_CACHE")
-    assert default_demo_root() == Path(os.path.expanduser("~")) / ".cache" / "stklia" / "demo-v1"
+    assert config.demo_root() == Path(os.path.expanduser("~")) / ".cache" / "stklia" / "demo-v1"
 
 
-def test_script_prints_where_it_wrote(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main([str(corpus), "--small", "--baseline"])
+def test_script_prints_where_it_wrote(corpus: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["demo", str(corpus), "small=true", "baseline=true"])
+    main()
     out = capsys.readouterr().out
     assert str(corpus) in out and "EER on test" in out
 

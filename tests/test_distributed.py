@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from stklia.checkpoint import list_checkpoints, load_checkpoint
 from stklia.data.datasets import BatchSchedule
+from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
 from conftest import ONE_THREAD, N, assert_same_run, checkpoint_path, run_stklia, short_run, torchrun
 

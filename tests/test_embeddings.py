@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from stklia.data.datasets import normalise
+from stklia.core.errors import InputError
+from stklia.data.features import subtract_mean
 from stklia.data.kaldi import load_data
-from stklia.embeddings import embed_utterances, length_batches
+from stklia.evaluation.embeddings import Extraction, embed_utterances, length_batches
 from stklia.models.pooling import POOLINGS
 
 from conftest import alone, tiny_resnet
@@ -53,10 +54,10 @@ def test_embed_utterances_equals_one_by_one(pooling: str, block: str, demo_root:
     # extraction runs a copy with the batch norms folded, in channels-last: the reference is the model as it is
     data = load_data(demo_root / "test")
     model = tiny_resnet(pooling, block=block)
-    feats = {u: normalise(data.load(u), True) for u in data.utts}
+    feats = {u: subtract_mean(data.load(u)) for u in data.utts}
     assert len({len(f) for f in feats.values()}) > 1  # the batch really mixes lengths
     utts = data.utts[::-1]  # any order in, the same order out
-    batched = embed_utterances(model, data, utts, True, CPU, progress=False, batch_frames=100_000)
+    batched = embed_utterances(model, data, utts, Extraction(CPU, True, progress=False, batch_frames=100_000))
     assert_close(batched, np.stack([alone(model, feats[u]) for u in utts]))
     assert model.training is False
 
@@ -65,9 +66,10 @@ def test_chunked_embeddings_average_the_chunks(demo_root: Path) -> None:
     data = load_data(demo_root / "test")
     model = tiny_resnet("statistical")
     max_frames = 40
-    got = embed_utterances(model, data, data.utts, True, CPU, progress=False, batch_frames=300, max_frames=max_frames)
+    settings = Extraction(CPU, True, progress=False, batch_frames=300, max_frames=max_frames)
+    got = embed_utterances(model, data, data.utts, settings)
     for utt, emb in zip(data.utts, got):
-        feats = normalise(data.load(utt), True)
+        feats = subtract_mean(data.load(utt))
         chunks = np.array_split(feats, math.ceil(len(feats) / max_frames))
         assert max(len(c) for c in chunks) <= max_frames and len(chunks) > 1
         assert_close(emb, np.mean([alone(model, c) for c in chunks], axis=0))
@@ -76,11 +78,11 @@ def test_chunked_embeddings_average_the_chunks(demo_root: Path) -> None:
 def test_embed_keeps_training_mode_layout_and_rejects_bad_sizes(demo_root: Path) -> None:
     data = load_data(demo_root / "test")
     model = tiny_resnet("mean").train()
-    embed_utterances(model, data, data.utts[:2], True, CPU, progress=False)
+    embed_utterances(model, data, data.utts[:2], Extraction(CPU, True, progress=False))
     assert model.training
     assert all(p.is_contiguous() for p in model.parameters())  # the channels-last copy is extraction's own
-    with pytest.raises(ValueError, match="must be positive"):
-        embed_utterances(model, data, data.utts[:2], True, CPU, progress=False, batch_frames=0)
+    with pytest.raises(InputError, match="must be positive"):
+        Extraction(CPU, True, progress=False, batch_frames=0)
 
 
 def test_length_batches_respect_the_frame_budget() -> None:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from stklia.core.errors import InputError
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.data.datasets import BatchSchedule, TrainingCrops, training_loader
 from stklia.data.features import Fbank
 from stklia.data.frontend import CPU_ROWS, AudioBatch
 from stklia.data.kaldi import load_data, load_data_dir
-from stklia.distributed import World
-from stklia.errors import InputError
-from stklia.trainer import features_on_device
+from stklia.training.distributed import World
+from stklia.training.loop import features_on_device
 
 from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from stklia.heads import AdaCos, AMSoftmax, ArcFace, Head, Softmax, SphereFace, SubcenterArcFace
+from stklia.training.heads import AdaCos, AMSoftmax, ArcFace, Head, Softmax, SphereFace, SubcenterArcFace
 
 D, C = 12, 7
 CLAMP = 1 - 1e-7  # the heads clamp cosines to [-CLAMP, CLAMP]

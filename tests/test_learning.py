@@ -1,5 +1,5 @@
 """Training learns: a small model trained on 100 steps of 16 crops of a demo corpus scores its test trials
-clearly better than the feature-statistics baseline (stklia.data.demo.baseline_eer), in one process and in a
+clearly better than the feature-statistics baseline (stklia.demo.corpus.baseline_eer), in one process and in a
 DDP run pre-empted then resumed. The other CLI tests accept any EER; a label-shuffling bug, a loss that does
 not reach the weights or a resume that loses them would pass those, not these."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stklia.checkpoint import list_checkpoints
-from stklia.data.demo import SMALL_DEMO, baseline_eer, make_demo
+from stklia.demo.corpus import SMALL_DEMO, baseline_eer, make_demo
+from stklia.modeldir.checkpoints import list_checkpoints
 
 from conftest import ONE_THREAD, run_stklia, torchrun
 

@@ -1,4 +1,4 @@
-"""Tests for stklia.metrics against hand-worked cases and independent references.
+"""Tests for stklia.evaluation.metrics against hand-worked cases and independent references.
 
 References written here, deliberately with plain loops and no code shared with
 the module under test:
@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from stklia.metrics import (
+from stklia.evaluation.metrics import (
     SortedTrials,
     bayes_threshold,
     compute_actual_dcf,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stklia.checkpoint import load_checkpoint
+from stklia.modeldir.checkpoints import load_checkpoint
 from stklia.models.pooling import POOLINGS
 from stklia.models.resnet import ResNet
 
@@ -103,13 +103,14 @@ def test_onnx_export_without_the_export_extra_names_it(trained: Path, tmp_path: 
 def test_python_api_embeds_audio_and_features_and_scores(trained: Path, demo_root: Path) -> None:
     import stklia
     from stklia.data.kaldi import load_data_dir
-    from stklia.embeddings import embed_utterances
+    from stklia.evaluation.embeddings import Extraction, embed_utterances
 
     model = stklia.load(trained, checkpoint=6)
     data = load_data_dir(demo_root / "test")
     wavs = dict(line.split() for line in (demo_root / "test" / "wav.scp").read_text().splitlines())
     a, b = data.utts[:2]
-    reference = embed_utterances(model.embedder.generator, data, [a, b], True, torch.device("cpu"), progress=False)
+    reference = embed_utterances(model.network.generator, data, [a, b],
+                                 Extraction(torch.device("cpu"), True, progress=False))
     assert_close(model.embed(data.load(a)), reference[0], 1e-5)
     assert_close(model.embed(wavs[a]), reference[0], 1e-4)
     cosine = reference[0].astype(np.float64) @ reference[1] / np.linalg.norm(reference, axis=1).prod()

@@ -16,11 +16,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from stklia.api import Embedder
-from stklia.config import build
+from stklia.core.config import build
+from stklia.core.errors import InputError
 from stklia.data.kaldi import load_data_dir
-from stklia.errors import InputError
-from stklia.export import export_onnx, export_torchscript
+from stklia.inference.export import export_onnx, export_torchscript
+from stklia.inference.model import StandaloneGenerator
 from stklia.models.complexity import count_parameters, forward_flops
 
 from conftest import REPO, TINY_SCHEDULE, demo_data_overrides, run_stklia, torchrun
@@ -127,7 +127,7 @@ def test_every_pooling_mode_fits_every_model(preset: str, pooling: str) -> None:
 def test_exported_models_match_pytorch(preset: str, tmp_path: Path) -> None:
     import onnxruntime
 
-    embedder = Embedder(tiny_model(preset), cmn=True)
+    embedder = StandaloneGenerator(tiny_model(preset), cmn=True)
     export_torchscript(embedder, tmp_path / "model.pt")
     export_onnx(embedder, tmp_path / "model.onnx", FEATURES)
     scripted = torch.jit.load(str(tmp_path / "model.pt"))

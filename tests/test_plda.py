@@ -17,11 +17,11 @@ import pytest
 import scipy.linalg
 from scipy.stats import multivariate_normal
 
-from stklia.backends.arrays import save_arrays
-from stklia.backends.lda import Lda
-from stklia.backends.normalize import EmbeddingNormalizer
-from stklia.backends.plda import Plda, PldaBackend
-from stklia.errors import InputError
+from stklia.core.errors import InputError
+from stklia.evaluation.backends.arrays import save_arrays
+from stklia.evaluation.backends.lda import Lda
+from stklia.evaluation.backends.normalize import EmbeddingNormalizer
+from stklia.evaluation.backends.plda import Plda, PldaBackend
 
 DIM = 5
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stklia.checkpoint import list_checkpoints, load_checkpoint
+from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
 from conftest import N, assert_same_run, checkpoint_path, run_stklia, short_run
 

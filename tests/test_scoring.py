@@ -16,22 +16,17 @@ import pytest
 import torch
 from scipy.special import ndtri
 
-from stklia import metrics
-from stklia.backends.normalize import unit
-from stklia.backends.scorer import Scorer
-from stklia.data.datasets import normalise
-from stklia.data.kaldi import EvalData, Trials, load_data, read_trials
-from stklia.det import MAX_POINTS, det_curve, det_figure
-from stklia.embeddings import embed_utterances
-from stklia.errors import InputError
-from stklia.scoring import (
-    asnorm,
-    asnorm_stats,
-    evaluate,
-    format_results,
-    trial_scores,
-    write_results,
-)
+from stklia.core.errors import InputError
+from stklia.data.features import subtract_mean
+from stklia.data.kaldi import load_data
+from stklia.data.trials import EvalData, Trials, read_trials
+from stklia.evaluation import metrics
+from stklia.evaluation.backends.normalize import unit
+from stklia.evaluation.backends.scorer import Scorer
+from stklia.evaluation.det import MAX_POINTS, det_curve, det_figure
+from stklia.evaluation.embeddings import Embedder, Extraction
+from stklia.evaluation.results import format_results, write_results
+from stklia.evaluation.scoring import asnorm, asnorm_stats, evaluate, trial_scores
 
 from conftest import alone, make_enrollment, tiny_resnet
 
@@ -205,10 +200,10 @@ def evaluated(demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
     model = tiny_resnet("statistical", seed=7)
     # centre the embeddings: a random network puts them all in a narrow cone (cosines ~0.99), where
     # the tiny spread of the top cohort scores would amplify float32 rounding in the AS-norm
-    offset = embed_utterances(model, data, data.utts, True, torch.device("cpu"), progress=False).mean(axis=0)
+    settings = Extraction(torch.device("cpu"), True, progress=False, batch_frames=700)
+    offset = Embedder(model, settings)(data).mean(axis=0)
     model.bn2.running_mean.copy_(torch.from_numpy(offset))
-    results = evaluate(model, EvalData(data, lists, enroll, cohort), True, torch.device("cpu"), (0.01, 0.05),
-                       progress=False, extraction={"batch_frames": 700}, asnorm_top_n=4)
+    results = evaluate(Embedder(model, settings), EvalData(data, lists, enroll, cohort, asnorm_top_n=4), (0.01, 0.05))
     return model, data, enroll, cohort, results
 
 
@@ -216,7 +211,7 @@ def test_evaluate_matches_one_trial_at_a_time(evaluated) -> None:
     model, data, enroll, cohort, results = evaluated
 
     def embed(d, utt):
-        return alone(model, normalise(d.load(utt), True))
+        return alone(model, subtract_mean(d.load(utt)))
 
     def models_of(d):
         return {spk: loop_model([embed(d, u) for u in d.utts if d.utt2spk[u] == spk]) for spk in d.speakers}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stklia.checkpoint import list_checkpoints, load_checkpoint
+from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
 from conftest import (
     IN_CI,
@@ -133,7 +133,7 @@ def test_sweep_runs_one_slurm_job_per_point(sweep: dict) -> None:
     print(f"\nsweep: Slurm job array {sweep['array']}, {sweep['seconds']:.0f} s from submission to results")
     for task, head in ((0, "Softmax"), (1, "AdaCos")):
         job_dir = sweep["dir"] / str(task)
-        assert f"_target_: stklia.heads.{head}" in (job_dir / "config.yaml").read_text()
+        assert f"_target_: stklia.training.heads.{head}" in (job_dir / "config.yaml").read_text()
         assert STEPS in list_checkpoints(job_dir) and (job_dir / "results" / f"step_{STEPS:08d}.json").is_file()
         runs = sweep["jobs"][task]
         for run in runs:

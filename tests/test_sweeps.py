@@ -17,11 +17,20 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import objective_value
-from stklia.distributed import World
-from stklia.errors import InputError
-from stklia.report import det_overlay, differing_overrides, find_runs, metric_columns, ranked, report_config, rows
-from stklia.report import report as stklia_report
-from stklia.trainer import check_config, optimized_value
+from stklia.core.errors import InputError
+from stklia.training.checkpointing import BestValidation
+from stklia.training.distributed import World
+from stklia.training.leaderboard import (
+    default_settings,
+    det_overlay,
+    differing_overrides,
+    find_runs,
+    leaderboard,
+    metric_columns,
+    ranked,
+    rows,
+)
+from stklia.training.loop import check_config, optimized_value
 
 from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_stklia
 
@@ -114,7 +123,9 @@ def test_report_formats_and_sorting(sweep: dict) -> None:
     assert "| 3/6 " in markdown and "| 4/6 " in markdown and "| pre-empted " in markdown
     assert "\n2: RuntimeError: deliberate failure after step 4" in markdown
 
-    table, _ = stklia_report([sweep["dir"]], report_config(["format=json", "top=0", "sort=eval_eer"]))
+    settings = default_settings([sweep["dir"]])
+    settings.update(format="json", top=0, sort="eval_eer")
+    table, _ = leaderboard(settings)
     eers = [lowest_validation_eer(sweep["dir"] / row["run"]) for row in json.loads(table)]
     assert eers == sorted(eers)
 
@@ -213,7 +224,7 @@ def test_a_study_whose_trials_fail_ends_with_their_errors(demo_root: Path, tmp_p
 
 def test_what_a_run_returns_to_a_sweeper_is_a_number_or_a_failure(tmp_path: Path) -> None:
     cfg = OmegaConf.create({"optimized_metric": "eval_eer", "optimized_trials": 1})
-    best = {"step": 6, "eer": 20.0, "lowest_eers": [20.0, 12.5]}
+    best = BestValidation(6, 20.0, [20.0, 12.5])
     assert optimized_value(cfg, best, None, tmp_path) == 12.5  # the lowest validation EER on list 1
     tested = [{"eer": 30.0, "asnorm_eer": 25.0}, {"eer": 40.0, "asnorm_eer": math.nan}]
     cfg.optimized_metric, cfg.optimized_trials = "test_asnorm_eer", 0

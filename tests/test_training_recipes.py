@@ -11,8 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from stklia.checkpoint import load_checkpoint
-from stklia.schedulers import warmup_cosine, warmup_exponential
+from stklia.modeldir.checkpoints import load_checkpoint
+from stklia.training.schedulers import warmup_cosine, warmup_exponential
 
 from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_recipe, run_stklia
 
@@ -47,9 +47,9 @@ def test_warmup_then_decay_follows_the_closed_form(kind: str) -> None:
 def test_experiment_preset_composes_a_whole_recipe() -> None:
     with initialize_config_dir(str(REPO / "stklia" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=voxceleb_resnet34_aam"])
-    assert cfg.model.layers == [3, 4, 6, 3] and cfg.head._target_ == "stklia.heads.ArcFace"
+    assert cfg.model.layers == [3, 4, 6, 3] and cfg.head._target_ == "stklia.training.heads.ArcFace"
     assert cfg.data.features.num_mel_bins == cfg.data.features_per_frame == 80
-    assert cfg.scheduler._target_ == "stklia.schedulers.warmup_exponential"
+    assert cfg.scheduler._target_ == "stklia.training.schedulers.warmup_exponential"
     assert cfg.scheduler.total_steps == cfg.num_iterations
     assert OmegaConf.is_missing(cfg.augment.reverb, "rirs")
 

@@ -19,7 +19,8 @@ from scipy import signal
 
 from stklia.data.audio import Recording, read_audio
 from stklia.data.features import Fbank
-from stklia.data.kaldi import load_data_dir, read_trials
+from stklia.data.kaldi import load_data_dir
+from stklia.data.trials import read_trials
 
 from conftest import REPO, SR, TINY_TRAINING, require_system, run_recipe, write_list
 

@@ -19,8 +19,8 @@ import kaldiio
 import numpy as np
 import soundfile
 
+from stklia.core.errors import InputError
 from stklia.data.rxfilename import parse_rxfilename
-from stklia.errors import InputError
 
 
 def _int16_scale(samples: np.ndarray) -> np.ndarray:

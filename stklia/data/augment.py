@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
+from stklia.core.errors import InputError
 from stklia.data.audio import Recording, read_checked_audio
 from stklia.data.features import DeviceCopies
 from stklia.data.kaldi import read_table
-from stklia.errors import InputError
 
 
 class AudioList:

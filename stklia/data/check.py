@@ -16,9 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stklia.data.kaldi import DataSet, Featurizer, load_data_dir, read_table
-from stklia.errors import InputError
-from stklia.progress import progress_bar
+from omegaconf import DictConfig, OmegaConf
+
+from stklia.core.config import CONF_DIR, build
+from stklia.core.errors import InputError
+from stklia.core.progress import progress_bar
+from stklia.data.kaldi import DataSet, Featurizer, load_data_dir
+from stklia.data.tables import read_table
 
 # optional tables, keyed by utterance or by speaker, as utils/validate_data_dir.sh checks them
 PER_UTTERANCE = ("wav.scp", "text", "utt2dur", "utt2num_frames", "utt2lang", "utt2uniq")
@@ -122,7 +126,7 @@ def read_every_utterance(data: DataSet, min_frames: int, features_per_frame: int
                 raise InputError(scp, f"features of '{utt}' have {mat.shape[1]} dims per frame but {expected} {dims}",
                                  line)
         if count < min_frames:
-            raise InputError(scp, f"'{utt}' is too short: {count} frames (at least {min_frames}; --min-frames)", line)
+            raise InputError(scp, f"'{utt}' is too short: {count} frames (fewer than min_frames={min_frames})", line)
         frames += count
     return Summary(len(data.utts), len(data.speakers), frames, seconds, None if data.audio else dims)
 
@@ -135,3 +139,20 @@ def check_data_dir(path: str | os.PathLike, features: Featurizer | None = None, 
     data = load_data_dir(path, features)
     check_kaldi_tables(path, data, speaker_sort)
     return read_every_utterance(data, min_frames, features_per_frame, progress, desc=path.name)
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The command (stklia/conf/commands/check_data.yaml): each dir checked, what it holds printed, then the total."""
+    features_yaml = CONF_DIR / "features" / f"{cfg.features}.yaml"
+    if not features_yaml.is_file():
+        raise InputError(features_yaml, "no such features config")
+    features = build(OmegaConf.merge(OmegaConf.load(features_yaml),
+                                     {"sample_rate": cfg.sample_rate} if cfg.sample_rate else {}))
+    total = None
+    for path in map(Path, cfg.dirs):
+        summary = check_data_dir(path, features, min_frames=cfg.min_frames, features_per_frame=cfg.features_per_frame,
+                                 speaker_sort=cfg.speaker_sort, progress=cfg.progress)
+        print(f"{path}: {summary}", flush=True)
+        total = summary if total is None else total + summary
+    if len(cfg.dirs) > 1:
+        print(f"total: {total}")

@@ -9,15 +9,11 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from stklia.core.errors import InputError
 from stklia.data.augment import Augment
+from stklia.data.features import subtract_mean
 from stklia.data.frontend import AudioBatch, AudioCrop, BatchSlots, FrontEnd
 from stklia.data.kaldi import DataSet
-from stklia.errors import InputError
-
-
-def normalise(feats: np.ndarray, cmn: bool) -> np.ndarray:
-    """Per-utterance cepstral mean normalisation, as Kaldi's apply-cmvn --norm-vars=false does."""
-    return feats - feats.mean(axis=0, keepdims=True) if cmn else feats
 
 
 def random_crop(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,7 +92,8 @@ class TrainingCrops(Dataset):
             if self.augment and self.augment.num_label_copies > 1:
                 label += speed * self.num_speakers
             return self.audio_crop(utt, speed, label, rng)
-        feats = random_crop(normalise(self.data.load(utt), self.cmn), self.max_seq_len, rng)
+        feats = self.data.load(utt)
+        feats = random_crop(subtract_mean(feats) if self.cmn else feats, self.max_seq_len, rng)
         if self.augment and self.augment.specaugment:
             feats = self.augment.specaugment(feats, rng)
         return feature_tensor(feats), label
@@ -221,8 +218,8 @@ class Utterances(Dataset):
         return len(self.utts)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        feats = normalise(self.data.load(self.utts[index]), self.cmn)
-        return feature_tensor(feats)
+        feats = self.data.load(self.utts[index])
+        return feature_tensor(subtract_mean(feats) if self.cmn else feats)
 
 
 def stop_workers(batches: Iterator) -> None:

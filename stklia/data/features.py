@@ -43,6 +43,16 @@ def kaldi_mel_banks(num_bins: int, padded_window: int, sample_rate: int, low_fre
     return np.where((mel > left) & (mel < right), weights, 0.0)
 
 
+def subtract_mean(feats: torch.Tensor) -> torch.Tensor:
+    """Per-utterance mean normalisation over the frames (axis -2) of (..., frames, dims) features, as Kaldi's
+    apply-cmvn --norm-vars=false: of a torch tensor (a batch), or of a numpy array (features read from
+    feats.scp), normalised by numpy so that they keep the values they always had."""
+    if not torch.jit.is_scripting():  # TorchScript (export) compiles the tensor path only
+        if isinstance(feats, np.ndarray):
+            return feats - feats.mean(axis=-2, keepdims=True)
+    return feats - feats.mean(dim=-2, keepdim=True)
+
+
 class DeviceCopies(dict):
     """Constant tensors copied once to each device (and dtype) they are used with. Pickled empty: a loader
     worker gets the CPU originals only, never a copy of the training device's."""

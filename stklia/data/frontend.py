@@ -20,7 +20,7 @@ import torch
 import torch.utils.data
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment
-from stklia.data.features import Fbank
+from stklia.data.features import Fbank, subtract_mean
 
 # Rows whose features a CPU core computes together: enough to share each tensor operation's fixed cost, few
 # enough that the fbank's arrays stay in the core's cache (4-16 rows cost about the same per item, 1 row 1.5x,
@@ -209,5 +209,5 @@ class FrontEnd:
         """(rows, frames, bins): the dithered fbank of the waveforms, mean-normalised, SpecAugment's bands zeroed."""
         feats = self.features.batch(waveforms, dither_seeds)
         if self.cmn:
-            feats = feats - feats.mean(dim=1, keepdim=True)
+            feats = subtract_mean(feats)
         return SpecAugment.apply(feats, zeroed)

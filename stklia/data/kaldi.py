@@ -1,55 +1,30 @@
-"""Kaldi data directories (feats.scp or wav.scp, utt2spk, spk2utt) and trial lists, checked line by line.
+"""Kaldi data directories (feats.scp or wav.scp, utt2spk, spk2utt), read and cross-checked.
 
 Every problem in a user's file is raised as an InputError naming the file and line, so a
-run fails at start-up with one clear line instead of deep inside training.
+run fails at start-up with one clear line instead of deep inside training. Nothing here imports torch: the
+tables are read by tools that never touch a model.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import kaldiio
 import numpy as np
-import torch
 
+from stklia.core.errors import InputError
 from stklia.data.audio import Recording, first_non_finite
 from stklia.data.rxfilename import parse_rxfilename
-from stklia.errors import InputError
+from stklia.data.tables import read_mapping, read_table
+
+if TYPE_CHECKING:
+    import torch
 
 PathLike = str | os.PathLike
-
-
-def read_table(path: PathLike, min_fields: int, max_fields: int | None = None) -> Iterator[tuple[int, list[str]]]:
-    """Yield (line number, fields) of a whitespace-separated Kaldi table, skipping blank lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
-                expected = str(min_fields) if min_fields == max_fields else f"at least {min_fields}"
-                raise InputError(path, f"expected {expected} fields, found {len(fields)}", lineno)
-            yield lineno, fields
-
-
-def _read_mapping(path: Path, max_fields: int | None) -> tuple[dict[str, str], dict[str, int]]:
-    """key -> rest of line, and key -> line number; duplicate keys are an error."""
-    values: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    for lineno, fields in read_table(path, 2, max_fields):
-        key = fields[0]
-        if key in values:
-            raise InputError(path, f"duplicate key '{key}' (first on line {lines[key]})", lineno)
-        values[key] = " ".join(fields[1:])
-        lines[key] = lineno
-    return values, lines
 
 
 class Featurizer(Protocol):
@@ -172,8 +147,8 @@ def load_data_dir(path: PathLike, features: Featurizer | None = None) -> DataSet
             raise InputError(feats_scp, "audio input (no feats.scp) needs a features config (data.features)")
     elif not feats_scp.exists():
         raise InputError(feats_scp, "no such file (nor a wav.scp for audio input)")
-    feats, feat_lines = _read_mapping(feats_scp, None)
-    utt2spk, spk_lines = _read_mapping(utt2spk_path, 2)
+    feats, feat_lines = read_mapping(feats_scp, None)
+    utt2spk, spk_lines = read_mapping(utt2spk_path, 2)
     if not feats:
         raise InputError(feats_scp, "empty: the data directory has no utterances")
     for utt, lineno in spk_lines.items():
@@ -226,86 +201,3 @@ def check_feature_dim(data: DataSet, features_per_frame: int) -> None:
             )
 
 
-@dataclass
-class Trials:
-    """A verification trial list: labels[i] says whether enroll[i] and test[i] share a speaker."""
-
-    path: Path
-    labels: np.ndarray
-    enroll: list[str]
-    test: list[str]
-
-    @property
-    def name(self) -> str:
-        """A short name for tables: parent dir and file name."""
-        return f"{self.path.parent.name}/{self.path.name}"
-
-
-# The two forms of a trial line, told apart by where the label is; one form per file.
-LABEL_FIRST = "<1|0> <enroll> <test>"
-KALDI_FORM = "<enroll> <test> <target|nontarget>"  # Kaldi's VoxCeleb recipes
-KALDI_LABELS = {"target": 1, "nontarget": 0}
-
-
-def _trial_form(fields: list[str]) -> str | None:
-    """Which form a trial line is in (None: neither)."""
-    if fields[0] in ("0", "1"):
-        return LABEL_FIRST
-    return KALDI_FORM if fields[2] in KALDI_LABELS else None
-
-
-def read_trials(path: PathLike, known_utts: set[str] | dict[str, object] | None,
-                speakers: set[str] | dict[str, object] | None = None) -> Trials:
-    """Read `<1|0> <a> <b>` lines (1: target, 0: non-target), or Kaldi's `<a> <b> target|nontarget` lines;
-    the first line sets the form of the file.
-
-    `b` is an utterance of the evaluation data; `a` is one too, or, when enrollment `speakers`
-    are given, one of those speakers (scored by their speaker model). An id that is both is
-    ambiguous and rejected. With `known_utts` None the ids are not checked (the labels of a list
-    whose scores exist already).
-    """
-    path = Path(path)
-    labels: list[int] = []
-    enroll: list[str] = []
-    test: list[str] = []
-    form, first = None, None
-    for lineno, fields in read_table(path, 3, 3):
-        line_form = _trial_form(fields)
-        if line_form is None:
-            raise InputError(path, f"'{' '.join(fields)}' is not a trial: expected '{LABEL_FIRST}' "
-                             f"or Kaldi's '{KALDI_FORM}'", lineno)
-        if form is None:
-            form, first = line_form, lineno
-        elif line_form != form:
-            raise InputError(path, f"'{' '.join(fields)}' is of the form '{line_form}' but line {first} is of the "
-                             f"form '{form}': one form per file", lineno)
-        if form == LABEL_FIRST:
-            label, a, b = int(fields[0]), fields[1], fields[2]
-        else:
-            a, b, label = fields[0], fields[1], KALDI_LABELS[fields[2]]
-        if known_utts is not None:
-            if speakers is not None and a in speakers:
-                if a in known_utts:
-                    raise InputError(path, f"'{a}' is ambiguous: both an enrollment speaker and an utterance", lineno)
-            elif a not in known_utts:
-                message = (f"'{a}' is neither an enrollment speaker nor an utterance of the evaluation data"
-                           if speakers is not None else f"utterance '{a}' is not in the evaluation data")
-                raise InputError(path, message, lineno)
-            if b not in known_utts:
-                raise InputError(path, f"utterance '{b}' is not in the evaluation data", lineno)
-        labels.append(label)
-        enroll.append(a)
-        test.append(b)
-    if not labels:
-        raise InputError(path, "empty: no trials")
-    return Trials(path, np.array(labels, dtype=np.int8), enroll, test)
-
-
-@dataclass
-class EvalData:
-    """What an evaluation needs: the data and trial lists, and optional speaker sets."""
-
-    data: DataSet  # the utterances the trials name
-    trial_lists: list[Trials]
-    enroll: DataSet | None = None  # speakers whose models `<label> <speaker> <utt>` trials score
-    cohort: DataSet | None = None  # AS-norm cohort speakers (None: raw scores only)

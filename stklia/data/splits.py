@@ -13,9 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from stklia.config import build
-from stklia.data.kaldi import DataSet, EvalData, check_feature_dim, load_data, read_trials
-from stklia.errors import InputError
+from stklia.core.config import build
+from stklia.core.errors import InputError
+from stklia.data.kaldi import DataSet, check_feature_dim, load_data
+from stklia.data.trials import EvalData, read_trials
 
 SPLITS = ("train", "eval", "test")
 
@@ -56,7 +57,8 @@ def load_trial_split(data_cfg: DictConfig, split: str) -> EvalData | None:
     enroll = load_split(data_cfg, f"{split}_enroll") if data_cfg.get(f"{split}_enroll") is not None else None
     speakers = set(enroll.utt2spk.values()) if enroll is not None else None
     trial_lists = [read_trials(path, data.feats, speakers) for path in data_cfg[f"{split}_trials"]]
-    return EvalData(data, trial_lists, enroll, load_cohort(data_cfg) if split == "test" else None)
+    cohort = load_cohort(data_cfg) if split == "test" else None
+    return EvalData(data, trial_lists, enroll, cohort, data_cfg.asnorm_top_n if cohort is not None else 0)
 
 
 def load_test_set(data_cfg: DictConfig) -> EvalData:

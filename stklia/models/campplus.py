@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stklia.errors import InputError
+from stklia.core.errors import InputError
+from stklia.models.generator import Generator
 from stklia.models.masking import frame_mask, strided_length, zero_padding, zero_padding_
 from stklia.models.pooling import build_pooling, masked_mean, masked_segment_mean
 from stklia.models.resnet import BasicBlock, conv3x3, make_stage
@@ -111,7 +112,7 @@ class DenseTDNNBlock(nn.Module):
         return self.transit(x)
 
 
-class CAMPPlus(nn.Module):
+class CAMPPlus(Generator):
     """CAM++ generator: features (B, T, F) -> embedding of size `emb_size`.
 
     `block_layers` and `dilations` have one entry per D-TDNN block; each layer adds `growth_rate`

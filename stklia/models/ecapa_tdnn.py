@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stklia.errors import InputError
+from stklia.core.errors import InputError
+from stklia.models.generator import Generator
 from stklia.models.masking import frame_mask
 from stklia.models.pooling import build_pooling, masked_mean
 from stklia.models.tdnn import TDNNLayer
@@ -73,7 +74,7 @@ class SERes2Block(nn.Module):
         return x + self.se(self.tdnn2(out), lengths)
 
 
-class ECAPATDNN(nn.Module):
+class ECAPATDNN(Generator):
     """ECAPA-TDNN generator: features (B, T, F) -> embedding of size `emb_size`.
 
     `channels` is the paper's C; `dilations` has one entry per SE-Res2Block; `mfa_channels` is the

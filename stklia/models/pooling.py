@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stklia.errors import InputError
+from stklia.core.errors import InputError
 
 
 def floored(variance: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from stklia.errors import InputError
+from stklia.core.errors import InputError
+from stklia.models.generator import Generator
 from stklia.models.masking import frame_mask, strided_length, zero_padding, zero_padding_
 from stklia.models.pooling import build_pooling
 
@@ -107,7 +108,7 @@ def make_stage(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes
     return nn.Sequential(first, *(block(planes * block.expansion, planes) for _ in range(1, blocks)))
 
 
-class ResNet(nn.Module):
+class ResNet(Generator):
     """ResNet generator: features -> embedding of size `emb_size`.
 
     `block` is "basic" (BasicBlock) or "bottleneck" (Bottleneck); `layers` the number of blocks of each

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stklia.errors import InputError
+from stklia.core.errors import InputError
+from stklia.models.generator import Generator
 from stklia.models.masking import frame_mask, zero_padding
 from stklia.models.pooling import build_pooling
 
@@ -52,7 +53,7 @@ def check_odd(key: str, kernel_sizes: Sequence[int]) -> None:
         raise InputError(key, f"{list(kernel_sizes)}: kernel sizes must be odd and positive (centred contexts)")
 
 
-class XVector(nn.Module):
+class XVector(Generator):
     """x-vector generator: features (B, T, F) -> embedding of size `emb_size`.
 
     `channels`, `kernel_sizes` and `dilations` describe the frame layers (the last one feeds the

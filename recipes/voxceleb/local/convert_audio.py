@@ -23,7 +23,7 @@ from pathlib import Path
 import soundfile
 from tqdm import tqdm
 
-from stklia.errors import InputError, exit_on_input_error
+from stklia.core.errors import InputError, exit_on_input_error
 
 SOURCES = (".m4a",)
 DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+\.\d+)")

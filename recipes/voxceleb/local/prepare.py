@@ -14,9 +14,9 @@ import argparse
 import shlex
 from pathlib import Path
 
-from stklia.atomic import atomic_output
+from stklia.core.atomic import atomic_output
+from stklia.core.errors import InputError, exit_on_input_error
 from stklia.data.kaldi import read_table
-from stklia.errors import InputError, exit_on_input_error
 
 EXTENSIONS = (".wav", ".flac", ".m4a")
 

@@ -1,0 +1,2 @@
+"""The built-in demo corpus: synthetic speakers as real Kaldi data dirs, generated on first use
+(`python -m stklia.demo DIR`)."""

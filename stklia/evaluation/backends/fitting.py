@@ -1,0 +1,141 @@
+"""The scoring options of a test, and the back-end statistics they need: fitted once on the embeddings of
+a named data set, stored under the model dir, reused by later tests of the same checkpoint.
+
+Each statistics file (`<model_dir>/backends/<checkpoint>/<name>.npz`) has a `<name>.json` beside it
+that records what it was fitted on (the options, the data's directories and a digest of its
+utterances, speakers and feature entries); a file is reused only when that record matches, so
+changed data or options refit it instead of silently scoring with stale statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from stklia.core.atomic import file_stem, write_json
+from stklia.core.errors import InputError
+from stklia.data.kaldi import DataSet
+from stklia.evaluation.backends.normalize import KINDS, EmbeddingNormalizer
+from stklia.evaluation.backends.plda import PldaBackend
+from stklia.evaluation.backends.scorer import Scorer
+from stklia.evaluation.embeddings import Embedder
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("cosine", "plda")
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """The `scoring` node of stklia/conf/trained/test.yaml."""
+
+    backend: str = "cosine"
+    normalize: str = "none"
+    data: str = "train"  # a split of the experiment or a Kaldi dir: what the statistics are fitted on
+    lda_dim: int | None = None  # LDA first (whitening, PLDA)
+    num_em_iters: int = 10
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError("scoring.backend", f"'{self.backend}' is not one of {', '.join(BACKENDS)}")
+        if self.normalize not in KINDS:
+            raise InputError("scoring.normalize", f"'{self.normalize}' is not one of {', '.join(KINDS)}")
+        if self.lda_dim is not None and (self.lda_dim < 1 or (self.backend != "plda" and self.normalize != "whiten")):
+            raise InputError("scoring.lda_dim", "a positive dimension, for scoring.normalize=whiten or "
+                                                "scoring.backend=plda only")
+        if self.num_em_iters < 1:
+            raise InputError("scoring.num_em_iters", f"must be at least 1, not {self.num_em_iters}")
+
+    @property
+    def plain(self) -> bool:
+        """Cosine of the raw embeddings: no statistics needed."""
+        return self.backend == "cosine" and self.normalize == "none"
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A ready scorer, the suffix of its results' name ("" for plain cosine), and what the results record."""
+
+    scorer: Scorer = Scorer()
+    tag: str = ""
+    summary: dict[str, Any] = field(default_factory=lambda: {"backend": "cosine", "normalize": "none"})
+
+
+class Stored(Protocol):
+    def save(self, path: Path) -> None: ...
+
+
+T = TypeVar("T", bound=Stored)
+
+
+def _stored(path: Path, record: dict[str, Any], load: Callable[[Path], T], fit: Callable[[], T]) -> T:
+    """The statistics in `path` if its record matches, else freshly fitted and stored with the record."""
+    record_path = path.with_suffix(".json")
+    if path.is_file() and record_path.is_file() and json.loads(record_path.read_text()) == record:
+        log.info("reusing %s", path)
+        return load(path)
+    stats = fit()
+    stats.save(path)
+    write_json(record_path, record)
+    log.info("fitted %s", path)
+    return stats
+
+
+def data_record(data: DataSet) -> dict[str, Any]:
+    """What identifies a data set: its directories, size and a digest of its utterances, speakers and entries."""
+    digest = hashlib.sha256("\n".join(f"{u} {data.utt2spk[u]} {data.feats[u]}" for u in data.utts).encode())
+    return {"dirs": sorted({str(path.parent) for path, _ in data.origin.values()}), "utterances": len(data.utts),
+            "speakers": len(data.speakers), "sha256": digest.hexdigest()}
+
+
+def prepare_scoring(options: ScoringOptions, data: DataSet | None, data_name: str, embed: Embedder,
+                    store: Path) -> Scoring:
+    """The Scorer of `options`, its statistics fitted on embed(data) or reused from `store`. `data` may be None
+    for plain cosine."""
+    if options.plain:
+        return Scoring()
+    if data is None:
+        raise ValueError("scoring statistics need a data set")
+    name = file_stem(data_name)
+    record = {"data": data_record(data)}
+    speakers = [data.utt2spk[u] for u in data.utts]
+
+    def fitted(fit: Callable[[], T]) -> Callable[[], T]:
+        def run() -> T:
+            try:
+                return fit()
+            except ValueError as err:  # e.g. too few utterances per speaker for LDA / PLDA
+                raise InputError(f"scoring.data ({data_name})", str(err)) from None
+        return run
+
+    whiten_lda = options.lda_dim if options.normalize == "whiten" else None
+    normalizer_stem = "" if options.normalize == "none" else (
+        options.normalize + (f"-lda{whiten_lda}" if whiten_lda else ""))
+    plda_stem = "" if options.backend != "plda" else (
+        "plda" + (f"-lda{options.lda_dim}" if options.lda_dim else "")
+        + (f"-em{options.num_em_iters}" if options.num_em_iters != 10 else ""))
+    tag = "+".join(stem for stem in (plda_stem, normalizer_stem) if stem)  # e.g. plda-lda200+mean
+    normalizer, plda, files = None, None, {}
+    if normalizer_stem:
+        path = store / f"{normalizer_stem}_{name}.npz"
+        normalizer = _stored(
+            path, {**record, "normalize": options.normalize, "lda_dim": whiten_lda}, EmbeddingNormalizer.load,
+            fitted(lambda: EmbeddingNormalizer.fit(embed(data), options.normalize, speakers, whiten_lda)))
+        files["normalizer"] = str(path)
+    if plda_stem:
+        path = store / f"{tag}_{name}.npz"  # fitted on the normalised embeddings
+        def plda_input() -> np.ndarray:
+            return normalizer(embed(data)) if normalizer is not None else embed(data)
+
+        plda = _stored(path, {**record, "options": asdict(options)}, PldaBackend.load,
+                       fitted(lambda: PldaBackend.fit(plda_input(), speakers, options.lda_dim, options.num_em_iters)))
+        files["plda"] = str(path)
+    summary = {**asdict(options), "data_dirs": record["data"]["dirs"], "files": files}
+    return Scoring(Scorer(normalizer, plda), tag if options.data == "train" else f"{tag}_{name}", summary)

@@ -1,0 +1,149 @@
+"""Verification scoring: embed what the trial lists name, score them, AS-norm, metrics and outputs.
+
+Trials are scored from two tables, one row per utterance or enrolled speaker, in one vectorised
+pass per list: ids are mapped to table rows once per list, then each score is the dot product of
+the enrollment side's row of one table and the test side's row of the other, in chunks. A
+`Scorer` builds the tables: by default (cosine) both hold the unit-length embeddings; an optional
+embedding normalisation (mean subtraction, whitening) comes first; with a PLDA back-end the rows
+are Kaldi's PLDA log-likelihood-ratio terms (stklia.evaluation.backends.plda), so the same pass gives LLRs.
+
+Speaker models (enrollment, `1 spk utt` trials) are, for cosine, the mean of the speaker's
+length-normalised utterance embeddings, length-normalised again; for PLDA, as in Kaldi, the mean
+of the speaker's embeddings, scored with its number of utterances.
+
+AS-norm (adaptive symmetric score normalisation; Cumani et al. 2011, Matejka et al. 2017):
+each side x of a trial is scored against every cohort speaker model; the mean mu_x and the
+standard deviation sd_x (population, ddof=0) of its top_n highest cohort scores normalise the
+raw score s as  0.5 * ((s - mu_a) / sd_a + (s - mu_b) / sd_b).  The cohort is the speaker
+models of a data directory (e.g. the training data), and top_n is capped at its size. With PLDA
+each side is scored as the test side against the cohort speakers enrolled with their utterances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stklia.data.trials import EvalData, Trials
+from stklia.evaluation.backends.scorer import Scorer
+from stklia.evaluation.embeddings import Embedder
+from stklia.evaluation.metrics import SortedTrials
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@dataclass
+class TrialResult:
+    """Scores of one trial list, in trial order, by kind ("raw", "asnorm"), and their metrics."""
+
+    trials: Trials
+    scores: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+    def figure(self) -> Figure:
+        from stklia.evaluation.det import det_figure  # here: matplotlib takes 0.6 s to import
+
+        return det_figure(self.scores, self.trials.labels, self.trials.name)
+
+
+def trial_indices(index: Mapping[str, int], ids: Sequence[str]) -> np.ndarray:
+    """Table rows of the trial ids (the ids were checked when the trials were read)."""
+    return np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
+
+
+def trial_scores(enroll_table: np.ndarray, test_table: np.ndarray, left: np.ndarray, right: np.ndarray,
+                 chunk: int = 4096) -> np.ndarray:
+    """Dot products of enroll_table[left[i]] and test_table[right[i]] (cosines of unit rows of one table)."""
+    scores = np.empty(len(left), dtype=np.float64)
+    for start in range(0, len(left), chunk):  # chunk x dim gathered rows at a time: they stay in cache
+        stop = start + chunk
+        scores[start:stop] = np.einsum("ij,ij->i", enroll_table[left[start:stop]], test_table[right[start:stop]])
+    return scores
+
+
+def asnorm_stats(table: np.ndarray, cohort: np.ndarray, top_n: int, chunk: int = 4096
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (ddof=0) of each table row's top_n scores against the cohort rows
+    (`table`: test-side rows, `cohort`: enrollment-side rows)."""
+    top_n = min(top_n, len(cohort))
+    if top_n < 2:
+        raise ValueError(f"AS-norm needs a top-N of at least 2 cohort models, got {top_n}")
+    mean, std = np.empty(len(table)), np.empty(len(table))
+    cohort_t = cohort.T.astype(table.dtype)
+    for start in range(0, len(table), chunk):
+        s = table[start : start + chunk] @ cohort_t
+        top = np.partition(s, len(cohort) - top_n, axis=1)[:, len(cohort) - top_n :].astype(np.float64)
+        mean[start : start + chunk] = top.mean(axis=1)
+        std[start : start + chunk] = top.std(axis=1)
+    return mean, std
+
+
+def asnorm(scores: np.ndarray, stats: tuple[np.ndarray, np.ndarray], left: np.ndarray, right: np.ndarray
+           ) -> np.ndarray:
+    """AS-normalised scores of trials (left[i], right[i]) from their table rows' cohort statistics."""
+    mean, std = stats
+    return 0.5 * ((scores - mean[left]) / std[left] + (scores - mean[right]) / std[right])
+
+
+def trial_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float], prefix: str = ""
+                  ) -> dict[str, float]:
+    """EER (%), minDCF and actual DCF at each p_target, Cllr and minCllr, with keys prefixed by `prefix`,
+    from one sort of the trials. actDCF and Cllr read the scores as log-likelihood ratios."""
+    trials = SortedTrials(scores, labels)
+    results = {f"{prefix}eer": 100 * trials.eer()[0]}
+    for p in p_targets:
+        results[f"{prefix}min_dcf@{p:g}"] = trials.min_dcf(p)[0]
+    for p in p_targets:
+        results[f"{prefix}act_dcf@{p:g}"] = trials.act_dcf(p)
+    results[f"{prefix}cllr"] = trials.cllr()
+    results[f"{prefix}min_cllr"] = trials.min_cllr()
+    return results
+
+
+def evaluate(embed: Embedder, eval_data: EvalData, p_targets: Sequence[float] = (0.01, 0.001),
+             scorer: Scorer | None = None) -> list[TrialResult]:
+    """Embed what the trial lists name (each utterance once), score every list and measure it.
+
+    With a cohort (and its asnorm_top_n), the scores are also AS-normalised and measured (metrics prefixed
+    `asnorm_`). `scorer`: the normalisation and back-end (default: cosine of the raw embeddings).
+    """
+    scorer = scorer or Scorer()
+    lists = eval_data.trial_lists
+    enroll = eval_data.enroll
+    lefts = set().union(*(t.enroll for t in lists))
+    models = lefts & set(enroll.utt2spk.values()) if enroll is not None else set()
+    utts = sorted((lefts - models).union(*(t.test for t in lists)))
+    rows, counts = [scorer.utterances(embed(eval_data.data, utts))], [np.ones(len(utts))]
+    names: list[str] = []
+    if models:
+        enroll_utts = [u for u in enroll.utts if enroll.utt2spk[u] in models]
+        names, model_rows, model_counts = scorer.speaker_models(embed(enroll, enroll_utts),
+                                                                [enroll.utt2spk[u] for u in enroll_utts])
+        rows.append(model_rows)
+        counts.append(model_counts)
+    enroll_table, test_table = scorer.tables(np.concatenate(rows), np.concatenate(counts))
+    test_index = {u: i for i, u in enumerate(utts)}
+    enroll_index = {**test_index, **{s: len(utts) + i for i, s in enumerate(names)}}  # ids are unambiguous
+
+    stats = None
+    if eval_data.cohort is not None and eval_data.asnorm_top_n > 0:
+        cohort = eval_data.cohort
+        _, cohort_rows, cohort_counts = scorer.speaker_models(embed(cohort, cohort.utts),
+                                                              [cohort.utt2spk[u] for u in cohort.utts])
+        stats = asnorm_stats(test_table, scorer.tables(cohort_rows, cohort_counts)[0], eval_data.asnorm_top_n)
+
+    results = []
+    for trials in lists:
+        left, right = trial_indices(enroll_index, trials.enroll), trial_indices(test_index, trials.test)
+        scores = {"raw": trial_scores(enroll_table, test_table, left, right)}
+        if stats is not None:
+            scores["asnorm"] = asnorm(scores["raw"], stats, left, right)
+        metrics: dict[str, float] = {}
+        for kind, s in scores.items():
+            metrics.update(trial_metrics(s, trials.labels, p_targets, "" if kind == "raw" else f"{kind}_"))
+        results.append(TrialResult(trials, scores, metrics))
+    return results
