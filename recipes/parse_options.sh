@@ -12,3 +12,5 @@ while [ $# -gt 0 ]; do
 done
 stage_in() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 export PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+# The interpreter the stages run (the one whose environment has stklia's dependencies): PYTHON, else python.
+PYTHON=${PYTHON:-python}

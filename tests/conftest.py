@@ -78,8 +78,10 @@ def without_module(module: str, root: Path) -> dict[str, str]:
 
 
 def run_recipe(script: Path, *args: str, **env: str) -> None:
-    """A recipe's run.sh with arguments and extra environment variables; it must succeed."""
-    proc = subprocess.run([str(script), *args], env=stklia_env(**env), capture_output=True, text=True, timeout=600)
+    """A recipe's run.sh with arguments and extra environment variables; it must succeed. Its stages run this
+    interpreter (PYTHON), not a `python` found on PATH."""
+    proc = subprocess.run([str(script), *args], env=stklia_env(PYTHON=sys.executable, **env), capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, f"{script} {args} failed:\n{proc.stdout}\n{proc.stderr}"
 
 

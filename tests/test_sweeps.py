@@ -32,7 +32,7 @@ from stklia.training.leaderboard import (
 )
 from stklia.training.loop import check_config, optimized_value
 
-from conftest import REPO, TINY_TRAINING, demo_data_overrides, run_stklia
+from conftest import REPO, TINY_TRAINING, demo_data_overrides, kaldi_trial, run_stklia
 
 HEADS = ("softmax", "adacos")
 PREEMPTED = 4  # job 4 (SIGTERM, softmax) is stopped by its signal, which ends the local sweep
@@ -155,6 +155,26 @@ def test_det_overlay_of_the_best_runs(sweep: dict, tmp_path: Path) -> None:
     expected = [f"{row['run']}: optim.action=none head={row['head']} (EER {row['test_noisy/trials:asnorm_eer']:.2f}%)"
                 for row in table[:2]]
     assert legend == expected and notes == []
+
+
+def test_report_of_runs_scored_on_a_kaldi_form_trial_list(demo_root: Path, tmp_path: Path) -> None:
+    """Two runs whose test list is in Kaldi's `<a> <b> target|nontarget` form: the leaderboard ranks them and draws
+    their DET curves from their score files, whose trials it checks against that list."""
+    trials = tmp_path / "kaldi" / "trials"
+    trials.parent.mkdir()
+    label_first = (demo_root / "test" / "trials").read_text().splitlines()
+    trials.write_text("".join(f"{kaldi_trial(line)}\n" for line in label_first))
+    for seed in (0, 1):
+        run_stklia("train", *demo_data_overrides(demo_root), *TINY_TRAINING, f"seed={seed}",
+                   f"data.test_trials=[{trials}]", "data.asnorm_top_n=0", f"model_dir={tmp_path / 'runs' / str(seed)}",
+                   cwd=tmp_path)
+    png = tmp_path / "det.png"
+    proc = run_stklia("report", str(tmp_path / "runs"), f"det={png}", "format=json", cwd=tmp_path)
+    table = json.loads(proc.stdout)
+    assert [row["run"] for row in table] == sorted(("0", "1"), key=lambda run: next(
+        r["kaldi/trials:eer"] for r in table if r["run"] == run))
+    assert f"DET plot (kaldi/trials (raw scores): best 2 by kaldi/trials:eer): {png}" in proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "left out" not in proc.stderr
 
 
 def test_each_run_logs_its_hyperparameters_and_final_metrics_to_tensorboard(sweep: dict) -> None:

@@ -141,9 +141,9 @@ def test_conversion_resumes_and_redoes_only_missing_or_broken_files(corpus: tupl
 
 
 def convert(root: Path, out: Path, *args: str) -> str:
-    proc = subprocess.run(["python", str(RECIPE / "local" / "convert_audio.py"), str(root / "vox2" / "aac"), str(out),
-                           "--nj", "2", *args], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, str(RECIPE / "local" / "convert_audio.py"), str(root / "vox2" / "aac"),
+                           str(out), "--nj", "2", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -158,7 +158,8 @@ def test_a_broken_or_truncated_m4a_is_a_one_line_error(tmp_path: Path) -> None:
     whole = (src / "00001.m4a").read_bytes()
     (src / "00001.m4a").write_bytes(whole[: len(whole) // 2])  # a download cut short: the header says 4 s
     (src / "00002.m4a").write_bytes(whole[:300])  # not even a header
-    command = ["python", str(RECIPE / "local" / "convert_audio.py"), str(tmp_path / "aac"), str(tmp_path / "flac")]
+    command = [sys.executable, str(RECIPE / "local" / "convert_audio.py"), str(tmp_path / "aac"),
+               str(tmp_path / "flac")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     assert proc.returncode == 1
@@ -222,8 +223,9 @@ def test_every_stage_runs_end_to_end(corpus: tuple[Path, dict, dict], tmp_path: 
 def test_bad_official_trials_name_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "veri_test.txt"
     bad.write_text("1 a/b/1.wav a/b/2.wav\nyes a/b/1.wav a/b/3.wav\n")
-    proc = subprocess.run(["python", str(RECIPE / "local" / "prepare.py"), "trials", str(bad), str(tmp_path / "out")],
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(RECIPE / "local" / "prepare.py"), "trials", str(bad),
+                           str(tmp_path / "out")], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"stklia: error: {bad}:2: label 'yes' is not 0 or 1"
     assert not (tmp_path / "out").exists()

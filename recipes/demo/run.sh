@@ -16,22 +16,22 @@ lm_steps=${LM_STEPS:-100}          # fine-tuning steps, with 300-frame crops (tr
 . ../parse_options.sh
 
 if stage_in 1; then
-  python -m stklia.train head=arcface "model_dir=$exp" ${overrides[@]+"${overrides[@]}"}
+  "$PYTHON" -m stklia.train head=arcface "model_dir=$exp" ${overrides[@]+"${overrides[@]}"}
 fi
 
 if stage_in 2; then
-  python -m stklia.average "model_dir=$exp" "last=$num_average"
-  python -m stklia.train head=arcface +stage=lmft "init_from=$exp" "init_checkpoint=avg_last$num_average" \
+  "$PYTHON" -m stklia.average "model_dir=$exp" "last=$num_average"
+  "$PYTHON" -m stklia.train head=arcface +stage=lmft "init_from=$exp" "init_checkpoint=avg_last$num_average" \
     "model_dir=${exp}_lm" max_seq_len=300 "num_iterations=$lm_steps" "checkpoint_interval=$((lm_steps / 2))" \
     ${overrides[@]+"${overrides[@]}"}
 fi
 
 if stage_in 3; then
-  python -m stklia.average "model_dir=${exp}_lm" "last=$num_average"
+  "$PYTHON" -m stklia.average "model_dir=${exp}_lm" "last=$num_average"
 fi
 
 if stage_in 4; then
   for model_dir in "$exp" "${exp}_lm"; do
-    python -m stklia.test "model_dir=$model_dir" "checkpoint=avg_last$num_average"
+    "$PYTHON" -m stklia.test "model_dir=$model_dir" "checkpoint=avg_last$num_average"
   done
 fi

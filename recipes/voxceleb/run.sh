@@ -31,20 +31,20 @@ if [ -d "$vox2/aac" ]; then
   vox2_audio=$vox2/aac
   if [ "$convert" = true ]; then
     if stage_in 0; then
-      python local/convert_audio.py "$vox2/aac" "$vox2_converted" --nj "$nj" --format "$format"
+      "$PYTHON" local/convert_audio.py "$vox2/aac" "$vox2_converted" --nj "$nj" --format "$format"
     fi
     vox2_audio=$vox2_converted
   fi
 fi
 
 if stage_in 1; then
-  python local/prepare.py data "$vox1/wav" "$data/vox1"
-  python local/prepare.py data "$vox2_audio" "$data/vox2_dev"
+  "$PYTHON" local/prepare.py data "$vox1/wav" "$data/vox1"
+  "$PYTHON" local/prepare.py data "$vox2_audio" "$data/vox2_dev"
   # Official lists: O = veri_test, E = list_test_all, H = list_test_hard; "2" = cleaned versions.
   for pair in O:veri_test O_cleaned:veri_test2 E:list_test_all E_cleaned:list_test_all2 \
               H:list_test_hard H_cleaned:list_test_hard2; do
     name=${pair%%:*} list=$vox1/${pair#*:}.txt
-    if [ -f "$list" ]; then python local/prepare.py trials "$list" "$data/vox1/trials_$name"; fi
+    if [ -f "$list" ]; then "$PYTHON" local/prepare.py trials "$list" "$data/vox1/trials_$name"; fi
   done
 fi
 
@@ -54,21 +54,21 @@ train_args=(experiment=voxceleb_resnet34_aam "data.train=[$data/vox2_dev]" "data
   "augment.noise.sources.babble.list=$musan/speech" ${overrides[@]+"${overrides[@]}"})
 
 if stage_in 2; then
-  python -m stklia.train "${train_args[@]}" "model_dir=$exp"
+  "$PYTHON" -m stklia.train "${train_args[@]}" "model_dir=$exp"
 fi
 
 if stage_in 3; then
-  python -m stklia.average "model_dir=$exp" "last=$num_average"
-  python -m stklia.train "${train_args[@]}" +stage=lmft "init_from=$exp" "init_checkpoint=avg_last$num_average" \
+  "$PYTHON" -m stklia.average "model_dir=$exp" "last=$num_average"
+  "$PYTHON" -m stklia.train "${train_args[@]}" +stage=lmft "init_from=$exp" "init_checkpoint=avg_last$num_average" \
     "model_dir=${exp}_lm"
 fi
 
 if stage_in 4; then
-  python -m stklia.average "model_dir=${exp}_lm" "last=$num_average_lm"
+  "$PYTHON" -m stklia.average "model_dir=${exp}_lm" "last=$num_average_lm"
 fi
 
 if stage_in 5; then
   trials=$(ls "$data"/vox1/trials_* | paste -sd, -)
-  python -m stklia.test "model_dir=${exp}_lm" "checkpoint=avg_last$num_average_lm" "test_trials=[$trials]" \
+  "$PYTHON" -m stklia.test "model_dir=${exp}_lm" "checkpoint=avg_last$num_average_lm" "test_trials=[$trials]" \
     "cohort=${cohort:-$data/vox2_dev}" "asnorm_top_n=$asnorm_top_n"
 fi

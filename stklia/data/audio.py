@@ -72,7 +72,7 @@ def _wav16_layout(path: str, size: int, mtime_ns: int, inode: int) -> tuple[int,
 
 class _Wav16:
     """A 16-bit PCM wav file, its header read by the standard library's wave module (once per file), its samples
-    by os.pread: a third of libsndfile's cost per open and read (docs/benchmarks.md), which counts when a
+    by os.pread, which costs less than libsndfile per open and read (docs/benchmarks.md); that counts when a
     training item reads its crop and up to 8 noise and impulse-response windows. `open` gives None for other
     files, which soundfile reads."""
 
@@ -204,7 +204,7 @@ def read_checked_audio(rxfilename: str, sample_rate: int, where: str | os.PathLi
 
 def first_non_finite(x: np.ndarray) -> int | None:
     """The index of the first sample (or frame: row) of x holding NaN or Inf, or None. Always run on what is
-    read: about 10 % of the time of reading it from the page cache (docs/benchmarks.md)."""
+    read, for little next to reading it (docs/benchmarks.md)."""
     finite = np.isfinite(x)
     if finite.all():
         return None

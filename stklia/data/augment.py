@@ -64,7 +64,7 @@ def power(x: torch.Tensor) -> torch.Tensor:
 
 def row_windows(x: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
     """(rows, length): x[b, starts[b] : starts[b] + length] for each row b, read on x's device (the windows of a
-    strided view: 2.5x faster on a CPU than a gather, which needs an index for every sample)."""
+    strided view: no index for every sample, as a gather would need)."""
     return x.unfold(1, length, 1)[torch.arange(len(x), device=x.device), starts]
 
 
@@ -126,7 +126,7 @@ class SpeedPerturb:
         """The polyphase form of resample_poly's filter, as `like` (device, dtype): a (taps, up) matrix whose column r,
         applied to the source windows that start every `down` samples, gives the resampled samples r, r + up,
         r + 2 up, ..., and the source shift of tap 0. Made once per choice, copied once per device."""
-        from scipy import signal  # here: it takes 0.6 s to import, and only this needs it
+        from scipy import signal  # imported here: slow to import, and only this needs it
 
         if choice not in self._kernels:
             up, down = self.ratio(choice)
@@ -154,8 +154,9 @@ class SpeedPerturb:
         per_phase = -(-(max_offset + length) // up)  # outputs needed from each phase
         size = (per_phase - 1) * down + taps
         x = F.pad(windows, (-shift, max(size + shift - windows.shape[1], 0)))[:, :size]
-        # A matrix product rather than a strided conv1d: 2.5x faster on a CPU core, already in output order (row t
-        # holds samples up t .. up t + up - 1), and exact float32 on a GPU, where cuDNN convolutions may use TF32.
+        # A matrix product rather than a strided conv1d: faster on a CPU core (docs/benchmarks.md), already in output
+        # order (row t holds samples up t .. up t + up - 1), and exact float32 on a GPU, where cuDNN convolutions may
+        # use TF32.
         resampled = (x.unfold(1, taps, down) @ kernel).reshape(len(windows), -1)
         return row_windows(resampled, offsets, length)
 

@@ -227,8 +227,10 @@ def stop_workers(batches: Iterator) -> None:
 
     After an error its traceback holds the iterator, and the workers would outlive it until the process
     exits, where, blocking the pre-emption signals (preemption.sheltering_children), they cannot be terminated
-    and the process would wait for them for ever. (PyTorch Lightning calls the same method.)
+    and the process would wait for them for ever.
     """
+    # A private method: torch has no public way to stop a DataLoader iterator's workers (PyTorch Lightning calls
+    # the same one); an iterator without it (num_workers=0, or a torch that renamed it) has nothing to stop.
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 FLT_EPSILON = float(np.finfo(np.float32).eps)  # Kaldi's floor of the mel energies before the log
-DITHER_TABLE = 1 << 20  # samples of Gaussian noise the dither windows are cut from (4 MB; 65 s at 16 kHz)
+DITHER_TABLE = 1 << 20  # samples of Gaussian noise the dither windows are cut from (65 s at 16 kHz)
 
 
 def mel_scale(freq: np.ndarray) -> np.ndarray:
@@ -126,7 +126,7 @@ class Fbank:
         frames = emphasised.unfold(1, self.padded_window, self.window_shift) - 0.03 * means
         spectrum = torch.fft.rfft(frames.mul_(window))
         # The mel energies of the power spectrum re^2 + im^2: the squares of the interleaved real and imaginary parts
-        # times the banks' rows doubled, one contiguous operation (squaring the strided parts apart costs 6x more).
+        # times the banks' rows doubled, one contiguous operation (squaring the strided parts apart costs more).
         squares = torch.view_as_real(spectrum).square_().flatten(-2)
         return (squares @ mel_banks).clamp_min_(FLT_EPSILON).log_()
 
@@ -146,9 +146,9 @@ def _gaussian_table(size: int) -> torch.Tensor:
 def dither_noise(seeds: Sequence[int], length: int, like: torch.Tensor, copies: DeviceCopies) -> torch.Tensor:
     """(len(seeds), length) standard normal noise on `like`'s device: row b is the window of a fixed table of
     Gaussian noise (DITHER_TABLE samples, or a power of two at least twice `length`) at an offset given by
-    seeds[b]. The same item gets the same noise in any batch and on any device, for the cost of a copy (a
-    generator seeded per item took 0.19 ms a 2 s crop on a CPU core, half the rest of the fbank, and a kernel
-    launch per item on a GPU). Windows of different items may overlap, shifted, which dithering (it keeps
+    seeds[b]. The same item gets the same noise in any batch and on any device, for the cost of a copy, where a
+    generator seeded per item would cost as much as a good part of the fbank on a CPU and a kernel launch per
+    item on a GPU (docs/benchmarks.md). Windows of different items may overlap, shifted, which dithering (it keeps
     digital silence off log 0) does not mind."""
     size = max(DITHER_TABLE, 1 << (2 * length - 1).bit_length())
     table = copies.of(("dither", size), _gaussian_table(size), like)

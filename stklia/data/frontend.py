@@ -23,8 +23,7 @@ from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment
 from stklia.data.features import Fbank, subtract_mean
 
 # Rows whose features a CPU core computes together: enough to share each tensor operation's fixed cost, few
-# enough that the fbank's arrays stay in the core's cache (4-16 rows cost about the same per item, 1 row 1.5x,
-# 128 rows 3x; docs/benchmarks.md).
+# enough that the fbank's arrays stay in the core's cache (measured by row counts in docs/benchmarks.md).
 CPU_ROWS = 8
 
 
@@ -46,8 +45,8 @@ class AudioCrop:
 class BatchSlots:
     """Shared-memory buffers that loader workers collate AudioBatches into, reused batch after batch.
 
-    A DataLoader hands each batch over in newly made shared memory, and making it (its page faults, 20 MB for
-    128 augmented crops) takes a worker longer than collating the batch (docs/benchmarks.md). Each worker
+    A DataLoader hands each batch over in newly made shared memory, and making it (its page faults) takes a
+    worker longer than collating the batch (docs/benchmarks.md). Each worker
     writes its batches into its `slots` buffers in turn, made once; the training process releases a batch's
     buffer once it has read it (TrainingCrops.to_device). A buffer not yet released is never written: that
     batch goes into new memory, as without buffers, so a consumer that keeps batches makes the handing over

@@ -25,8 +25,13 @@ class Trials:
 
     @property
     def name(self) -> str:
-        """A short name for tables: parent dir and file name."""
-        return f"{self.path.parent.name}/{self.path.name}"
+        return trials_name(self.path)
+
+
+def trials_name(path: str | os.PathLike) -> str:
+    """A trial list's short name in tables and plots: its parent dir and file name (test/trials)."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"
 
 
 # The two forms of a trial line, told apart by where the label is; one form per file.

@@ -172,7 +172,8 @@ def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
 
 def _stable_order(s: np.ndarray) -> np.ndarray:
     """Indices sorting s ascending with equal scores in input order, i.e. a stable sort (Kaldi sorts with
-    Python's sorted), but at the price of the ~4x faster unstable sort plus a sort of the tied trials only."""
+    Python's sorted), at the price of numpy's unstable sort, which is faster than its stable one, plus a sort of the
+    tied trials only (docs/benchmarks.md)."""
     order = np.argsort(s)
     sorted_scores = s[order]
     tied = sorted_scores[1:] == sorted_scores[:-1]  # position i + 1 repeats position i
@@ -267,7 +268,7 @@ class SortedTrials:
 
     def min_cllr(self) -> float:
         """Cllr after the optimal monotonic recalibration (PAV, ties pooled): the discrimination part of Cllr."""
-        from scipy.optimize import isotonic_regression  # here: scipy.optimize takes 0.5 s to import
+        from scipy.optimize import isotonic_regression  # imported here: slow to import, and only min_cllr needs it
 
         ends = self._group_ends()
         sizes = np.diff(ends, prepend=-1)

@@ -45,7 +45,7 @@ class TrialResult:
     metrics: dict[str, float]
 
     def figure(self) -> Figure:
-        from stklia.evaluation.det import det_figure  # here: matplotlib takes 0.6 s to import
+        from stklia.evaluation.det import det_figure  # imported here: matplotlib is slow to import, only plots need it
 
         return det_figure(self.scores, self.trials.labels, self.trials.name)
 

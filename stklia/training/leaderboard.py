@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from stklia.core.atomic import atomic_output
 from stklia.core.config import CONF_DIR
 from stklia.core.errors import InputError
-from stklia.data.trials import Trials, read_trials
+from stklia.data.trials import Trials, read_trials, trials_name
 from stklia.evaluation.results import latest_test, metrics_of
 from stklia.evaluation.scores import read_scores
 from stklia.modeldir.checkpoints import read_best
@@ -115,17 +115,12 @@ class Run:
 
     def metrics(self) -> dict[str, float]:
         """Test metrics by column name `<trial list>:<key>`."""
-        return {f"{list_name(r['trials'])}:{key}": value for r in self.results for key, value in metrics_of(r).items()}
+        return {f"{trials_name(r['trials'])}:{key}": value
+                for r in self.results for key, value in metrics_of(r).items()}
 
     def label(self, differing: Sequence[str]) -> str:
         shown = " ".join(f"{key}={override_text(self.overrides[key])}" for key in differing if key in self.overrides)
         return f"{self.name}: {shown}" if shown else self.name
-
-
-def list_name(trials: str) -> str:
-    """A trial list's name in tables: its parent dir and file name (as stklia.test prints it)."""
-    path = Path(trials)
-    return f"{path.parent.name}/{path.name}"
 
 
 def find_runs(dirs: Sequence[Path]) -> tuple[list[Run], list[str]]:
@@ -247,10 +242,10 @@ def det_overlay(runs: Sequence[Run], table: list[dict[str, Any]], column: str, t
         if len(systems) == top:
             break
         run = by_name[row["run"]]
-        summary = next((r for r in run.results if name is None or list_name(r["trials"]) == name), None)
+        summary = next((r for r in run.results if name is None or trials_name(r["trials"]) == name), None)
         if summary is None or f"{kind}_scores" not in summary.get("files", {}):
             continue
-        name = list_name(summary["trials"])
+        name = trials_name(summary["trials"])
         try:
             scores, trials = run_scores(summary, kind)
         except (OSError, InputError) as err:

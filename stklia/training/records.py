@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from stklia.core.atomic import atomic_output, write_json
+from stklia.data.trials import trials_name
 from stklia.evaluation.results import metrics_of
 
 if TYPE_CHECKING:  # stklia.report reads status files without importing torch
@@ -127,8 +128,7 @@ def log_hparams(writer: SummaryWriter, cfg: DictConfig, model_dir: Path, step: i
     `hparams/<trial list>/<metric>`: the test's) into the run's TensorBoard dir; returns the metrics."""
     metrics = {"hparams/eval_eer": best_eer} if best_eer is not None else {}
     for result in tested or []:
-        trials = Path(result["trials"])
-        metrics.update({f"hparams/{trials.parent.name}/{trials.name}/{key}": value
+        metrics.update({f"hparams/{trials_name(result['trials'])}/{key}": value
                         for key, value in metrics_of(result).items()})
     writer.add_hparams(hyperparameters(cfg, model_dir), metrics, run_name=".", global_step=step)
     return metrics

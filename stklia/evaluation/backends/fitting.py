@@ -34,7 +34,7 @@ BACKENDS = ("cosine", "plda")
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    """The `scoring` node of stklia/conf/trained/test.yaml."""
+    """The `scoring` node of stklia/conf/commands/test.yaml."""
 
     backend: str = "cosine"
     normalize: str = "none"
