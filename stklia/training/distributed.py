@@ -167,7 +167,11 @@ def _in_group(fn: Callable[[World], float | None], device_setting: str) -> float
         logging.getLogger().setLevel(logging.WARNING)
     log.info("distributed run: %d processes (%s), rank 0 on %s", size, dist.get_backend(), device)
     try:
-        return fn(World(device, rank, size))
+        result = fn(World(device, rank, size))
+        # Leave together: the other ranks would otherwise tear their group down while rank 0 still tests, and a
+        # gloo process whose peers went away can abort at exit (seen once in a 2-process CPU run).
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()
 
