@@ -17,6 +17,11 @@ and for simulated room impulse responses (``rirs``), as Kaldi dirs holding a ``w
 ``test_noisy``, the test recordings reverberated and mixed with noise, music or babble from
 held-out recordings (``augment_heldout/``), with the same trials: the condition that online
 augmentation is for.
+
+The ``heldout`` variant is a corpus for judging recipes tuned on the demo (``variant="heldout"``): only a
+``test`` set and its ``test_noisy`` copy, of speakers drawn apart from every demo speaker, recorded in other
+conditions (narrower bands, other microphones, noisier rooms: ``_HELDOUT_SESSION``), and corrupted with noise,
+music, babble and rooms that no demo set holds.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from scipy.io import wavfile
 from tqdm import tqdm
 
 from stklia.core.config import demo_root
+from stklia.core.errors import InputError
 from stklia.core.progress import progress_bar
 from stklia.data.augment import AddNoise, Reverb
 from stklia.data.features import Fbank
@@ -93,12 +99,19 @@ _SESSION = {
     "snr_db": (20, 40),
     "level_dbfs": (-31, -25),  # RMS level
 }
+# The heldout variant's recording conditions, outside the demo's: rougher microphones, narrower bands (3.8-5.6 kHz
+# at 16 kHz), whiter and louder room noise, a wider range of levels.
+_HELDOUT_SESSION = {"eq_db": 5.0, "tilt_db_per_octave": 3.0, "low_cut_hz": (150, 450), "high_cut": (0.24, 0.35),
+                    "noise_colour": (-0.3, 0.6), "snr_db": (12, 30), "level_dbfs": (-40, -20)}
+VARIANTS = ("demo", "heldout")
+_HELDOUT_SPEAKERS = 2_000_000  # the heldout variant's speakers are drawn from here on: no demo speaker is one
 
 # Augmentation sets: number of recordings and duration range (s) of each.
 _AUGMENT_SETS = {"noise": (20, (2.0, 5.0)), "music": (10, (4.0, 8.0)), "babble": (20, (2.0, 4.0)),
                  "rirs": (20, (0.2, 0.8))}  # rirs: RT60 range
 _BABBLE_SPEAKERS = 1_000_000  # babble voices are speakers from here on: in no split
 _HELD_OUT = 1000  # augmentation recordings from this index on corrupt test_noisy and are never trained on
+_HELDOUT_VARIANT_NOISES = 2000  # ... and from this index on, the heldout variant's test_noisy
 
 SMALL_DEMO = {
     "num_train_speakers": 6, "num_eval_speakers": 3, "num_test_speakers": 4, "utts_per_speaker": 4,
@@ -247,23 +260,24 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
 
 
-def _session(speech: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """Recording conditions: random microphone/channel EQ, band limits, noise, level -> int16."""
+def _session(speech: np.ndarray, rng: np.random.Generator, sr: int, conditions: dict = _SESSION) -> np.ndarray:
+    """Recording conditions (ranges of `conditions`): random microphone/channel EQ, band limits, noise, level ->
+    int16."""
     grid = np.linspace(0, sr / 2, 65)
     knots = np.geomspace(100, 0.45 * sr, 8)
     octaves = np.log2(np.maximum(grid, 50) / 1000)
-    eq_db = np.interp(octaves, np.log2(knots / 1000), rng.normal(0, _SESSION["eq_db"], size=len(knots)))
-    eq_db += rng.uniform(-1, 1) * _SESSION["tilt_db_per_octave"] * octaves
+    eq_db = np.interp(octaves, np.log2(knots / 1000), rng.normal(0, conditions["eq_db"], size=len(knots)))
+    eq_db += rng.uniform(-1, 1) * conditions["tilt_db_per_octave"] * octaves
     fir = signal.firwin2(129, grid, 10 ** (eq_db / 20), fs=sr)
-    band = signal.butter(2, [rng.uniform(*_SESSION["low_cut_hz"]), rng.uniform(*_SESSION["high_cut"]) * sr],
+    band = signal.butter(2, [rng.uniform(*conditions["low_cut_hz"]), rng.uniform(*conditions["high_cut"]) * sr],
                          btype="bandpass", fs=sr, output="sos")
     x = signal.sosfilt(band, signal.oaconvolve(speech, fir, mode="same"))
     x /= np.sqrt(np.mean(x**2)) + 1e-12
-    colour = rng.uniform(*_SESSION["noise_colour"])
+    colour = rng.uniform(*conditions["noise_colour"])
     noise = signal.lfilter([1], [1, -colour], rng.standard_normal(len(x)))
     noise /= np.sqrt(np.mean(noise**2))
-    x += noise * 10 ** (-rng.uniform(*_SESSION["snr_db"]) / 20)
-    x *= 32768 * 10 ** (rng.uniform(*_SESSION["level_dbfs"]) / 20) / np.sqrt(np.mean(x**2))
+    x += noise * 10 ** (-rng.uniform(*conditions["snr_db"]) / 20)
+    x *= 32768 * 10 ** (rng.uniform(*conditions["level_dbfs"]) / 20) / np.sqrt(np.mean(x**2))
     return _to_int16(x)
 
 
@@ -336,12 +350,13 @@ def _trials(utt2spk: list[tuple[str, str]], num: int, rng: np.random.Generator) 
     return [f"{int(same[p])} {utts[i[p]]} {utts[j[p]]}\n" for p in pick]
 
 
-def _recording(spk: _Speaker, rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
-    """int16 samples of the speaker saying something for ``seconds``, in a random session."""
+def _recording(spk: _Speaker, rng: np.random.Generator, seconds: float, sr: int, conditions: dict = _SESSION
+               ) -> np.ndarray:
+    """int16 samples of the speaker saying something for ``seconds``, in a random session of `conditions`."""
     speech = _speech(spk, rng, int(seconds * _SYNTH_RATE), _SYNTH_RATE)
     if sr != _SYNTH_RATE:
         speech = signal.resample_poly(speech, sr, _SYNTH_RATE)
-    return _session(speech, rng, sr)
+    return _session(speech, rng, sr, conditions)
 
 
 def _utterance(p: dict, speaker: int, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +364,8 @@ def _utterance(p: dict, speaker: int, index: int) -> tuple[np.ndarray, np.ndarra
     sr = p["sample_rate"]
     spk = _make_speaker(np.random.default_rng([p["seed"], 0, speaker]))
     rng = np.random.default_rng([p["seed"], 1, speaker, index])
-    samples = _recording(spk, rng, rng.uniform(*p["duration_range"]), sr)
+    conditions = _HELDOUT_SESSION if p.get("variant") == "heldout" else _SESSION
+    samples = _recording(spk, rng, rng.uniform(*p["duration_range"]), sr, conditions)
     return samples, Fbank(sr, p["num_mel_bins"], dither=0)(samples)
 
 
@@ -411,6 +427,8 @@ def _corrupt(tmp: Path, p: dict, bar: tqdm) -> None:
 
 def _num_recordings(p: dict) -> int:
     """How many recordings _build writes (its progress bar's total)."""
+    if p.get("variant") == "heldout":  # test, test_noisy, the held-out halves of the augmentation sets
+        return 2 * p["num_test_speakers"] * p["test_utts_per_speaker"] + sum(c // 2 for c, _ in _AUGMENT_SETS.values())
     utterances = (p["num_train_speakers"] * p["utts_per_speaker"]
                   + (p["num_eval_speakers"] + 2 * p["num_test_speakers"]) * p["test_utts_per_speaker"])  # + test_noisy
     return utterances + sum(count + count // 2 for count, _ in _AUGMENT_SETS.values())  # + held-out halves
@@ -418,11 +436,15 @@ def _num_recordings(p: dict) -> int:
 
 def _build(tmp: Path, root: Path, p: dict, bar: tqdm) -> None:
     """Write the corpus into ``tmp``, then point every path of its scp files into ``root``."""
-    counts = [p["num_train_speakers"], p["num_eval_speakers"], p["num_test_speakers"]]
+    heldout = p.get("variant") == "heldout"
+    counts = [0 if heldout else p["num_train_speakers"], 0 if heldout else p["num_eval_speakers"],
+              p["num_test_speakers"]]
     utts_per_spk = [p["utts_per_speaker"], p["test_utts_per_speaker"], p["test_utts_per_speaker"]]
     num_trials = {"eval": p["num_eval_trials"], "test": p["num_trials"]}
-    first = 0
+    first = _HELDOUT_SPEAKERS if heldout else 0
     for split_idx, (split, count, n_utts) in enumerate(zip(_SPLITS, counts, utts_per_spk)):
+        if count == 0:
+            continue
         d = tmp / split
         d.mkdir(parents=True)
         utt2spk, wav_scp = [], []
@@ -444,12 +466,13 @@ def _build(tmp: Path, root: Path, p: dict, bar: tqdm) -> None:
         if split in num_trials:
             rng = np.random.default_rng([p["seed"], 2, split_idx])
             (d / "trials").write_text("".join(_trials(utt2spk, num_trials[split], rng)))
-    (tmp / "train_wav").mkdir()
-    for name in ("wav.scp", "utt2spk", "spk2utt"):
-        shutil.copy(tmp / "train" / name, tmp / "train_wav" / name)
-    _write_augment_sets(tmp, p, "augment", 0, {name: count for name, (count, _) in _AUGMENT_SETS.items()}, bar)
-    _write_augment_sets(tmp, p, "augment_heldout", _HELD_OUT, {name: count // 2 for name, (count, _) in
-                                                                _AUGMENT_SETS.items()}, bar)
+    if not heldout:
+        (tmp / "train_wav").mkdir()
+        for name in ("wav.scp", "utt2spk", "spk2utt"):
+            shutil.copy(tmp / "train" / name, tmp / "train_wav" / name)
+        _write_augment_sets(tmp, p, "augment", 0, {name: count for name, (count, _) in _AUGMENT_SETS.items()}, bar)
+    _write_augment_sets(tmp, p, "augment_heldout", _HELDOUT_VARIANT_NOISES if heldout else _HELD_OUT,
+                        {name: count // 2 for name, (count, _) in _AUGMENT_SETS.items()}, bar)
     _corrupt(tmp, p, bar)
     for scp in tmp.rglob("*.scp"):
         scp.write_text(scp.read_text().replace(str(tmp), str(root)))
@@ -476,9 +499,11 @@ def make_demo(
     seed: int = 0,
     sample_rate: int = 16000,
     num_mel_bins: int = 40,
+    variant: str = "demo",
     progress: bool = True,
 ) -> Path:
-    """Build (or reuse) the demo corpus under ``root`` and return its absolute path.
+    """Build (or reuse) the demo corpus under ``root`` and return its absolute path (``variant``: the demo, or
+    its ``heldout`` test sets, which use the test speakers' numbers and trials; see the module docstring).
 
     ``utts_per_speaker`` applies to train speakers, ``test_utts_per_speaker`` to eval and
     test speakers; ``num_trials`` / ``num_eval_trials`` size the test / eval trial lists.
@@ -495,6 +520,10 @@ def make_demo(
         "num_eval_trials": num_eval_trials, "duration_range": list(duration_range), "seed": seed,
         "sample_rate": sample_rate, "num_mel_bins": num_mel_bins,
     }
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+    if variant != "demo":  # (the demo's marker stays as it was: its cached corpora stay valid)
+        params["variant"] = variant
     # The root is part of the marker: scp files hold absolute paths, a moved corpus is stale.
     marker = {"version": _VERSION, "root": str(root), "params": params}
     if _is_complete(root, marker):
@@ -553,9 +582,12 @@ def baseline_eer(data_dir: str | os.PathLike) -> float:
 
 def generate(cfg: DictConfig) -> None:
     """The command (stklia/conf/commands/demo.yaml): the corpus at cfg.root, and the baseline's EERs if asked."""
+    if cfg.variant not in VARIANTS:
+        raise InputError("variant", f"'{cfg.variant}' is not one of {', '.join(VARIANTS)}")
     start = time.perf_counter()
-    root = make_demo(cfg.root, seed=cfg.seed, progress=cfg.progress, **(SMALL_DEMO if cfg.small else {}))
+    root = make_demo(cfg.root, seed=cfg.seed, variant=cfg.variant, progress=cfg.progress,
+                     **(SMALL_DEMO if cfg.small else {}))
     print(f"demo corpus in {root} ({time.perf_counter() - start:.1f} s)")
     if cfg.baseline:
-        for split in _TRIALS_SPLITS:
+        for split in [split for split in _TRIALS_SPLITS if (root / split / "trials").is_file()]:
             print(f"baseline (feature mean+std, cosine) EER on {split}: {baseline_eer(root / split):.2f}%")
