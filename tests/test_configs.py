@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -109,41 +108,54 @@ def test_config_composes_builds_and_trains_a_step(overrides: list[str], demo_roo
     check_complete(cfg)
     if cfg.data.get("prepare") is not None:  # it would build the full demo corpus: only its target is checked
         assert callable(build(cfg.data.prepare, _partial_=True))
-    with open_dict(cfg):  # a small step of the configured objects
-        cfg.data.prepare, cfg.batch_size, cfg.max_seq_len, cfg.num_workers = None, 4, 24, 0
-    world = World(torch.device("cpu"))
     if refused(overrides):
         with pytest.raises(InputError, match="has no margin to enlarge: large-margin fine-tuning"):
-            check_config(cfg, world)
+            check_config(cfg, World(torch.device("cpu")))
         return
+    assert math.isfinite(train_a_step(cfg))  # a small step of the configured objects
+
+
+def train_a_step(cfg: DictConfig) -> float:
+    """One training step of the objects `cfg` builds, on a small real batch of its data; the loss."""
+    with open_dict(cfg):
+        cfg.data.prepare, cfg.batch_size, cfg.max_seq_len, cfg.num_workers = None, 4, 24, 0
+    world = World(torch.device("cpu"))
     check_config(cfg, world)
     data = load_run_data(cfg, world)
     parts = build_parts(cfg, data.crops.num_classes, world)
     feats, labels = next(iter(make_loader(cfg, data.crops, 0, world)))
     assert feats.shape == (4, 24, cfg.data.features_per_frame)
-    loss, _ = training_step(parts, parts.model, feats, labels, 0, torch.autocast("cpu", enabled=False))
-    assert math.isfinite(loss.item())
+    loss, _ = training_step(parts, parts.model, feats, labels, 0, torch.autocast("cpu", enabled=False),
+                            label_smoothing=cfg.label_smoothing)
+    return loss.item()
 
 
 @pytest.mark.parametrize("search", options("hparams_search"))
-def test_hparams_search_presets_compose(search: str, demo_root: Path, audio_test: Path, tmp_path: Path) -> None:
-    """A search preset gives the Optuna sweeper a search space it can sample, and a run that can return its
-    optimized_metric."""
+def test_hparams_search_presets_build_their_trials_down_to_a_training_step(search: str, demo_root: Path,
+                                                                           audio_test: Path, tmp_path: Path) -> None:
+    """A search preset gives the Optuna sweeper a search space it can sample (conditional parameters included), and
+    the trials it samples build and train: 6 random trials each, down to a training step."""
     import optuna
 
-    from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import OptunaSweeper, distribution
+    from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import OptunaSweeper, override_value, suggest
 
     Plugins.instance().register(OptunaSweeper)  # as stklia.train does
-    cfg = compose_train([f"hparams_search={search}"], demo_root, audio_test, tmp_path)
-    check_config(cfg, World(torch.device("cpu")))  # optimized_metric on a trial list the data has
     with initialize_config_dir(str(CONF), version_base="1.3"):
         hydra_cfg = compose("train", [f"hparams_search={search}"], return_hydra_config=True).hydra
-    assert isinstance(instantiate(hydra_cfg.sweeper), OptunaSweeper)
-    parser = OverridesParser.create()
-    space = {key: distribution(parser.parse_override(f"{key}={value}"))
-             for key, value in hydra_cfg.sweeper.params.items()}
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(space)
-    assert set(trial.params) == set(hydra_cfg.sweeper.params)
+    sweeper = instantiate(hydra_cfg.sweeper)
+    assert isinstance(sweeper, OptunaSweeper)
+    parameters, fixed = sweeper.search_space([])
+    assert {p.name for p in parameters} == set(hydra_cfg.sweeper.params) and not fixed
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(6):
+        trial, chosen = study.ask(), {}
+        for parameter in parameters:
+            if parameter.applies(chosen):
+                chosen[parameter.name] = suggest(trial, parameter.name, parameter.dist)
+        by_name = {p.name: p for p in parameters}
+        overrides = [f"{by_name[name].key}={override_value(value)}" for name, value in chosen.items()]
+        cfg = compose_train([f"hparams_search={search}", *overrides], demo_root, audio_test, tmp_path)
+        assert math.isfinite(train_a_step(cfg)), overrides
 
 
 @pytest.mark.parametrize("launcher", options("hydra/launcher"))

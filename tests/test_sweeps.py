@@ -230,6 +230,47 @@ def test_optuna_preset_runs_a_study_and_reports_the_best_trial(demo_root: Path, 
     assert f"Runs of the sweep {out}:" in proc.stdout  # the leaderboard too
 
 
+def test_an_interrupted_recipe_search_continues_where_it_stopped(demo_root: Path, tmp_path: Path) -> None:
+    """hparams_search=demo_budget keeps its study in its sweep dir. Its first trial is pre-empted (SIGTERM after
+    step 4), which ends the sweep; the same command again runs that trial again in its own job dir, resuming from
+    its checkpoint, then the remaining trials. Conditional parameters (a margin for the margin heads only, the
+    SGD-only momentum) are set in the trials they apply to, and only there."""
+    out = tmp_path / "search"
+    command = ["train", "-m", "hparams_search=demo_budget", "hydra.sweeper.n_trials=3", "optim=sgd",
+               *demo_data_overrides(demo_root), *TINY_TRAINING, f"hydra.sweep.dir={out}"]
+    first = run_stklia(*command, *hooked("SIGTERM"), cwd=tmp_path, check=False)
+    assert first.returncode == 143, first.stdout + first.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["0"]
+    run_stklia(*command, *hooked("none"), cwd=tmp_path)
+    results = OmegaConf.to_container(OmegaConf.load(out / "optimization_results.yaml"))
+    assert [(trial["trial"], trial["job"]) for trial in results["trials"]] == [(0, 0), (1, 1), (2, 2)]
+    assert all("value" in trial for trial in results["trials"])
+    status = json.loads((out / "0" / "status.json").read_text())
+    assert (status["state"], status["step"], status["preemptions"], status["resumes"]) == ("finished", 6, 1, 1)
+    for trial in results["trials"]:
+        params = trial["params"]
+        overrides = yaml.safe_load((out / str(trial["job"]) / ".hydra" / "overrides.yaml").read_text())
+        margin = [o for o in overrides if o.startswith("head.margin=")]
+        assert bool(margin) == (params["head"] in ("arcface", "amsoftmax"))
+        assert "optim=sgd" in overrides and any(o.startswith("optim.momentum=") for o in overrides)
+        assert not any("[" in name for name in params if name.startswith(("optim", "max_seq_len")))
+
+
+def test_parallel_trials_share_the_cores(demo_root: Path, tmp_path: Path) -> None:
+    """Two trials at once (submitit_local runs a batch's jobs in parallel), each with one torch thread."""
+    out = tmp_path / "study"
+    run_stklia("train", "-m", "hparams_search=demo_optuna", "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2",
+               "hydra.sweeper.n_jobs=2", "num_threads=1", "num_workers=0", *demo_data_overrides(demo_root),
+               *TINY_TRAINING, f"hydra.sweep.dir={out}", cwd=tmp_path)
+    spans = []
+    for job in ("0", "1"):
+        log = (out / job / "train.log").read_text()
+        assert "cpu, 1 torch threads" in log
+        times = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]", log, re.M)
+        spans.append((times[0], times[-1]))
+    assert spans[0][0] <= spans[1][1] and spans[1][0] <= spans[0][1], spans  # their runs overlap in time
+
+
 def test_a_study_whose_trials_fail_ends_with_their_errors(demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "study"
     proc = run_stklia("train", "-m", "hparams_search=demo_optuna", "hydra.sweeper.n_trials=1",

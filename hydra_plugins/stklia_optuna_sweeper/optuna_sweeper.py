@@ -4,20 +4,29 @@ Hydra's Sweeper interface: `setup` gets the launcher, `sweep` turns the sweep's 
 Here every trial is one job: the search space is `params` (key -> a Hydra sweep expression) joined by the
 sweep overrides of the command line; `choice(...)` is categorical, `range(...)` of integers an integer
 step distribution, `interval(a, b)` continuous (integer when both ends are, `tag(log, ...)` on a log
-scale). Plain overrides are passed to every trial, and fix a key of `params`. Trials are asked in
-batches of `n_jobs`, launched together, and told their job's return value. A job that raises, or
-returns something that is not a finite number, is a failed trial (its error is logged) and the study
-goes on. At the end the best trial is logged and written, with every trial, to
+scale). A key may be conditional, `key[parent=a|b]`: it is searched (and set) only in trials whose `parent`
+took one of those values (a margin for the margin heads, a learning rate range per optimiser); two conditional
+entries of one key with disjoint conditions give it a range per parent value. Plain overrides are passed to
+every trial, and fix a key of `params`. Trials are asked in batches of `n_jobs`, launched together (in parallel
+only with a launcher that runs jobs in parallel, such as submitit_local or a cluster's), and told their job's
+return value. A job that raises, or returns something that is not a finite number, is a failed trial (its error
+is logged) and the study goes on. At the end the best trial is logged and written, with every trial, to
 <sweep dir>/optimization_results.yaml.
+
+With a `storage` (e.g. `sqlite:///<sweep dir>/optuna.db`) and a `study_name`, a sweep that was interrupted and is
+started again with the same command (and the same `hydra.sweep.dir`) continues its study: the trials it finished
+count towards `n_trials`, a trial it left running is run again in its own job dir (its training resumes from the
+job's last checkpoint), and new trials get the job numbers after the last one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -27,6 +36,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+_CONDITIONAL = re.compile(r"^(?P<key>[^\[\]=]+)\[(?P<parent>[^\[\]=]+)=(?P<values>[^\[\]]+)\]$")
+JOB_ATTR = "job"  # a trial's user attribute: the number of its job (its dir under the sweep dir)
 
 
 def distribution(override: Override) -> Any:
@@ -47,6 +59,39 @@ def distribution(override: Override) -> Any:
             return IntDistribution(sweep.start, sweep.end, log=log_scale)
         return FloatDistribution(sweep.start, sweep.end, log=log_scale)
     raise ValueError(f"{override.input_line}: not a sweep Optuna can search (choice, range or interval)")
+
+
+def suggest(trial: Any, name: str, dist: Any) -> Any:
+    """Optuna's suggestion of `name` from `dist`, through the trial's public suggest_* methods."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+class Parameter(NamedTuple):
+    """A searched key: its Optuna name (the `params` key, condition included), the key it overrides, its
+    distribution, and the values of a parent parameter it is searched under (None: always). (Not a dataclass:
+    Hydra's plugin scan imports this module without registering it, where a dataclass cannot resolve its
+    annotations.)"""
+
+    name: str
+    key: str
+    override: Override
+    dist: Any
+    parent: str | None = None
+    parent_values: tuple[str, ...] = ()
+
+    def applies(self, chosen: Mapping[str, Any]) -> bool:
+        return self.parent is None or str(chosen.get(self.parent)) in self.parent_values
+
+
+def override_value(value: Any) -> str:
+    """A trial's value as an override's value (None as Hydra's null)."""
+    return "null" if value is None else str(value)
 
 
 def objective_value(job_return: Any) -> float:
@@ -70,53 +115,123 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
 
-    def search_space(self, arguments: Sequence[str]) -> tuple[dict[str, Override], list[str]]:
-        """The searched keys (name -> sweep override) and the overrides every trial gets."""
+    def search_space(self, arguments: Sequence[str]) -> tuple[list[Parameter], list[str]]:
+        """The searched parameters (each after the parent it depends on) and the overrides every trial gets. A
+        command-line override of a key replaces its entries of `params`; a conditional entry whose parent the
+        command line fixes is searched when the fixed value is one of its values, else dropped."""
         parser = OverridesParser.create()
-        overrides = {o.key_or_group: o for o in parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()])}
-        overrides.update({o.key_or_group: o for o in parser.parse_overrides(list(arguments))})
-        space = {key: o for key, o in overrides.items() if o.is_sweep_override()}
-        return space, [o.input_line for o in overrides.values() if not o.is_sweep_override()]
+        entries: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {}  # name -> key, value, parent, values
+        for name, value in self.params.items():
+            match = _CONDITIONAL.match(name)
+            if match:
+                parent_values = tuple(v.strip() for v in match["values"].split("|"))
+                entries[name] = (match["key"].strip(), value, match["parent"].strip(), parent_values)
+            else:
+                entries[name] = (name, value, None, ())
+        fixed: dict[str, Override] = {}
+        for override in parser.parse_overrides(list(arguments)):  # the command line's own searches and fixes
+            key = override.key_or_group
+            entries = {name: entry for name, entry in entries.items() if entry[0] != key}
+            if override.is_sweep_override():
+                entries[key] = (key, override.input_line.split("=", 1)[1], None, ())
+            else:
+                fixed[key] = override
+        parameters: dict[str, Parameter] = {}
+        for name, (key, value, parent, parent_values) in entries.items():
+            if parent in fixed:  # the condition is decided: an unconditional parameter, or none
+                if str(fixed[parent].value()) not in parent_values:
+                    continue
+                name, parent, parent_values = key, None, ()
+            override = parser.parse_override(f"{key}={value}")
+            if not override.is_sweep_override():
+                fixed.setdefault(key, override)
+                continue
+            if parent is not None and (parent not in entries or entries[parent][2] is not None):
+                raise ValueError(f"hydra.sweeper.params: {name} depends on {parent}, which is not searched "
+                                 "unconditionally")
+            parameters[name] = Parameter(name, key, override, distribution(override), parent, parent_values)
+        ordered = [p for p in parameters.values() if p.parent is None]
+        ordered += [p for p in parameters.values() if p.parent is not None]
+        return ordered, [override.input_line for override in fixed.values()]
 
     def sweep(self, arguments: list[str]) -> Any:
         import optuna
 
         if self.n_trials < 1 or self.n_jobs < 1:
             raise ValueError(f"hydra.sweeper: n_trials ({self.n_trials}) and n_jobs ({self.n_jobs}) must be >= 1")
-        space, fixed = self.search_space(arguments)
-        distributions = {key: distribution(override) for key, override in space.items()}
+        parameters, fixed = self.search_space(arguments)
+        self.sweep_dir = Path(self.config.hydra.sweep.dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # (a storage may be a file in it)
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                                     direction=self.direction, load_if_exists=self.study_name is not None)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info("Optuna study %s (%s, %s): %d trials, %d at a time, searching %s", study.study_name,
-                 type(study.sampler).__name__, self.direction, self.n_trials, self.n_jobs,
-                 " ".join(override.input_line for override in space.values()) or "nothing")
-        trials: list[dict[str, Any]] = []
-        while len(trials) < self.n_trials:
-            batch = [study.ask(distributions) for _ in range(min(self.n_jobs, self.n_trials - len(trials)))]
-            jobs = [(*fixed, *(f"{space[key].get_key_element()}={trial.params[key]}" for key in space))
-                    for trial in batch]
-            self.validate_batch_is_legal(jobs)
-            returns = self.launcher.launch(jobs, initial_job_idx=len(trials))
-            for trial, job_return in zip(batch, returns):
-                job = {"trial": trial.number, "job": len(trials), "params": trial.params}
-                try:
-                    job["value"] = objective_value(job_return)
-                    study.tell(trial, job["value"])
-                except Exception as err:  # the study goes on without this trial
-                    job["error"] = f"{type(err).__name__}: {err}"
-                    log.warning("trial %d (job %d) failed: %s", trial.number, job["job"], job["error"])
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                trials.append(job)
-        completed = [job for job in trials if "value" in job]
-        if not completed:
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        self.errors: dict[int, str] = {}
+
+        def ended() -> int:
+            return sum(t.state.is_finished() for t in study.trials)
+
+        stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+        log.info("Optuna study %s (%s, %s): %d trials, %d at a time (%d done before, %d to run again), searching %s",
+                 study.study_name, type(study.sampler).__name__, self.direction, self.n_trials, self.n_jobs,
+                 ended(), len(stale), " ".join(p.override.input_line for p in parameters) or "nothing")
+        next_job = 1 + max((t.user_attrs.get(JOB_ATTR, -1) for t in study.trials), default=-1)
+        for trial in stale:  # left running by an interrupted sweep: run again in its own job dir
+            self.run_batch(study, [trial], trial.user_attrs[JOB_ATTR], fixed, parameters)
+        while ended() < self.n_trials:
+            batch = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - ended()))]
+            for job, trial in enumerate(batch, next_job):
+                trial.set_user_attr(JOB_ATTR, job)
+                chosen: dict[str, Any] = {}
+                for parameter in parameters:
+                    if parameter.applies(chosen):
+                        chosen[parameter.name] = suggest(trial, parameter.name, parameter.dist)
+            self.run_batch(study, batch, next_job, fixed, parameters)
+            next_job += len(batch)
+        return self.results(study)
+
+    def run_batch(self, study: Any, batch: list[Any], first_job: int, fixed: list[str],
+                  parameters: list[Parameter]) -> None:
+        """Launch the trials of `batch` as the jobs first_job, first_job + 1, ... and tell the study their values
+        (a failure: FAIL). A job whose dir holds checkpoints (an interrupted trial's) resumes from the last one."""
+        import optuna
+
+        from stklia.modeldir.checkpoints import list_checkpoints
+
+        by_name = {p.name: p for p in parameters}
+        overrides = []
+        for job, trial in enumerate(batch, first_job):
+            trial_overrides = [f"{by_name[name].override.get_key_element()}={override_value(value)}"
+                               for name, value in trial.params.items() if name in by_name]
+            resume = ["checkpoint=last"] if list_checkpoints(self.sweep_dir / str(job)) else []
+            overrides.append((*fixed, *trial_overrides, *resume))
+        self.validate_batch_is_legal(overrides)
+        returns = self.launcher.launch(overrides, initial_job_idx=first_job)
+        for job, trial, job_return in zip(range(first_job, first_job + len(batch)), batch, returns):
+            try:
+                study.tell(trial.number, objective_value(job_return))
+            except Exception as err:  # the study goes on without this trial
+                self.errors[trial.number] = f"{type(err).__name__}: {err}"
+                log.warning("trial %d (job %d) failed: %s", trial.number, job, self.errors[trial.number])
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+    def results(self, study: Any) -> dict[str, Any]:
+        """Write optimization_results.yaml (every trial of the study, the errors of this sweep's) and return it."""
+        import optuna
+
+        trials = []
+        for trial in sorted(study.trials, key=lambda t: t.user_attrs.get(JOB_ATTR, t.number)):
+            job = {"trial": trial.number, "job": trial.user_attrs.get(JOB_ATTR), "params": trial.params}
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                job["value"] = trial.value
+            elif trial.number in self.errors:
+                job["error"] = self.errors[trial.number]
+            trials.append(job)
+        if not any("value" in job for job in trials):
             raise RuntimeError(f"no trial of the {len(trials)} completed: see the errors above")
         best = study.best_trial
-        best_job = next((job["job"] for job in trials if job["trial"] == best.number), None)
         results = {"study": study.study_name, "direction": self.direction, "best_value": best.value,
-                   "best_params": best.params, "best_job": best_job, "trials": trials}
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        log.info("Best trial %d (job %s): value %s, parameters %s", best.number, best_job, best.value, best.params)
+                   "best_params": best.params, "best_job": best.user_attrs.get(JOB_ATTR), "trials": trials}
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        log.info("Best trial %d (job %s): value %s, parameters %s", best.number, results["best_job"], best.value,
+                 best.params)
         return results

@@ -101,6 +101,10 @@ def check_config(cfg: DictConfig, world: World) -> None:
         raise InputError("config", f"num_workers must be a whole number, 0 or more, not {cfg.num_workers!r}")
     if cfg.num_workers and (not isinstance(cfg.prefetch_factor, int) or cfg.prefetch_factor < 1):
         raise InputError("config", f"prefetch_factor must be a whole number, 1 or more, not {cfg.prefetch_factor!r}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise InputError("config", f"label_smoothing must be in [0, 1), not {cfg.label_smoothing}")
+    if cfg.num_threads is not None and (not isinstance(cfg.num_threads, int) or cfg.num_threads < 1):
+        raise InputError("config", f"num_threads must be null (torch's default) or at least 1, not {cfg.num_threads!r}")
     if cfg.preempt_check_interval < 1:
         raise InputError("config", f"preempt_check_interval must be at least 1, not {cfg.preempt_check_interval}")
     metric = cfg.optimized_metric
@@ -145,7 +149,8 @@ def load_run_data(cfg: DictConfig, world: World) -> RunData:
     world.barrier()
     train_data = load_split(cfg.data, "train")
     speakers = train_data.speakers
-    log.info("training data: %d utterances of %d speakers", len(train_data.utts), len(speakers))
+    log.info("training data: %d utterances of %d speakers; %s, %d torch threads", len(train_data.utts), len(speakers),
+             world.device, torch.get_num_threads())
     warn_about_pipes(train_data)
     augment = build(cfg.augment) if cfg.get("augment") else None
     on_device = features_on_device(cfg.features_on_device, train_data, world)
@@ -357,13 +362,14 @@ def make_loader(cfg: DictConfig, crops: TrainingCrops, start_step: int, world: W
 
 
 def training_step(parts: Parts, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, step: int,
-                  autocast: torch.autocast, guard: NonFiniteGuard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  autocast: torch.autocast, guard: NonFiniteGuard | None = None, label_smoothing: float = 0.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimizer step `step + 1`, on a batch; returns the loss and logits (still on the device). `guard` records
-    a non-finite loss or gradient."""
+    a non-finite loss or gradient; `label_smoothing` is cross-entropy's (0: none)."""
     parts.head.set_step(step)  # margin warm-up / annealing are functions of the step
     with autocast:
         logits = model(feats, labels)
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
     if guard is not None:
@@ -417,7 +423,7 @@ def fit(run: Run, step: int) -> tuple[int, int]:
     try:
         for batch in progress:
             feats, labels = crops.to_device(batch, world.device)
-            loss, logits = training_step(parts, model, feats, labels, step, autocast, guard)
+            loss, logits = training_step(parts, model, feats, labels, step, autocast, guard, cfg.label_smoothing)
             meter.add(loss, logits, labels)
             step += 1
             periodic, last = step % cfg.checkpoint_interval == 0, step == cfg.num_iterations
@@ -475,6 +481,8 @@ def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | No
     started = time.perf_counter()
     check_config(cfg, world)
     preemption = Preemption(cfg.preempt_signals, interrupt=True)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
     data = load_run_data(cfg, world)
