@@ -11,7 +11,8 @@ larger of the two standard deviations), the commands, and the search's parameter
 the parameters every trial has). All runs go under --out (one model dir each), so that
 `python -m stklia.report OUT` is their leaderboard. A finished run is not trained again; a stopped one resumes.
 
-Example: python scripts/confirm_recipes.py --searches multirun/search-resnet_small --heldout data/heldout --out exp/confirm
+Example:
+    python scripts/confirm_recipes.py --searches multirun/search-resnet_small --heldout data/heldout --out exp/confirm
 """
 
 from __future__ import annotations
