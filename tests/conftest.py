@@ -217,3 +217,30 @@ def write_list(folder: Path, name: str, recordings: list[np.ndarray]) -> Path:
         lines.append(f"{name}{i} {folder / f'{name}{i}.wav'}" if i == 0 else str(folder / f"{name}{i}.wav"))
     (folder / name).write_text("\n".join(lines) + "\n")
     return folder / name
+
+
+def segmented_copy(src: Path, dst: Path) -> Path:
+    """A copy of the audio dir `src` (wav.scp) whose recordings each join two of its utterances, and whose
+    segments file cuts them back into the same utterances (same ids, same samples: times half a sample past each
+    boundary, which Kaldi's truncation to a sample brings back to it)."""
+    dst.mkdir(parents=True)
+    wavs = dict(line.split() for line in (src / "wav.scp").read_text().splitlines())
+    utt2spk = dict(line.split() for line in (src / "utt2spk").read_text().splitlines())
+    utts = sorted(wavs, key=lambda u: (utt2spk[u], u))
+    recordings, segments = [], []
+    for i in range(0, len(utts), 2):
+        pair = utts[i : i + 2]
+        audio = [soundfile.read(wavs[u], dtype="int16")[0] for u in pair]
+        recording = f"rec{i // 2:03d}"
+        soundfile.write(dst / f"{recording}.wav", np.concatenate(audio), SR)
+        recordings.append(f"{recording} {dst / f'{recording}.wav'}")
+        start = 0
+        for utt, samples in zip(pair, audio):
+            segments.append(f"{utt} {recording} {(start + 0.5) / SR:.7f} {(start + len(samples) + 0.5) / SR:.7f}")
+            start += len(samples)
+    (dst / "wav.scp").write_text("".join(f"{line}\n" for line in recordings))
+    (dst / "segments").write_text("".join(f"{line}\n" for line in sorted(segments)))
+    for name in ("utt2spk", "spk2utt", "trials"):
+        if (src / name).exists():
+            shutil.copy(src / name, dst / name)
+    return dst
