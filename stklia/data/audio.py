@@ -32,19 +32,25 @@ MAX_OVERSHOOT_S = 0.5
 @dataclass(frozen=True)
 class Segment:
     """A line of a Kaldi `segments` file: samples of recording `recording` from `start` to `end` seconds (-1: its
-    end), of channel `channel` (None: the first)."""
+    end), of channel `channel` (None: the first). A lhotse cut or supervision gives its `duration` too."""
 
     recording: str
     start: float
     end: float
     channel: int | None = None
+    duration: float | None = None
 
     def samples(self, rate: int, num_samples: int) -> tuple[int, int]:
         """The recording's samples first..last-1 that the segment holds, as Kaldi's extract-segments computes them
-        (seconds x rate, truncated; an end at most MAX_OVERSHOOT_S past the recording's is cut to it); a segment
+        (seconds x rate, truncated; an end at most MAX_OVERSHOOT_S past the recording's is cut to it), or for
+        lhotse's, as lhotse does (its compute_num_samples: the start and the duration x rate, rounded); a segment
         that lies outside its recording is a ValueError."""
-        first = int(self.start * rate)
-        last = num_samples if self.end == -1 else int(self.end * rate)
+        if self.duration is not None:
+            first = round(self.start * rate)
+            last = first + round(self.duration * rate)
+        else:
+            first = int(self.start * rate)
+            last = num_samples if self.end == -1 else int(self.end * rate)
         length = f"{num_samples / rate:.3f} s"
         if first >= num_samples:
             raise ValueError(f"segment starts at {self.start} s, not before the end of recording '{self.recording}' "

@@ -24,8 +24,8 @@ from scipy.fft import next_fast_len
 
 from stklia.core.errors import InputError
 from stklia.data.audio import Recording, read_checked_audio
+from stklia.data.entries import read_audio_entries
 from stklia.data.features import DeviceCopies
-from stklia.data.kaldi import read_audio_entries
 
 
 class AudioList:
