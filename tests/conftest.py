@@ -16,6 +16,7 @@ import pytest
 import soundfile
 import torch
 
+from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.demo.corpus import SMALL_DEMO, make_demo
 from stklia.models.resnet import ResNet
 
@@ -244,3 +245,33 @@ def segmented_copy(src: Path, dst: Path) -> Path:
         if (src / name).exists():
             shutil.copy(src / name, dst / name)
     return dst
+
+
+def demo_augment(demo_root: Path) -> Augment:
+    """Every augmentation, each likely enough that a few batches exercise all of them together (the demo's sets of
+    demo_root/augment)."""
+    sets = demo_root / "augment"
+    return Augment(SpeedPerturb(prob=0.7, factors=[0.9, 1.1], new_speakers=True), Reverb(sets / "rirs", prob=0.5),
+                   AddNoise({"noise": {"list": sets / "noise", "snr": [0, 15]},
+                             "babble": {"list": sets / "babble", "snr": [13, 20], "count": [3, 5]}}, prob=0.7),
+                   SpecAugment(prob=0.6, num_time_masks=2))
+
+
+PACKED = ("train_wav", "augment/noise", "augment/music", "augment/babble", "augment/rirs")  # what packed_demo packs
+
+
+def packed_demo(demo_root: Path, out: Path, fmt: str, archive_size: str = "64K") -> Path:
+    """A copy of the demo corpus whose train_wav and augmentation sets are packed (python -m stklia.pack's
+    library function; the other dirs are links to demo_root's)."""
+    from omegaconf import OmegaConf
+
+    from stklia.data.pack import pack
+
+    for name in PACKED:
+        pack(OmegaConf.create({"src": str(demo_root / name), "out": str(out / name), "format": fmt,
+                               "archive_size": archive_size, "sample_rate": SR, "nj": 1, "progress": False}))
+    for path in demo_root.iterdir():
+        if not (out / path.name).exists():
+            (out / path.name).symlink_to(path)
+    return out
+
