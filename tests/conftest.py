@@ -18,6 +18,7 @@ import torch
 
 from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.demo.corpus import SMALL_DEMO, make_demo
+from stklia.modeldir.checkpoints import load_checkpoint
 from stklia.models.resnet import ResNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,4 +275,16 @@ def packed_demo(demo_root: Path, out: Path, fmt: str, archive_size: str = "64K")
         if not (out / path.name).exists():
             (out / path.name).symlink_to(path)
     return out
+
+
+AUGMENTED_RUN = ["experiment=demo_aug", "data.eval=null", "data.test=null"]  # audio + augmentation, no tests
+
+
+@pytest.fixture(scope="session")
+def augmented_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The last checkpoint of a short run on the demo's loose wav files with its augmentation (short_run +
+    AUGMENTED_RUN): what the same run on segments, archives or a lhotse manifest of the same audio must give."""
+    model_dir = tmp_path_factory.mktemp("augmented") / "model"
+    run_stklia("train", *short_run(demo_root), *AUGMENTED_RUN, f"model_dir={model_dir}", cwd=model_dir.parent)
+    return load_checkpoint(checkpoint_path(model_dir, 2 * N))
 

@@ -23,6 +23,7 @@ from stklia.data.kaldi import load_data_dir
 from stklia.modeldir.checkpoints import load_checkpoint
 
 from conftest import (
+    AUGMENTED_RUN,
     PACKED,
     SR,
     N,
@@ -35,7 +36,6 @@ from conftest import (
 )
 
 FORMATS = ("wav", "flac")
-AUGMENTED_RUN = ["experiment=demo_aug", "data.eval=null", "data.test=null"]  # the checkpoints are what is compared
 
 
 @pytest.fixture(scope="module")
@@ -211,17 +211,15 @@ def test_a_damaged_archive_is_one_line_naming_utterance_archive_and_offset(demo_
                                   f"{ark}, member at offset {offset}: {BREAKS[damage]}"), proc.stderr
 
 
-def test_training_from_archives_is_training_from_the_loose_files_and_resumes_exactly(demo_root: Path,
-                                                                                    packed: dict[str, Path],
+def test_training_from_archives_is_training_from_the_loose_files_and_resumes_exactly(packed: dict[str, Path],
+                                                                                    augmented_run: dict,
                                                                                     tmp_path: Path) -> None:
     """Audio and augmentation sets packed (FLAC members): the checkpoints are bitwise those of the loose files', and
     a packed run killed and resumed is bitwise the uninterrupted one (a loader worker reading the archives)."""
-    loose = [*short_run(demo_root), *AUGMENTED_RUN]
     run = [*short_run(packed["flac"]), *AUGMENTED_RUN, "num_workers=1"]
-    run_stklia("train", *loose, f"model_dir={tmp_path / 'loose'}", cwd=tmp_path)
     run_stklia("train", *run, f"model_dir={tmp_path / 'packed'}", cwd=tmp_path)
     last = checkpoint_path(tmp_path / "packed", 2 * N)
-    assert_same_run(load_checkpoint(last), load_checkpoint(checkpoint_path(tmp_path / "loose", 2 * N)))
+    assert_same_run(load_checkpoint(last), augmented_run)
 
     killed = run_stklia("train", *run, "optim._target_=optim_hooks.sgd_then", f"+optim.at_step={N + 1}",
                         "+optim.action=SIGKILL", f"model_dir={tmp_path / 'resumed'}", cwd=tmp_path, check=False)

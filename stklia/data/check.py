@@ -23,6 +23,7 @@ from stklia.core.config import CONF_DIR, build
 from stklia.core.errors import InputError
 from stklia.core.progress import progress_bar
 from stklia.data.kaldi import DataSet, Featurizer, load_data_dir
+from stklia.data.manifests import is_manifest
 from stklia.data.tables import read_table
 
 # optional tables, keyed by utterance or by speaker, as utils/validate_data_dir.sh checks them
@@ -136,10 +137,12 @@ def read_every_utterance(data: DataSet, min_frames: int, features_per_frame: int
 def check_data_dir(path: str | os.PathLike, features: Featurizer | None = None, *, min_frames: int = 10,
                    features_per_frame: int | None = None, speaker_sort: bool = True,
                    progress: bool = True) -> Summary:
-    """Check one Kaldi data dir (its tables, then every utterance); what it holds."""
+    """Check one Kaldi data dir (its tables, then every utterance; a lhotse manifest: every utterance); what it
+    holds."""
     path = Path(path)
     data = load_data_dir(path, features)
-    check_kaldi_tables(path, data, speaker_sort)
+    if not is_manifest(path):
+        check_kaldi_tables(path, data, speaker_sort)
     return read_every_utterance(data, min_frames, features_per_frame, progress, desc=path.name)
 
 
