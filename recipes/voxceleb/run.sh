@@ -60,10 +60,11 @@ if [ "$pack" = true ]; then
 fi
 
 if stage_in 2 && [ "$pack" = true ]; then
-  # Each pack resumes where a killed one stopped, and does nothing once done.
-  for pair in "$data/vox2_dev:$train_dir" "$musan/noise:$noise" "$musan/music:$music" "$musan/speech:$babble" \
-              "$rirs:$rir_list"; do
-    "$PYTHON" -m stklia.pack "${pair%%:*}" "${pair#*:}" format="$format" nj="$nj"
+  # Each pack resumes where a killed one stopped, and does nothing once done. The augmentation sets as wav members:
+  # an item reads up to 8 windows of them, which FLAC would decode (docs/benchmarks.md#storage-loose-files-and-archives).
+  "$PYTHON" -m stklia.pack "$data/vox2_dev" "$train_dir" format="$format" nj="$nj"
+  for pair in "$musan/noise:$noise" "$musan/music:$music" "$musan/speech:$babble" "$rirs:$rir_list"; do
+    "$PYTHON" -m stklia.pack "${pair%%:*}" "${pair#*:}" format=wav nj="$nj"
   done
 fi
 
