@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from stklia.core.errors import InputError
 from stklia.data.features import Fbank
@@ -103,3 +104,26 @@ def test_training_stages_its_packed_data_and_reuses_it(demo_root: Path, packed: 
         assert f"staged {packed / name} to {staged}: {arks} of {arks} archives copied" in log
     run_stklia("train", *run, f"model_dir={tmp_path / 'second'}", cwd=tmp_path)
     assert log.count("archives copied") == (tmp_path / "second" / "train.log").read_text().count(" 0 of ") == 5
+
+
+def test_one_process_per_node_stages(demo_root: Path, packed: Path, tmp_path: Path) -> None:
+    """Local rank 0 of a node copies; the node's other processes only use its copies (after the run's barrier), and
+    stop in one line where there are none (a stage_to that is not shared by the node's processes)."""
+    from hydra import compose, initialize_config_dir
+
+    from stklia.core.config import CONF_DIR, register_resolvers
+    from stklia.training.distributed import World
+    from stklia.training.loop import stage_run_data
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [*demo_data_overrides(packed), "experiment=demo_aug",
+                                f"data.stage_to={tmp_path / 'scratch'}"])
+    cpu = torch.device("cpu")
+    with pytest.raises(InputError, match="was not staged on this node"):
+        stage_run_data(cfg, World(cpu, rank=1, size=1, local_rank=1))
+    assert not list((tmp_path / "scratch").rglob("*.ark"))
+    train, augment = stage_run_data(cfg, World(cpu, rank=2, size=1, local_rank=0))  # node main of another node
+    assert train == [str(staged_path(packed / "train_wav", tmp_path / "scratch"))]
+    assert augment.reverb.rirs == str(staged_path(packed / "augment" / "rirs", tmp_path / "scratch"))
+    assert stage_run_data(cfg, World(cpu, rank=1, size=1, local_rank=1)) == (train, augment)

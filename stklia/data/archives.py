@@ -31,7 +31,6 @@ class _Handles:
 
     def __init__(self) -> None:
         self.open: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        self.pid = os.getpid()
 
     def get(self, path: str) -> tuple[int, int]:
         handle = self.open.get(path)
