@@ -142,15 +142,15 @@ def measure(spec: dict) -> dict:
     def io() -> dict[str, int]:
         return {k: int(v) for k, v in (line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())}
 
-    with open(Path(tempfile.gettempdir()) / MARK, "w"):
-        pass
     before, started, cpu = io(), time.perf_counter(), time.process_time()
+    with open(Path(tempfile.gettempdir()) / MARK, "w"):  # the opens between the markers are the items' alone
+        pass
     for item in items:
         crops[item]
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    after = io()
     with open(Path(tempfile.gettempdir()) / MARK, "w"):
         pass
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    after = io()
     return {"wall": wall, "cpu": cpu, "rchar": after["rchar"] - before["rchar"],
             "read_bytes": after["read_bytes"] - before["read_bytes"], "crop_bytes": 2 * crops.crop_samples}
 
