@@ -140,7 +140,7 @@ def load_data_dir(path: PathLike, features: Featurizer | None = None) -> DataSet
     if is_manifest(path):
         return _manifest_data(path, features)
     if not path.is_dir():
-        raise InputError(path, "no such data directory (nor a lhotse manifest: *.jsonl.gz, *.jsonl, *.json)")
+        raise InputError(path, "no such data directory")
     feats_scp, utt2spk_path, spk2utt_path = path / "feats.scp", path / "utt2spk", path / "spk2utt"
     is_audio = not feats_scp.exists() and (path / "wav.scp").exists()
     if is_audio:
