@@ -5,6 +5,10 @@ EXTRAS = {
     "slurm": ["hydra-submitit-launcher>=1.2"],  # hydra/launcher=slurm_gpu | submitit_slurm
     "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],  # stklia.export format=onnx
     "optuna": ["optuna>=4.0"],  # hparams_search=... (stklia's Hydra sweeper plugin)
+    # lhotse manifests as data (stklia.data.manifests). lhotse asks for a bare `torch`, which the torch installed
+    # first (pip install torch==2.13.0, as the README says) meets: pip pulls no other torch. lhotse 1.33 imports
+    # urllib3 (lhotse/ais) without asking for it.
+    "lhotse": ["lhotse>=1.30", "urllib3>=1.26"],
 }
 # Everything the test suite imports: every extra, the independent references the tests compare with
 # (scikit-learn, kaldi-native-fbank), and setuptools for the wheel it builds (tests/test_install.py).

@@ -16,7 +16,9 @@ import pytest
 import soundfile
 import torch
 
+from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.demo.corpus import SMALL_DEMO, make_demo
+from stklia.modeldir.checkpoints import load_checkpoint
 from stklia.models.resnet import ResNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,3 +219,72 @@ def write_list(folder: Path, name: str, recordings: list[np.ndarray]) -> Path:
         lines.append(f"{name}{i} {folder / f'{name}{i}.wav'}" if i == 0 else str(folder / f"{name}{i}.wav"))
     (folder / name).write_text("\n".join(lines) + "\n")
     return folder / name
+
+
+def segmented_copy(src: Path, dst: Path) -> Path:
+    """A copy of the audio dir `src` (wav.scp) whose recordings each join two of its utterances, and whose
+    segments file cuts them back into the same utterances (same ids, same samples: times half a sample past each
+    boundary, which Kaldi's truncation to a sample brings back to it)."""
+    dst.mkdir(parents=True)
+    wavs = dict(line.split() for line in (src / "wav.scp").read_text().splitlines())
+    utt2spk = dict(line.split() for line in (src / "utt2spk").read_text().splitlines())
+    utts = sorted(wavs, key=lambda u: (utt2spk[u], u))
+    recordings, segments = [], []
+    for i in range(0, len(utts), 2):
+        pair = utts[i : i + 2]
+        audio = [soundfile.read(wavs[u], dtype="int16")[0] for u in pair]
+        recording = f"rec{i // 2:03d}"
+        soundfile.write(dst / f"{recording}.wav", np.concatenate(audio), SR)
+        recordings.append(f"{recording} {dst / f'{recording}.wav'}")
+        start = 0
+        for utt, samples in zip(pair, audio):
+            segments.append(f"{utt} {recording} {(start + 0.5) / SR:.7f} {(start + len(samples) + 0.5) / SR:.7f}")
+            start += len(samples)
+    (dst / "wav.scp").write_text("".join(f"{line}\n" for line in recordings))
+    (dst / "segments").write_text("".join(f"{line}\n" for line in sorted(segments)))
+    for name in ("utt2spk", "spk2utt", "trials"):
+        if (src / name).exists():
+            shutil.copy(src / name, dst / name)
+    return dst
+
+
+def demo_augment(demo_root: Path) -> Augment:
+    """Every augmentation, each likely enough that a few batches exercise all of them together (the demo's sets of
+    demo_root/augment)."""
+    sets = demo_root / "augment"
+    return Augment(SpeedPerturb(prob=0.7, factors=[0.9, 1.1], new_speakers=True), Reverb(sets / "rirs", prob=0.5),
+                   AddNoise({"noise": {"list": sets / "noise", "snr": [0, 15]},
+                             "babble": {"list": sets / "babble", "snr": [13, 20], "count": [3, 5]}}, prob=0.7),
+                   SpecAugment(prob=0.6, num_time_masks=2))
+
+
+PACKED = ("train_wav", "augment/noise", "augment/music", "augment/babble", "augment/rirs")  # what packed_demo packs
+
+
+def packed_demo(demo_root: Path, out: Path, fmt: str, archive_size: str = "64K") -> Path:
+    """A copy of the demo corpus whose train_wav and augmentation sets are packed (python -m stklia.pack's
+    library function; the other dirs are links to demo_root's)."""
+    from omegaconf import OmegaConf
+
+    from stklia.data.pack import pack
+
+    for name in PACKED:
+        pack(OmegaConf.create({"src": str(demo_root / name), "out": str(out / name), "format": fmt,
+                               "archive_size": archive_size, "sample_rate": SR, "nj": 1, "progress": False}))
+    for path in demo_root.iterdir():
+        if not (out / path.name).exists():
+            (out / path.name).symlink_to(path)
+    return out
+
+
+AUGMENTED_RUN = ["experiment=demo_aug", "data.eval=null", "data.test=null"]  # audio + augmentation, no tests
+
+
+@pytest.fixture(scope="session")
+def augmented_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The last checkpoint of a short run on the demo's loose wav files with its augmentation (short_run +
+    AUGMENTED_RUN): what the same run on segments, archives or a lhotse manifest of the same audio must give."""
+    model_dir = tmp_path_factory.mktemp("augmented") / "model"
+    run_stklia("train", *short_run(demo_root), *AUGMENTED_RUN, f"model_dir={model_dir}", cwd=model_dir.parent)
+    return load_checkpoint(checkpoint_path(model_dir, 2 * N))
+

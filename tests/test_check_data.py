@@ -15,7 +15,7 @@ import soundfile
 from stklia.check_data import main
 from stklia.data.kaldi import load_data_dir
 
-from conftest import poison_features, run_stklia
+from conftest import poison_features, run_stklia, segmented_copy
 
 
 def test_check_data_summarises_feature_and_audio_dirs(demo_root: Path, tmp_path: Path) -> None:
@@ -31,6 +31,10 @@ def test_check_data_summarises_feature_and_audio_dirs(demo_root: Path, tmp_path:
                         "40 features per frame")
     assert lines[1] == f"{dirs[1]}: 24 utterances, 6 speakers, {wav_seconds / 3600:.2f} hours, {frames} frames"
     assert lines[3].startswith("total: 64 utterances, 16 speakers, ")
+
+    segmented = segmented_copy(demo_root / "train_wav", tmp_path / "segmented")  # the same audio, as segments
+    proc = run_stklia("check_data", str(segmented), "progress=false", cwd=tmp_path)
+    assert proc.stdout.strip() == f"{segmented}: {lines[1].split(': ', 1)[1]}"
 
 
 def _rewrite(path: Path, change: Callable[[list[str]], list[str]]) -> None:
@@ -51,6 +55,17 @@ def _prefix_an_utterance_of_the_last_speaker(d: Path) -> None:
     _rewrite(d / "spk2utt", lambda ls: [line.replace(f" {utt}", f" a{utt}") for line in ls])
 
 
+def _change_field(ls: list[str], line: int, field: int, change: Callable[[str], str]) -> list[str]:
+    """The lines with field `field` of line `line` (1-based) changed."""
+    fields = ls[line - 1].split()
+    fields[field] = change(fields[field])
+    return [*ls[: line - 1], " ".join(fields), *ls[line:]]
+
+
+def _segments(line: int, field: int, change: Callable[[str], str]) -> Callable[[Path], None]:
+    return lambda d: _rewrite(d / "segments", lambda ls: _change_field(ls, line, field, change))
+
+
 def _swap(ls: list[str], i: int, j: int) -> list[str]:
     ls = list(ls)
     ls[i], ls[j] = ls[j], ls[i]
@@ -68,7 +83,18 @@ BREAKAGES = {
         " ".join([ls[0].split()[0], *reversed(ls[0].split()[1:])]), *ls[1:]]), "spk2utt", 1, "in its order", []),
     "unknown utterance in text": ("test", lambda d: (d / "text").write_text("zzz hello\n"), "text", None,
                                   "'zzz' is not one of the dir's utterances", []),
-    "segments": ("train_wav", lambda d: (d / "segments").write_text(""), "segments", None, "not supported", []),
+    "no segments": ("segmented", lambda d: (d / "segments").write_text(""), "segments", None, "empty", []),
+    "segment of an unknown recording": ("segmented", _segments(3, 1, lambda _: "nosuch"), "segments", 3,
+                                        "recording 'nosuch' of segment", []),
+    "segment ending before its start": ("segmented", _segments(2, 3, lambda _: "0.01"), "segments", 2,
+                                        "ends at 0.01 s, not after its start", []),
+    "segment time not a number": ("segmented", _segments(1, 2, lambda _: "1,5"), "segments", 1,
+                                  "start time '1,5' is not a number", []),
+    "segment past its recording": ("segmented", _segments(4, 3, lambda end: f"{float(end) + 0.6:.7f}"), "segments",
+                                   4, "0.5 s or more past the end of recording", []),
+    "segment after its recording": ("segmented", lambda d: (_segments(4, 2, lambda _: "100")(d),
+                                                            _segments(4, 3, lambda _: "-1")(d)), "segments", 4,
+                                    "starts at 100.0 s, not before the end of recording", []),
     "NaN features": ("test", lambda d: poison_features(d, load_data_dir(d).utts[2]), "feats.scp", 3,
                      "hold non-finite values (NaN or Inf), first at frame 3", []),
     "dimension": ("test", None, "feats.scp", 1, "have 40 dims per frame but the config says 30",
@@ -87,7 +113,10 @@ def test_check_data_stops_at_the_first_problem_in_one_line(case: str, demo_root:
                                                            capsys: pytest.CaptureFixture,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     source, breaks, filename, line, words, args = BREAKAGES[case]
-    d = Path(shutil.copytree(demo_root / source, tmp_path / source))
+    if source == "segmented":  # train_wav as segments of recordings that join two utterances each
+        d = segmented_copy(demo_root / "train_wav", tmp_path / source)
+    else:
+        d = Path(shutil.copytree(demo_root / source, tmp_path / source))
     if breaks:
         breaks(d)
     monkeypatch.setattr(sys, "argv", ["check_data", str(d), "progress=false", *args])

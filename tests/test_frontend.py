@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from stklia.core.errors import InputError
-from stklia.data.augment import AddNoise, Augment, Reverb, SpecAugment, SpeedPerturb
 from stklia.data.datasets import BatchSchedule, TrainingCrops, training_loader
 from stklia.data.features import Fbank
 from stklia.data.frontend import CPU_ROWS, AudioBatch
@@ -19,16 +18,7 @@ from stklia.data.kaldi import load_data, load_data_dir
 from stklia.training.distributed import World
 from stklia.training.loop import features_on_device
 
-from conftest import TINY_TRAINING, demo_data_overrides, run_stklia
-
-
-def demo_augment(demo_root: Path) -> Augment:
-    """Every augmentation, each likely enough that a few batches exercise all of them together."""
-    sets = demo_root / "augment"
-    return Augment(SpeedPerturb(prob=0.7, factors=[0.9, 1.1], new_speakers=True), Reverb(sets / "rirs", prob=0.5),
-                   AddNoise({"noise": {"list": sets / "noise", "snr": [0, 15]},
-                             "babble": {"list": sets / "babble", "snr": [13, 20], "count": [3, 5]}}, prob=0.7),
-                   SpecAugment(prob=0.6, num_time_masks=2))
+from conftest import TINY_TRAINING, demo_augment, demo_data_overrides, run_stklia
 
 
 def test_the_device_path_draws_and_computes_what_the_cpu_path_does(demo_root: Path) -> None:
@@ -146,3 +136,20 @@ def test_auto_puts_features_on_the_device_when_training_audio_on_a_gpu(demo_root
     assert features_on_device("auto", audio, gpu) and not features_on_device("auto", feats, gpu)
     assert not features_on_device("auto", audio, cpu)
     assert features_on_device(True, audio, cpu) and not features_on_device(False, audio, gpu)
+
+
+def test_cpu_path_batches_do_not_depend_on_the_loader_workers(demo_root: Path) -> None:
+    """Features computed in the training process (num_workers=0, torch on several threads) equal a loader worker's
+    (one thread), so a run resumed with another num_workers stays exact."""
+    data = load_data_dir(demo_root / "train_wav", Fbank(num_mel_bins=40))
+    crops = TrainingCrops(data, 60, True, demo_augment(demo_root))
+    schedule = BatchSchedule(crops.labels, batch_size=8, num_steps=4, seed=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = list(training_loader(crops, schedule, 0, 2, False))
+    finally:
+        torch.set_num_threads(threads)
+    with_worker = list(training_loader(crops, schedule, 1, 2, False))
+    for (feats, labels), (expected, expected_labels) in zip(alone, with_worker):
+        assert torch.equal(feats, expected) and torch.equal(labels, expected_labels)

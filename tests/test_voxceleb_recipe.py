@@ -199,7 +199,8 @@ def test_without_conversion_m4a_are_decoded_through_ffmpeg_pipes(corpus: tuple[P
 
 
 def test_every_stage_runs_end_to_end(corpus: tuple[Path, dict, dict], tmp_path: Path) -> None:
-    """Training on m4a audio with MUSAN-like noise and RIRs, averaging, fine-tuning, AS-norm test."""
+    """Packing the training audio and the augmentation sets, training from the archives with MUSAN-like noise and
+    RIRs, averaging, fine-tuning, AS-norm test."""
     root, _, _ = corpus
     rng = np.random.default_rng(0)
     musan = tmp_path / "musan"
@@ -210,6 +211,13 @@ def test_every_stage_runs_end_to_end(corpus: tuple[Path, dict, dict], tmp_path: 
     run_voxceleb(root, "--stage", "2", *TINY_TRAINING, EXP=str(exp),
                MUSAN=str(musan), RIRS=str(rirs), NUM_AVERAGE="2", NUM_AVERAGE_LM="2", ASNORM_TOP_N="3")
     assert (exp / "checkpoints" / "avg_last2.pt").is_file()
+    packed = root / "data" / "packed"
+    trained_on = OmegaConf.load(exp / "config.yaml")
+    assert list(trained_on.data.train) == [str(packed / "vox2_dev")]
+    assert trained_on.augment.reverb.rirs == str(packed / "rirs")
+    assert trained_on.augment.noise.sources.babble.list == str(packed / "musan_speech")
+    for name in ("vox2_dev", "musan_noise", "musan_music", "musan_speech", "rirs"):
+        assert ".ark:" in (packed / name / "wav.scp").read_text().split()[1]
     lm = Path(f"{exp}_lm")
     (summary,) = (lm / "results").glob("avg_last2-*.json")  # the three official lists: results of their own
     saved = json.loads(summary.read_text())["results"]

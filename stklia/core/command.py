@@ -36,12 +36,12 @@ HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "
                      "--config-dir", "-cd", "--experimental-rerun", "--info", "-i")
 
 
-def command(task: Callable[[DictConfig], T], config: str, *, positional: str | None = None, many: bool = True,
-            before: Callable[[Sequence[str]], None] | None = None) -> Callable[[], None]:
+def command(task: Callable[[DictConfig], T], config: str, *, positional: str | tuple[str, ...] | None = None,
+            many: bool = True, before: Callable[[Sequence[str]], None] | None = None) -> Callable[[], None]:
     """The `main` of a command that runs `task(cfg)` on the config `config` (a path under stklia/conf without
     .yaml: `train`, `commands/test`). `positional`: the key that positional arguments fill (a list, or with
-    `many=False` one value). `before`: checks of the command line that must run before Hydra does (it gets the
-    arguments)."""
+    `many=False` one value), or several keys that they fill one each, in order (`pack SRC OUT`). `before`: checks
+    of the command line that must run before Hydra does (it gets the arguments)."""
     config_dir = CONF_DIR / Path(config).parent
     config_name = Path(config).name
 
@@ -63,9 +63,10 @@ def command(task: Callable[[DictConfig], T], config: str, *, positional: str | N
     return main
 
 
-def with_positional(argv: Sequence[str], key: str, many: bool = True) -> list[str]:
+def with_positional(argv: Sequence[str], key: str | tuple[str, ...], many: bool = True) -> list[str]:
     """The arguments with the positional ones (neither a flag, its value, nor `key=value`) gathered into one
-    override `key=[...]` (`key=value` unless `many`), each quoted for Hydra's override grammar."""
+    override `key=[...]` (`key=value` unless `many`), or with several keys one `key=value` each, in order, each
+    quoted for Hydra's override grammar."""
     paths, rest = [], []
     for i, arg in enumerate(argv):
         is_flag_value = i > 0 and argv[i - 1] in HYDRA_VALUE_FLAGS
@@ -75,6 +76,11 @@ def with_positional(argv: Sequence[str], key: str, many: bool = True) -> list[st
             paths.append("'" + arg.replace("\\", "\\\\").replace("'", "\\'") + "'")
     if not paths:
         return rest
+    if isinstance(key, tuple):
+        if len(paths) > len(key):
+            raise SystemExit(f"stklia: error: config: at most {len(key)} positional arguments ({' '.join(key)}) "
+                             f"expected, got {len(paths)}: {' '.join(paths)}")
+        return [*rest, *(f"{k}={path}" for k, path in zip(key, paths))]
     if not many and len(paths) > 1:
         raise SystemExit(f"stklia: error: config: one {key} expected, got {len(paths)}: {' '.join(paths)}")
     return [*rest, f"{key}=[{','.join(paths)}]" if many else f"{key}={paths[0]}"]

@@ -1,10 +1,11 @@
-"""Audio of a Kaldi wav.scp entry: a file path, a `command |` pipe, or a `file.ark:offset` wav-in-ark.
+"""Audio of a Kaldi wav.scp entry: a file path, a `command |` pipe, or an `archive.ark:offset` member (a wav-in-ark,
+or a FLAC one: stklia.data.archives), optionally a segment of it (a line of a Kaldi `segments` file).
 
 Samples are returned on the int16 scale (a 16-bit wav read as its integer values), which is
 what Kaldi's compute-fbank-feats sees, so on-the-fly features equal Kaldi's offline ones.
 `Recording` is the one reader the data sets, augmentation lists and the Python API use: it reads
-windows of a file (wav, FLAC, ...) without decoding the rest, so a training crop costs its own
-length, not its utterance's. Pipes and wav-in-ark entries are decoded whole.
+windows of a file or of an archive's member (wav, FLAC, ...) without decoding the rest, so a training crop costs
+its own length, not its utterance's (nor its recording's, for a segment). Pipes are decoded whole.
 """
 
 from __future__ import annotations
@@ -14,19 +15,62 @@ import io
 import os
 import subprocess
 import wave
+from dataclasses import dataclass
 
-import kaldiio
 import numpy as np
 import soundfile
 
 from stklia.core.errors import InputError
-from stklia.data.rxfilename import parse_rxfilename
+from stklia.data.archives import Member, MemberFile, locate_member
+from stklia.data.rxfilename import RxFilename, parse_rxfilename
+
+# How far past its recording's end a segment may reach and be cut at the end, in seconds: Kaldi's extract-segments
+# default (--max-overshoot), so that the times of segments rounded up to the recording's end stay valid.
+MAX_OVERSHOOT_S = 0.5
 
 
-def _int16_scale(samples: np.ndarray) -> np.ndarray:
-    """The first channel, as float32 on the int16 scale."""
+@dataclass(frozen=True)
+class Segment:
+    """A line of a Kaldi `segments` file: samples of recording `recording` from `start` to `end` seconds (-1: its
+    end), of channel `channel` (None: the first). A lhotse cut or supervision gives its `duration` too."""
+
+    recording: str
+    start: float
+    end: float
+    channel: int | None = None
+    duration: float | None = None
+
+    def samples(self, rate: int, num_samples: int) -> tuple[int, int]:
+        """The recording's samples first..last-1 that the segment holds, as Kaldi's extract-segments computes them
+        (seconds x rate, truncated; an end at most MAX_OVERSHOOT_S past the recording's is cut to it), or for
+        lhotse's, as lhotse does (its compute_num_samples: the start and the duration x rate, rounded); a segment
+        that lies outside its recording is a ValueError."""
+        if self.duration is not None:
+            first = round(self.start * rate)
+            last = first + round(self.duration * rate)
+        else:
+            first = int(self.start * rate)
+            last = num_samples if self.end == -1 else int(self.end * rate)
+        length = f"{num_samples / rate:.3f} s"
+        if first >= num_samples:
+            raise ValueError(f"segment starts at {self.start} s, not before the end of recording '{self.recording}' "
+                             f"({length})")
+        if last > num_samples:
+            if last >= num_samples + int(MAX_OVERSHOOT_S * rate):
+                raise ValueError(f"segment ends at {self.end} s, {MAX_OVERSHOOT_S} s or more past the end of recording "
+                                 f"'{self.recording}' ({length})")
+            last = num_samples
+        return first, last
+
+    def __str__(self) -> str:
+        channel = "" if self.channel is None else f" {self.channel}"
+        return f"{self.recording} {self.start} {self.end}{channel}"
+
+
+def _int16_scale(samples: np.ndarray, channel: int = 0) -> np.ndarray:
+    """One channel, as float32 on the int16 scale."""
     if samples.ndim == 2:
-        samples = samples[:, 0]
+        samples = samples[:, _checked_channel(channel, samples.shape[1])]
     if samples.dtype.kind == "f":
         return (samples * 32768).astype(np.float32)
     if samples.dtype == np.int32:  # kaldiio and soundfile give 32-bit PCM as int32
@@ -34,32 +78,40 @@ def _int16_scale(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32)
 
 
+def _checked_channel(channel: int, channels: int) -> int:
+    if channel >= channels:
+        raise ValueError(f"has no channel {channel} (it has {channels})")
+    return channel
+
+
+def _decode_pipe(command: str, channel: int = 0) -> tuple[np.ndarray, int]:
+    """(samples of a channel, sample rate) of the audio a `command |` entry writes."""
+    proc = subprocess.run(command, shell=True, capture_output=True)
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"command exited with status {proc.returncode}: {stderr[-1] if stderr else ''}")
+    samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="int16")
+    return _int16_scale(samples, channel), rate
+
+
 def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
-    """(samples, sample rate) of one wav.scp entry; raises OSError/ValueError/RuntimeError on bad audio."""
+    """(samples, sample rate) of one wav.scp entry, whole; raises OSError/ValueError/RuntimeError on bad audio."""
     rx = parse_rxfilename(rxfilename)
     if rx.kind == "pipe":
-        proc = subprocess.run(rx.command, shell=True, capture_output=True)
-        if proc.returncode != 0:
-            stderr = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise RuntimeError(f"command exited with status {proc.returncode}: {stderr[-1] if stderr else ''}")
-        samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="int16")
-        return _int16_scale(samples), rate
-    if rx.kind == "ark":  # wav-in-ark (e.g. from Kaldi's wav-copy)
-        rate, samples = kaldiio.load_mat(rxfilename.strip())
-        return _int16_scale(np.asarray(samples)), rate
-    if rx.kind == "stdin":
-        raise ValueError("reading audio from stdin ('-') is not supported")
-    samples, rate = soundfile.read(rx.path, dtype="float32", always_2d=False)
-    return _int16_scale(samples), rate
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _wav16_layout(path: str, size: int, mtime_ns: int, inode: int) -> tuple[int, int, int, int] | None:
-    """(sample rate, channels, offset of the samples, samples held) of a 16-bit PCM wav file as the standard
-    library's wave module reads its header, or None for anything else (float, 24-bit, broken; before Python
-    3.12, WAVE_FORMAT_EXTENSIBLE). Remembered per file version: an item's noise and impulse-response files recur."""
+        return _decode_pipe(rx.command)
+    file = _open_file(rx)
     try:
-        with open(path, "rb") as file, wave.open(file) as wav:
+        return _int16_scale(file.read(0, file.frames)), file.samplerate
+    finally:
+        file.close()
+
+
+def _read_wav16_layout(file: io.RawIOBase, size: int) -> tuple[int, int, int, int] | None:
+    """(sample rate, channels, offset of the samples, samples held) of a 16-bit PCM wav file of `size` bytes as the
+    standard library's wave module reads its header, or None for anything else (float, 24-bit, broken; before
+    Python 3.12, WAVE_FORMAT_EXTENSIBLE)."""
+    try:
+        with wave.open(file) as wav:
             if wav.getsampwidth() != 2:
                 return None
             channels = wav.getnchannels()
@@ -70,15 +122,24 @@ def _wav16_layout(path: str, size: int, mtime_ns: int, inode: int) -> tuple[int,
         return None
 
 
-class _Wav16:
-    """A 16-bit PCM wav file, its header read by the standard library's wave module (once per file), its samples
-    by os.pread, which costs less than libsndfile per open and read (docs/benchmarks.md); that counts when a
-    training item reads its crop and up to 8 noise and impulse-response windows. `open` gives None for other
-    files, which soundfile reads."""
+@functools.lru_cache(maxsize=1 << 16)
+def _wav16_layout(path: str, size: int, mtime_ns: int, inode: int) -> tuple[int, int, int, int] | None:
+    """_read_wav16_layout of a file, remembered per file version: an item's noise and impulse-response files
+    recur."""
+    with open(path, "rb") as file:
+        return _read_wav16_layout(file, size)
 
-    def __init__(self, file: io.FileIO, layout: tuple[int, int, int, int]):
-        self._file = file
+
+class _Wav16:
+    """A 16-bit PCM wav file (or an archive's wav member), its header read by the standard library's wave module
+    (once per file), its samples by os.pread, which costs less than libsndfile per open and read
+    (docs/benchmarks.md); that counts when a training item reads its crop and up to 8 noise and impulse-response
+    windows. `open` gives None for other files, which soundfile reads."""
+
+    def __init__(self, fd: int, layout: tuple[int, int, int, int], base: int = 0, file: io.FileIO | None = None):
+        self._fd, self._file, self._base = fd, file, base  # _file: the file to close (None: an archive's handle)
         self.samplerate, self.channels, self._start, self.frames = layout
+        self.channel = 0
 
     @classmethod
     def open(cls, path: str) -> _Wav16 | None:
@@ -88,61 +149,84 @@ class _Wav16:
         if layout is None:
             file.close()
             return None
-        return cls(file, layout)
+        return cls(file.fileno(), layout, file=file)
+
+    @classmethod
+    def of_member(cls, member: Member) -> _Wav16 | None:
+        layout = _read_wav16_layout(MemberFile(member), member.end - member.start)
+        return None if layout is None else cls(member.fd, layout, base=member.start)
 
     def read(self, first: int, last: int) -> np.ndarray:
-        """Samples first..last-1 of the first channel, int16."""
+        """Samples first..last-1 of the channel, int16."""
         frame = 2 * self.channels
-        data = os.pread(self._file.fileno(), (last - first) * frame, self._start + first * frame)
-        return np.frombuffer(data, dtype="<i2")[:: self.channels]
+        data = os.pread(self._fd, (last - first) * frame, self._base + self._start + first * frame)
+        return np.frombuffer(data, dtype="<i2")[self.channel :: self.channels]
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class _SoundFile:
-    """Any file libsndfile reads (wav, FLAC, ...), int16 when its samples are."""
+    """Any file libsndfile reads (wav, FLAC, ...; a path or a file object), int16 when its samples are."""
 
-    def __init__(self, path: str):
-        self._file = soundfile.SoundFile(path)
-        self.samplerate, self.frames = self._file.samplerate, self._file.frames
+    def __init__(self, file: str | io.RawIOBase):
+        self._file = soundfile.SoundFile(file)
+        self.samplerate, self.frames, self.channels = self._file.samplerate, self._file.frames, self._file.channels
         self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
+        self.channel = 0
 
     def read(self, first: int, last: int) -> np.ndarray:
-        """Samples first..last-1 of the first channel, int16 or float32 (-1..1)."""
+        """Samples first..last-1 of the channel, int16 or float32 (-1..1)."""
         self._file.seek(first)
         samples = self._file.read(last - first, dtype=self._dtype)
-        return samples if samples.ndim == 1 else samples[:, 0]
+        return samples if samples.ndim == 1 else samples[:, self.channel]
 
     def close(self) -> None:
         self._file.close()
 
 
-def _open_file(path: str) -> _Wav16 | _SoundFile:
+def _open_file(rx: RxFilename) -> _Wav16 | _SoundFile:
+    """A file entry or an archive's member, opened to read windows of it."""
+    if rx.kind == "ark":
+        if rx.sliced:
+            raise ValueError("a `[...]` range selects rows of a matrix: an audio entry cannot have one")
+        member = locate_member(str(rx.path), rx.offset)
+        return (member.head[:4] == b"RIFF" and _Wav16.of_member(member)) or _SoundFile(MemberFile(member))
+    if rx.kind == "stdin":
+        raise ValueError("reading audio from stdin ('-') is not supported")
+    path = str(rx.path)
     return (path.lower().endswith(".wav") and _Wav16.open(path)) or _SoundFile(path)
 
 
 class Recording:
-    """One entry opened for reading: its length, and windows of its int16-scaled samples.
+    """One entry opened for reading (or a segment of it): its length, and windows of its int16-scaled samples.
 
-    Every problem is an InputError at `where`:`line` (the list or scp that names the entry), saying
-    `what` could not be read.
+    Every problem is an InputError at `where`:`line` (the list, scp or segments file that names the entry),
+    saying `what` could not be read.
     """
 
     def __init__(self, rxfilename: str, sample_rate: int, where: str | os.PathLike, line: int | None = None,
-                 what: str = "audio"):
+                 what: str = "audio", segment: Segment | None = None):
         self.where, self.line, self.what = where, line, what
         self._file: _Wav16 | _SoundFile | None = None
         self._samples: np.ndarray | None = None
+        self._first = 0  # the first sample of the segment in the recording
+        channel = 0 if segment is None or segment.channel is None else segment.channel
         try:
             rx = parse_rxfilename(rxfilename)
-            if rx.kind == "file":
-                self._file = _open_file(str(rx.path))
-                rate, self.num_samples = self._file.samplerate, self._file.frames
-            else:
-                self._samples, rate = read_audio(rxfilename)
+            if rx.kind == "pipe":
+                self._samples, rate = _decode_pipe(rx.command, channel)
                 self.num_samples = len(self._samples)
-        except Exception as err:  # soundfile, kaldiio and pipes raise many kinds for broken audio
+            else:
+                self._file = _open_file(rx)
+                self._file.channel = _checked_channel(channel, self._file.channels)
+                rate, self.num_samples = self._file.samplerate, self._file.frames
+            if segment is not None:
+                self._first, last = segment.samples(rate, self.num_samples)
+                self.num_samples = last - self._first
+        except Exception as err:  # soundfile, archives, segments and pipes raise many kinds for broken audio
+            self.close()
             raise self._error(err) from err
         if rate != sample_rate or self.num_samples == 0:
             self.close()
@@ -168,6 +252,7 @@ class Recording:
 
     def _read(self, first: int, last: int) -> np.ndarray:
         """Samples first..last-1, int16 if the file's are, else float32 on the int16 scale."""
+        first, last = first + self._first, last + self._first
         if self._samples is not None:
             samples = self._samples[first:last]
         else:
@@ -181,7 +266,7 @@ class Recording:
         bad = first_non_finite(samples)
         if bad is not None:
             raise InputError(self.where, f"{self.what} holds non-finite samples (NaN or Inf), first at sample "
-                             f"{first + bad}", self.line)
+                             f"{first - self._first + bad}", self.line)
         return samples
 
     def close(self) -> None:
@@ -196,9 +281,9 @@ class Recording:
 
 
 def read_checked_audio(rxfilename: str, sample_rate: int, where: str | os.PathLike, line: int | None = None,
-                       what: str = "audio") -> np.ndarray:
-    """All the int16-scaled samples of one entry at `sample_rate` (see Recording)."""
-    with Recording(rxfilename, sample_rate, where, line, what) as recording:
+                       what: str = "audio", segment: Segment | None = None) -> np.ndarray:
+    """All the int16-scaled samples of one entry (or segment) at `sample_rate` (see Recording)."""
+    with Recording(rxfilename, sample_rate, where, line, what, segment) as recording:
         return recording.read()
 
 

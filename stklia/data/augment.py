@@ -24,33 +24,33 @@ from scipy.fft import next_fast_len
 
 from stklia.core.errors import InputError
 from stklia.data.audio import Recording, read_checked_audio
+from stklia.data.entries import read_audio_entries
 from stklia.data.features import DeviceCopies
-from stklia.data.kaldi import read_table
 
 
 class AudioList:
-    """Recordings listed in a Kaldi dir's wav.scp or a list file (`path` or `key wav.scp-entry` lines)."""
+    """Recordings listed in a Kaldi dir's wav.scp (segments of them, with a segments file) or a list file (`path`
+    or `key wav.scp-entry` lines), in their order."""
 
     def __init__(self, path: str | os.PathLike, sample_rate: int):
-        path = Path(path)
-        self.path = path / "wav.scp" if path.is_dir() else path
+        audio = read_audio_entries(path, bare_paths=True)
         self.sample_rate = sample_rate
-        self.entries = [(fields[0] if len(fields) == 1 else " ".join(fields[1:]), lineno)
-                        for lineno, fields in read_table(self.path, 1)]
+        self.entries = [(entry, *audio.origin[key], audio.segments.get(key)) for key, entry in audio.entries.items()]
         if not self.entries:
-            raise InputError(self.path, "empty: no recordings")
+            path = Path(path)
+            raise InputError(path / "wav.scp" if path.is_dir() else path, "empty: no recordings")
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def open(self, index: int) -> Recording:
         """Recording `index`, opened to read windows of it."""
-        rx, line = self.entries[index]
-        return Recording(rx, self.sample_rate, self.path, line)
+        rx, where, line, segment = self.entries[index]
+        return Recording(rx, self.sample_rate, where, line, segment=segment)
 
     def read(self, index: int) -> np.ndarray:
-        rx, line = self.entries[index]
-        return read_checked_audio(rx, self.sample_rate, self.path, line)
+        rx, where, line, segment = self.entries[index]
+        return read_checked_audio(rx, self.sample_rate, where, line, segment=segment)
 
 
 def _power(x: np.ndarray) -> float:

@@ -1,9 +1,10 @@
 """Checking a Kaldi data dir before a long run: its tables as Kaldi's utils/validate_data_dir.sh checks them,
 then every utterance read once.
 
-The cross-checks stklia needs anyway (every utterance in utt2spk and feats.scp / wav.scp, spk2utt agreeing,
-files present) are kaldi.load_data_dir's; the reading checks (shape, non-finite values, sample rate, empty
-audio) are DataSet.load's and read_checked_audio's. This adds what Kaldi's own tools need: spk2utt present
+The cross-checks stklia needs anyway (every utterance in utt2spk and feats.scp / wav.scp / segments, spk2utt
+agreeing, segments of recordings wav.scp has, files present) are kaldi.load_data_dir's; the reading checks
+(shape, non-finite values, sample rate, empty audio, segments inside their recordings) are DataSet.load's and
+Recording's. This adds what Kaldi's own tools need: spk2utt present
 and exactly utt2spk inverted, every table sorted (C locale) with unique keys, utt2spk sorted by speaker too
 (utterance ids prefixed by their speaker's), the optional tables naming the same utterances or speakers, and
 utterances no shorter than `min_frames`. The first problem is an InputError naming the file and line.
@@ -22,6 +23,7 @@ from stklia.core.config import CONF_DIR, build
 from stklia.core.errors import InputError
 from stklia.core.progress import progress_bar
 from stklia.data.kaldi import DataSet, Featurizer, load_data_dir
+from stklia.data.manifests import is_manifest
 from stklia.data.tables import read_table
 
 # optional tables, keyed by utterance or by speaker, as utils/validate_data_dir.sh checks them
@@ -75,9 +77,6 @@ def check_same_keys(path: Path, keys: list[str], expected: Iterable[str], what: 
 
 def check_kaldi_tables(path: Path, data: DataSet, speaker_sort: bool = True) -> None:
     """What Kaldi's tools need beyond what stklia does (see the module docstring)."""
-    if (path / "segments").exists():
-        raise InputError(path / "segments", "not supported: stklia reads whole recordings (cut the segments into "
-                         "files of their own, e.g. with Kaldi's extract-segments, and list those in wav.scp)")
     utt2spk = path / "utt2spk"
     check_sorted_keys(utt2spk)
     if speaker_sort:
@@ -99,7 +98,11 @@ def check_kaldi_tables(path: Path, data: DataSet, speaker_sort: bool = True) -> 
         if utts != by_speaker.get(spk, []):
             raise InputError(spk2utt, f"the utterances of speaker '{spk}' are not those of utt2spk in its order "
                              "(utils/utt2spk_to_spk2utt.pl makes spk2utt)", lineno)
-    for name in ("feats.scp", *PER_UTTERANCE):
+    per_utterance = ("feats.scp", *PER_UTTERANCE)
+    if data.segments:  # wav.scp lists recordings, which segments cut into utterances
+        check_sorted_keys(path / "wav.scp")
+        per_utterance = ("segments", *(name for name in per_utterance if name != "wav.scp"))
+    for name in per_utterance:
         if (path / name).exists():
             check_same_keys(path / name, check_sorted_keys(path / name), data.utts, "utterances")
     for name in PER_SPEAKER:
@@ -134,10 +137,12 @@ def read_every_utterance(data: DataSet, min_frames: int, features_per_frame: int
 def check_data_dir(path: str | os.PathLike, features: Featurizer | None = None, *, min_frames: int = 10,
                    features_per_frame: int | None = None, speaker_sort: bool = True,
                    progress: bool = True) -> Summary:
-    """Check one Kaldi data dir (its tables, then every utterance); what it holds."""
+    """Check one Kaldi data dir (its tables, then every utterance; a lhotse manifest: every utterance); what it
+    holds."""
     path = Path(path)
     data = load_data_dir(path, features)
-    check_kaldi_tables(path, data, speaker_sort)
+    if not is_manifest(path):
+        check_kaldi_tables(path, data, speaker_sort)
     return read_every_utterance(data, min_frames, features_per_frame, progress, desc=path.name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -72,11 +73,12 @@ class TrainingCrops(Dataset):
     def __getitems__(self, items: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int] | AudioCrop]:
         """The items of a batch (a DataLoader asks for them together): on the CPU path the front end computes the
         features of its audio items together (stklia.data.frontend.FrontEnd)."""
-        made = [self._item(item) for item in items]
-        audio = [i for i, item in enumerate(made) if isinstance(item, AudioCrop)]
-        if self.on_device or not audio:
-            return made
-        feats = self.frontend(AudioBatch.collate([made[i] for i in audio]))
+        with one_torch_thread():  # as in a loader worker: float sums in the order of one thread, whatever the process
+            made = [self._item(item) for item in items]
+            audio = [i for i, item in enumerate(made) if isinstance(item, AudioCrop)]
+            if self.on_device or not audio:
+                return made
+            feats = self.frontend(AudioBatch.collate([made[i] for i in audio]))
         for row, i in enumerate(audio):
             made[i] = feats[row], made[i].label
         return made
@@ -145,6 +147,22 @@ class TrainingCrops(Dataset):
         if batch.slot is not None:  # only a worker of training_loader, which made self.slots, gives one
             self.slots.release(batch.slot)
             batch.slot = None
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread within: a batch's features are then the same in the training process (num_workers=0)
+    as in a loader worker (one thread), whose kernels split their sums otherwise (batches differed in the 5th
+    digit), so a run resumed with other num_workers stays exact."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def one_thread_per_worker(worker_id: int) -> None:

@@ -1,4 +1,4 @@
-"""Kaldi data directories (feats.scp or wav.scp, utt2spk, spk2utt), read and cross-checked.
+"""Kaldi data directories (feats.scp or wav.scp, optionally segments; utt2spk, spk2utt), read and cross-checked.
 
 Every problem in a user's file is raised as an InputError naming the file and line, so a
 run fails at start-up with one clear line instead of deep inside training. Nothing here imports torch: the
@@ -17,7 +17,9 @@ import kaldiio
 import numpy as np
 
 from stklia.core.errors import InputError
-from stklia.data.audio import Recording, first_non_finite
+from stklia.data.audio import Recording, Segment, first_non_finite
+from stklia.data.entries import check_files_exist, read_audio_entries
+from stklia.data.manifests import is_manifest, read_manifest
 from stklia.data.rxfilename import parse_rxfilename
 from stklia.data.tables import read_mapping, read_table
 
@@ -49,16 +51,19 @@ class DataSet:
     """Utterances of one or several merged Kaldi data directories, sorted by utterance id.
 
     `feats` maps each utterance to its feats.scp entry, or to its wav.scp entry for the
-    utterances in `audio` (directories without feats.scp), whose features `features` computes.
+    utterances in `audio` (directories without feats.scp), whose features `features` computes. An utterance of a
+    dir with a `segments` file is a time span of its recording: `feats` maps it to the recording's wav.scp entry,
+    `segments` to the span.
     """
 
     utts: list[str]
     utt2spk: dict[str, str]
     feats: dict[str, str]
-    # where each utterance is declared: (feats.scp or wav.scp path, line), for error messages
+    # where each utterance is declared: (feats.scp, wav.scp or segments path, line), for error messages
     origin: dict[str, tuple[Path, int]] = field(repr=False)
     audio: set[str] = field(default_factory=set, repr=False)
     features: Featurizer | None = field(default=None, repr=False)
+    segments: dict[str, Segment] = field(default_factory=dict, repr=False)
 
     @property
     def speakers(self) -> list[str]:
@@ -69,10 +74,16 @@ class DataSet:
         index = {spk: i for i, spk in enumerate(self.speakers)}
         return np.array([index[self.utt2spk[u]] for u in self.utts], dtype=np.int64)
 
+    def source(self, utt: str) -> str:
+        """What an utterance reads: its entry, and its segment's recording and times where it is one."""
+        segment = self.segments.get(utt)
+        return self.feats[utt] if segment is None else f"{self.feats[utt]} [{segment}]"
+
     def open_audio(self, utt: str) -> Recording:
         """An audio utterance opened to read windows of its int16-scaled samples, at the featurizer's sample rate."""
         path, line = self.origin[utt]
-        return Recording(self.feats[utt], self.features.sample_rate, path, line, f"audio of '{utt}'")
+        return Recording(self.feats[utt], self.features.sample_rate, path, line, f"audio of '{utt}'",
+                         self.segments.get(utt))
 
     def read_audio(self, utt: str) -> np.ndarray:
         """All the int16-scaled samples of an audio utterance."""
@@ -118,50 +129,54 @@ def _check_spk2utt(path: Path, utt2spk: dict[str, str], utt2spk_path: Path) -> N
         raise InputError(path, f"utterance '{missing}' of {utt2spk_path} is missing")
 
 
-def _check_files_exist(scp: Path, entries: dict[str, str], lines: dict[str, int], kind: str) -> None:
-    """Every file an scp's entries read (not pipes) exists; each is checked once."""
-    checked: set[Path] = set()
-    for utt, rx in entries.items():
-        path = parse_rxfilename(rx).path
-        if path is None or path in checked:
-            continue
-        if not (Path.cwd() / path).is_file():  # a relative path is relative to where the command runs
-            raise InputError(scp, f"{kind} file '{Path.cwd() / path}' does not exist", lines[utt])
-        checked.add(path)
-
-
 def load_data_dir(path: PathLike, features: Featurizer | None = None) -> DataSet:
     """Read and cross-check one Kaldi data directory.
 
-    Its feats.scp is read when present; otherwise its wav.scp is, and `features` computes the
-    features of its audio.
+    Its feats.scp is read when present; otherwise its wav.scp is (with its segments file, when there is one:
+    utterances are then time spans of wav.scp's recordings), and `features` computes the features of its audio.
+    `path` may also be a lhotse manifest (stklia.data.manifests), read as audio.
     """
     path = Path(path)
+    if is_manifest(path):
+        return _manifest_data(path, features)
     if not path.is_dir():
         raise InputError(path, "no such data directory")
     feats_scp, utt2spk_path, spk2utt_path = path / "feats.scp", path / "utt2spk", path / "spk2utt"
     is_audio = not feats_scp.exists() and (path / "wav.scp").exists()
     if is_audio:
-        feats_scp = path / "wav.scp"
         if features is None:
-            raise InputError(feats_scp, "audio input (no feats.scp) needs a features config (data.features)")
+            raise InputError(path / "wav.scp", "audio input (no feats.scp) needs a features config (data.features)")
+        audio = read_audio_entries(path)
+        feats, origin, segments = audio.entries, audio.origin, audio.segments
+        feats_scp = path / ("segments" if (path / "segments").exists() else "wav.scp")
     elif not feats_scp.exists():
         raise InputError(feats_scp, "no such file (nor a wav.scp for audio input)")
-    feats, feat_lines = read_mapping(feats_scp, None)
+    else:
+        feats, feat_lines = read_mapping(feats_scp, None)
+        check_files_exist(feats_scp, feats, feat_lines, "feature")
+        origin, segments = {utt: (feats_scp, line) for utt, line in feat_lines.items()}, {}
     utt2spk, spk_lines = read_mapping(utt2spk_path, 2)
     if not feats:
         raise InputError(feats_scp, "empty: the data directory has no utterances")
     for utt, lineno in spk_lines.items():
         if utt not in feats:
             raise InputError(utt2spk_path, f"utterance '{utt}' is not in {feats_scp}", lineno)
-    for utt, lineno in feat_lines.items():
+    for utt, (_, lineno) in origin.items():
         if utt not in utt2spk:
             raise InputError(feats_scp, f"utterance '{utt}' is not in {utt2spk_path}", lineno)
     if spk2utt_path.exists():
         _check_spk2utt(spk2utt_path, utt2spk, utt2spk_path)
-    _check_files_exist(feats_scp, feats, feat_lines, "audio" if is_audio else "feature")
-    origin = {utt: (feats_scp, lineno) for utt, lineno in feat_lines.items()}
-    return DataSet(sorted(feats), utt2spk, feats, origin, set(feats) if is_audio else set(), features)
+    return DataSet(sorted(feats), utt2spk, feats, origin, set(feats) if is_audio else set(), features, segments)
+
+
+def _manifest_data(path: Path, features: Featurizer | None) -> DataSet:
+    if features is None:
+        raise InputError(path, "a lhotse manifest is audio: it needs a features config (data.features)")
+    audio, utt2spk = read_manifest(path)
+    if not audio.entries:
+        raise InputError(path, "empty: the manifest has no utterances")
+    return DataSet(sorted(audio.entries), utt2spk, audio.entries, audio.origin, set(audio.entries), features,
+                   audio.segments)
 
 
 def load_data(paths: PathLike | Sequence[PathLike], features: Featurizer | None = None) -> DataSet:
@@ -181,6 +196,7 @@ def load_data(paths: PathLike | Sequence[PathLike], features: Featurizer | None 
         merged.feats.update(part.feats)
         merged.origin.update(part.origin)
         merged.audio |= part.audio
+        merged.segments.update(part.segments)
     merged.utts = sorted(merged.feats)
     return merged
 

@@ -12,11 +12,13 @@ _ARK_OFFSET = re.compile(r"^(?P<path>.+):(?P<offset>\d+)(?P<slice>\[[^\]]*\])?$"
 
 @dataclass(frozen=True)
 class RxFilename:
-    """One parsed entry: `pipe` (a shell command), `stdin`, `ark` (a matrix at `offset` of `path`) or `file`."""
+    """One parsed entry: `pipe` (a shell command), `stdin`, `ark` (a member at `offset` of `path`) or `file`."""
 
     kind: str
     path: Path | None = None  # the file read (ark and file)
     command: str | None = None  # the shell command (pipe)
+    offset: int | None = None  # where the member starts in the ark (after its key)
+    sliced: bool = False  # an ark entry with a `[...]` range (of a matrix's rows or columns)
 
 
 @functools.lru_cache(maxsize=1 << 16)  # training reads the same entries again and again
@@ -28,5 +30,5 @@ def parse_rxfilename(rxfilename: str) -> RxFilename:
         return RxFilename("stdin")
     match = _ARK_OFFSET.match(rx)
     if match:
-        return RxFilename("ark", path=Path(match["path"]))
+        return RxFilename("ark", path=Path(match["path"]), offset=int(match["offset"]), sliced=bool(match["slice"]))
     return RxFilename("file", path=Path(rx))

@@ -166,7 +166,7 @@ class Embedder:
     def __call__(self, data: DataSet, utts: list[str] | None = None) -> np.ndarray:
         """Embeddings of `utts` of `data` (default: all of them), in that order."""
         utts = data.utts if utts is None else utts
-        key = tuple(data.feats[u] for u in utts)
+        key = tuple(data.source(u) for u in utts)
         if key not in self._embedded:
             self._embedded[key] = embed_utterances(self.generator, data, utts, self.settings)
         return self._embedded[key]

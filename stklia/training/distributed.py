@@ -40,11 +40,17 @@ class World:
     device: torch.device
     rank: int = 0
     size: int = 1
+    local_rank: int = 0  # the rank among the processes of this node
 
     @property
     def main(self) -> bool:
         """Rank 0 alone writes logs, checkpoints and TensorBoard, and validates."""
         return self.rank == 0
+
+    @property
+    def node_main(self) -> bool:
+        """Local rank 0 does what is done once per node (staging data to its disk)."""
+        return self.local_rank == 0
 
     def barrier(self) -> None:
         if self.size > 1:
@@ -167,7 +173,7 @@ def _in_group(fn: Callable[[World], float | None], device_setting: str) -> float
         logging.getLogger().setLevel(logging.WARNING)
     log.info("distributed run: %d processes (%s), rank 0 on %s", size, dist.get_backend(), device)
     try:
-        result = fn(World(device, rank, size))
+        result = fn(World(device, rank, size, local_rank))
         # Leave together: the other ranks would otherwise tear their group down while rank 0 still tests, and a
         # gloo process whose peers went away can abort at exit (seen once in a 2-process CPU run).
         dist.barrier()

@@ -32,7 +32,7 @@ from typing import NoReturn
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -44,7 +44,8 @@ from stklia.core.errors import InputError
 from stklia.core.progress import progress_bar
 from stklia.data.datasets import BatchSchedule, TrainingCrops, stop_workers, training_loader
 from stklia.data.kaldi import DataSet
-from stklia.data.splits import load_split, load_trial_split, prepare_data
+from stklia.data.splits import load_dirs, load_trial_split, prepare_data
+from stklia.data.staging import is_packed, stage, staged_path
 from stklia.data.trials import EvalData
 from stklia.evaluation.embeddings import Embedder, Extraction
 from stklia.evaluation.metrics import METRIC_DECIMALS
@@ -147,18 +148,50 @@ def load_run_data(cfg: DictConfig, world: World) -> RunData:
     if world.main:
         prepare_data(cfg.data, cfg.progress)
     world.barrier()
-    train_data = load_split(cfg.data, "train")
+    train_dirs, augment_cfg = stage_run_data(cfg, world)
+    train_data = load_dirs(train_dirs, cfg.data)
     speakers = train_data.speakers
     log.info("training data: %d utterances of %d speakers; %s, %d torch threads", len(train_data.utts), len(speakers),
              world.device, torch.get_num_threads())
     warn_about_pipes(train_data)
-    augment = build(cfg.augment) if cfg.get("augment") else None
+    augment = build(augment_cfg) if augment_cfg else None
     on_device = features_on_device(cfg.features_on_device, train_data, world)
     if train_data.audio:
         log.info("audio features and augmentation: %s", f"on the training device ({world.device})" if on_device
                  else "in the loader workers")
     crops = TrainingCrops(train_data, cfg.max_seq_len, cfg.data.cmn, augment, on_device)
     return RunData(crops, speakers, load_trial_split(cfg.data, "eval"), load_trial_split(cfg.data, "test"))
+
+
+def stage_run_data(cfg: DictConfig, world: World) -> tuple[list[str], DictConfig | None]:
+    """The training dirs and the augmentation config, with `data.stage_to`: the packed ones (stklia.pack) staged
+    to that node-local dir (data.staging) by one process per node, the others waiting for it, and the copies
+    used; a dir that is not packed is read where it is (said once)."""
+    train = list(cfg.data.train) if OmegaConf.is_list(cfg.data.train) else [cfg.data.train]
+    stage_to = cfg.data.get("stage_to")
+    if not stage_to:
+        return train, cfg.get("augment")
+    augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None
+    lists = [] if augment is None else [(augment["reverb"], "rirs")] if augment.get("reverb") else []
+    if augment is not None and augment.get("noise"):
+        lists += [(source, "list") for source in augment["noise"]["sources"].values()]
+    staged = []
+    for path in [*train, *(node[key] for node, key in lists)]:
+        if not is_packed(path):
+            log.warning("data.stage_to: %s is not packed (python -m stklia.pack): it is read where it is", path)
+            staged.append(path)
+            continue
+        if world.node_main:
+            stage(path, stage_to)
+        staged.append(str(staged_path(path, stage_to)))
+    world.barrier()  # the other processes of each node wait for its copies
+    for path in staged:
+        if not Path(path, "wav.scp").is_file():
+            raise InputError("data.stage_to", f"{path} was not staged on this node: is {stage_to} node-local to all "
+                             "the processes of a node?")
+    for (node, key), path in zip(lists, staged[len(train) :]):
+        node[key] = path
+    return staged[: len(train)], OmegaConf.create(augment) if augment is not None else None
 
 
 def features_on_device(setting: str | bool, data: DataSet, world: World) -> bool:

@@ -90,7 +90,7 @@ def _stored(path: Path, record: dict[str, Any], load: Callable[[Path], T], fit: 
 
 def data_record(data: DataSet) -> dict[str, Any]:
     """What identifies a data set: its directories, size and a digest of its utterances, speakers and entries."""
-    digest = hashlib.sha256("\n".join(f"{u} {data.utt2spk[u]} {data.feats[u]}" for u in data.utts).encode())
+    digest = hashlib.sha256("\n".join(f"{u} {data.utt2spk[u]} {data.source(u)}" for u in data.utts).encode())
     return {"dirs": sorted({str(path.parent) for path, _ in data.origin.values()}), "utterances": len(data.utts),
             "speakers": len(data.speakers), "sha256": digest.hexdigest()}
 
