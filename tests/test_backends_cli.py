@@ -116,7 +116,7 @@ def test_normalised_cosine(trained: Path, demo_root: Path, embeddings, tmp_path:
         project = vectors @ np.diag(values**-0.5) @ vectors.T
     test = {u: project @ (e - mean) for u, e in embeddings["test"].items()}
     for summary in saved["results"]:
-        assert set(summary["files"]) == {"raw_scores", "det"}  # AS-norm off
+        assert set(summary["files"]) == {"raw_scores", "det", "quality"}  # AS-norm off
         pairs, scores = scores_of(Path(summary["files"]["raw_scores"]))
         np.testing.assert_allclose(scores, [cosine(test[a], test[b]) for a, b in pairs], atol=2e-5)
 
@@ -124,14 +124,24 @@ def test_normalised_cosine(trained: Path, demo_root: Path, embeddings, tmp_path:
 def test_the_training_data_is_embedded_once_for_normalisation_and_as_norm(trained: Path, demo_root: Path,
                                                                          tmp_path: Path) -> None:
     """The demo's AS-norm cohort is its training data, which scoring.data also names: one extraction serves both
-    (the progress lines of each extraction start at 0/<utterances>)."""
-    proc = run_stklia("test", f"model_dir={trained}", "scoring.normalize=mean", "scoring.data=train",
-                      f"cohort={demo_root / 'train'}", "asnorm_top_n=5", cwd=tmp_path)
-    results = json.loads(results_written(proc)[0].read_text())["results"]
-    assert all("asnorm_scores" in summary["files"] for summary in results)
+    (the progress lines of each extraction start at 0/<utterances>); a second test reuses the stored mean and the
+    cohort's stored speaker means, and embeds no training utterance at all."""
+    model_dir = Path(shutil.copytree(trained, tmp_path / "model", ignore=shutil.ignore_patterns("backends")))
     train = len(load_data_dir(demo_root / "train").utts)
-    starts = [line for line in proc.stderr.splitlines() if line.startswith("embeddings:") and "| 0/" in line]
-    assert sum(f"| 0/{train} " in line for line in starts) == 1, starts
+
+    def train_extractions() -> int:
+        proc = run_stklia("test", f"model_dir={model_dir}", "scoring.normalize=mean", "scoring.data=train",
+                          f"cohort={demo_root / 'train'}", "asnorm_top_n=5", cwd=tmp_path)
+        results = json.loads(results_written(proc)[0].read_text())["results"]
+        assert all("asnorm_scores" in summary["files"] for summary in results)
+        starts = [line for line in proc.stderr.splitlines() if line.startswith("embeddings:") and "| 0/" in line]
+        return sum(f"| 0/{train} " in line for line in starts)
+
+    assert train_extractions() == 1
+    stored = model_dir / "backends" / STEP / "cohort_train.npz"
+    record = json.loads(stored.with_suffix(".json").read_text())
+    assert record["data"]["speakers"] == len(load_data_dir(demo_root / "train").speakers)
+    assert train_extractions() == 0
 
 
 def test_statistics_are_refitted_when_the_data_changes(demo_root: Path, tmp_path: Path) -> None:
@@ -195,7 +205,7 @@ def test_calibrate_command(trained: Path, demo_root: Path, tmp_path: Path) -> No
     record = json.loads((results / "test_noisy_trials.calibrated.json").read_text())
     labels = read_trials(fit_trials, None).labels
     reference = LinearCalibration.fit(scores_of(fit)[1], labels)
-    assert record["scale"] == pytest.approx(reference.scale, rel=1e-9)
+    assert record["weights"] == [pytest.approx(reference.weights[0], rel=1e-9)]
     assert record["offset"] == pytest.approx(reference.offset, rel=1e-9, abs=1e-12)
     for summary, source in zip(record["results"], (fit, other)):
         out = source.with_name(source.name.replace(".scores", ".calibrated.scores"))
@@ -203,7 +213,7 @@ def test_calibrate_command(trained: Path, demo_root: Path, tmp_path: Path) -> No
         pairs, raw = scores_of(source)
         calibrated_pairs, calibrated = scores_of(out)
         assert calibrated_pairs == pairs
-        np.testing.assert_allclose(calibrated, record["scale"] * raw + record["offset"], atol=1e-5)
+        np.testing.assert_allclose(calibrated, record["weights"][0] * raw + record["offset"], atol=1e-5)
         assert summary["calibrated_eer"] == pytest.approx(summary["eer"])  # a monotonic map
         assert summary["calibrated_cllr"] == pytest.approx(compute_cllr(calibrated, read_trials(
             summary["trials"], None).labels), abs=1e-4)
@@ -215,7 +225,7 @@ def test_calibrate_command(trained: Path, demo_root: Path, tmp_path: Path) -> No
     run_stklia("calibrate", f"fit.scores={fit}", f"fit.trials={fit_trials}", "prior=0.01", "name=p01", cwd=tmp_path)
     other_record = json.loads((results / "test_noisy_trials.p01.json").read_text())
     reference = LinearCalibration.fit(scores_of(fit)[1], labels, prior=0.01)
-    assert (other_record["scale"], other_record["prior"]) == (pytest.approx(reference.scale, rel=1e-9), 0.01)
+    assert (other_record["weights"], other_record["prior"]) == ([pytest.approx(reference.weights[0], rel=1e-9)], 0.01)
     assert (results / "test_noisy_trials.p01.scores").is_file()
     assert (results / "test_trials.calibrated.scores").read_text() == first
     assert list(tmp_path.iterdir()) == []  # Hydra writes nothing of its own

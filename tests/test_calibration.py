@@ -42,12 +42,12 @@ def test_fit_matches_weighted_logistic_regression(prior: float) -> None:
     weights = np.where(labels == 1, prior / labels.sum(), (1 - prior) / (labels == 0).sum())
     reference = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(
         scores[:, None] / 40, labels, sample_weight=weights * len(labels))
-    assert cal.scale == pytest.approx(reference.coef_[0, 0] / 40, rel=1e-5)
+    assert cal.weights[0] == pytest.approx(reference.coef_[0, 0] / 40, rel=1e-5)
     assert cal.offset == pytest.approx(reference.intercept_[0] - math.log(prior / (1 - prior)), rel=1e-5, abs=1e-6)
     # and it is the minimum of the objective written out trial by trial
-    best = weighted_cross_entropy(cal.scale, cal.offset, scores, labels, prior)
+    best = weighted_cross_entropy(cal.weights[0], cal.offset, scores, labels, prior)
     for da, db in ((1e-4, 0), (-1e-4, 0), (0, 1e-3), (0, -1e-3)):
-        assert best < weighted_cross_entropy(cal.scale * (1 + da), cal.offset + db, scores, labels, prior)
+        assert best < weighted_cross_entropy(cal.weights[0] * (1 + da), cal.offset + db, scores, labels, prior)
 
 
 def test_fit_recovers_the_true_llr_of_gaussian_scores() -> None:
@@ -55,7 +55,7 @@ def test_fit_recovers_the_true_llr_of_gaussian_scores() -> None:
     scores, labels = gaussian_scores(rng, 400_000, 0.05)
     cal = LinearCalibration.fit(scores, labels, prior=0.5)
     # true llr = 2 (s - 0.3) / 1.5, whatever the proportion of targets
-    assert cal.scale == pytest.approx(2 / 1.5, rel=0.02)
+    assert cal.weights[0] == pytest.approx(2 / 1.5, rel=0.02)
     assert cal.offset == pytest.approx(-2 * 0.3 / 1.5, abs=0.03)
 
 
@@ -74,7 +74,7 @@ def test_calibration_transfers_to_another_list_and_approaches_min_cllr() -> None
 
 
 def test_round_trip_and_errors() -> None:
-    cal = LinearCalibration(2.5, -1.0, 0.01)
+    cal = LinearCalibration(("score",), (2.5,), -1.0, 0.01)
     assert LinearCalibration.from_dict(cal.to_dict()) == cal
     np.testing.assert_array_equal(cal([0.0, 2.0]), [-1.0, 4.0])
     with pytest.raises(ValueError, match="separate targets from non-targets perfectly"):

@@ -213,12 +213,13 @@ def test_evaluate_matches_one_trial_at_a_time(evaluated) -> None:
     def embed(d, utt):
         return alone(model, subtract_mean(d.load(utt)))
 
-    def models_of(d):
-        return {spk: loop_model([embed(d, u) for u in d.utts if d.utt2spk[u] == spk]) for spk in d.speakers}
+    def models_of(d, model=loop_model):
+        return {spk: model([embed(d, u) for u in d.utts if d.utt2spk[u] == spk]) for spk in d.speakers}
 
     test_emb = {u: embed(data, u) for u in data.utts}
     sides = {**test_emb, **models_of(enroll)}
-    cohort_models = list(models_of(cohort).values())
+    # a cohort speaker is one mean embedding (WeSpeaker's cohorts), an enrolled one the mean of unit embeddings
+    cohort_models = list(models_of(cohort, lambda embeddings: np.mean(embeddings, axis=0)).values())
     assert len(cohort_models) > 4  # top-4 is a real selection
     for result in results:
         trials = result.trials
@@ -260,9 +261,12 @@ def test_result_files(evaluated, tmp_path: Path) -> None:
         image = matplotlib.image.imread(tmp_path / f"{stem}.det.png")
         assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
-    header, *rows = [line.split() for line in format_results(summaries).splitlines()]
+    assert (tmp_path / "quality").is_file() and summaries[0]["files"]["quality"] == str(tmp_path / "quality")
+    header, rule, *rows = [[cell.strip() for cell in line.strip("|").split("|")]
+                           for line in format_results(summaries).splitlines()]
     columns = ["eer", "min_dcf@0.01", "min_dcf@0.05", "act_dcf@0.01", "act_dcf@0.05", "cllr", "min_cllr"]
-    assert header == ["trials", "scores", "n", *columns]
-    assert [row[:2] for row in rows] == [[s["trials"], kind] for s in summaries for kind in ("raw", "asnorm")]
-    for row, (summary, prefix) in zip(rows, [(s, p) for s in summaries for p in ("", "asnorm_")]):
+    assert header == ["trials", "scores", "n", *columns] and set("".join(rule)) == {"-"}
+    grouped = [summaries[0], summaries[2], summaries[1]]  # rows of one trial list together
+    assert [row[:2] for row in rows] == [[s["trials"], kind] for s in grouped for kind in ("raw", "asnorm")]
+    for row, (summary, prefix) in zip(rows, [(s, p) for s in grouped for p in ("", "asnorm_")]):
         assert row[3:] == [f"{summary[prefix + c]:.{2 if c == 'eer' else 4}f}" for c in columns]
