@@ -19,7 +19,7 @@ from scipy.special import ndtri
 from stklia.core.errors import InputError
 from stklia.data.features import subtract_mean
 from stklia.data.kaldi import load_data
-from stklia.data.trials import EvalData, Trials, read_trials
+from stklia.data.trials import EvalData, Trials, read_trials, trials_name
 from stklia.evaluation import metrics
 from stklia.evaluation.backends.normalize import unit
 from stklia.evaluation.backends.scorer import Scorer
@@ -267,6 +267,7 @@ def test_result_files(evaluated, tmp_path: Path) -> None:
     columns = ["eer", "min_dcf@0.01", "min_dcf@0.05", "act_dcf@0.01", "act_dcf@0.05", "cllr", "min_cllr"]
     assert header == ["trials", "scores", "n", *columns] and set("".join(rule)) == {"-"}
     grouped = [summaries[0], summaries[2], summaries[1]]  # rows of one trial list together
-    assert [row[:2] for row in rows] == [[s["trials"], kind] for s in grouped for kind in ("raw", "asnorm")]
+    kinds = ("raw", "asnorm")
+    assert [row[:2] for row in rows] == [[trials_name(s["trials"]), kind] for s in grouped for kind in kinds]
     for row, (summary, prefix) in zip(rows, [(s, p) for s in grouped for p in ("", "asnorm_")]):
         assert row[3:] == [f"{summary[prefix + c]:.{2 if c == 'eer' else 4}f}" for c in columns]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stklia.core.atomic import atomic_output, file_stem, write_json
-from stklia.data.trials import Trials
+from stklia.data.trials import Trials, trials_name
 from stklia.evaluation.metrics import METRIC_DECIMALS
 from stklia.evaluation.quality import QUALITY_FILE
 from stklia.evaluation.scores import write_scores
@@ -137,8 +137,9 @@ def format_results(summaries: Sequence[Mapping[str, Any]], systems: Sequence[str
     for i, summary in enumerate(summaries):
         for kind, metrics in kind_metrics(summary).items():
             columns = columns or list(metrics)
+            system = [systems[i]] if systems is not None else []
             lists.setdefault(summary["trials"], []).append(
-                [summary["trials"], *([systems[i]] if systems is not None else []), kind, str(summary["num_trials"]),
+                [trials_name(summary["trials"]), *system, kind, str(summary["num_trials"]),
                  *(f"{metrics[c]:.2f}" if c.endswith("eer") else f"{metrics[c]:.4f}" for c in columns)])
     header = ["trials", *(["system"] if systems is not None else []), "scores", "n", *columns]
     rows = [row for group in lists.values() for row in group]
