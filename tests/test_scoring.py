@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 from pathlib import Path
 
 import matplotlib.image
@@ -20,7 +21,7 @@ from stklia.core.errors import InputError
 from stklia.data.features import subtract_mean
 from stklia.data.kaldi import load_data
 from stklia.data.trials import EvalData, Trials, read_trials, trials_name
-from stklia.evaluation import metrics
+from stklia.evaluation import metrics, scoring
 from stklia.evaluation.backends.normalize import unit
 from stklia.evaluation.backends.scorer import Scorer
 from stklia.evaluation.det import MAX_POINTS, det_curve, det_figure
@@ -100,6 +101,26 @@ def test_asnorm_worked_example() -> None:
     np.testing.assert_allclose(asnorm_stats(table, cohort, top_n=100)[0], [0.15, 0.45], atol=1e-12)
     with pytest.raises(ValueError, match="at least 2"):
         asnorm_stats(table, cohort, top_n=1)
+
+
+def test_asnorm_memory_is_bounded_by_its_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cohort scores are computed ASNORM_CHUNK_BYTES at a time: what asnorm_stats allocates (numpy's
+    allocations, traced) stays near that bound, not the (rows x cohort) matrix, and the statistics do not change."""
+    rng = np.random.default_rng(3)
+    table = unit(rng.normal(size=(3000, 16))).astype(np.float32)
+    cohort = unit(rng.normal(size=(4000, 16))).astype(np.float32)
+    whole = asnorm_stats(table, cohort, 50, chunk=len(table))  # one chunk: the 48 MB matrix of all scores
+    monkeypatch.setattr(scoring, "ASNORM_CHUNK_BYTES", 2**20)
+    tracemalloc.start()
+    try:
+        chunked = asnorm_stats(table, cohort, 50)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    for a, b in zip(chunked, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # 1 MiB of scores, the transposed cohort (256 kB), the outputs (48 kB) and a chunk's top 50 in float64
+    assert peak < 2**20 + cohort.nbytes + 2 * 8 * len(table) + 8 * 50 * (2**20 // (4 * len(cohort))) + 2**17
 
 
 def test_asnorm_matches_an_independent_loop() -> None:

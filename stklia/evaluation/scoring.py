@@ -90,9 +90,11 @@ def asnorm_stats(table: np.ndarray, cohort: np.ndarray, top_n: int, chunk: int |
     cohort_t = cohort.T.astype(table.dtype)
     chunk = chunk or max(1, ASNORM_CHUNK_BYTES // (cohort_t.itemsize * len(cohort)))
     kth = len(cohort) - top_n
+    buffer = np.empty((min(chunk, len(table)), len(cohort)), dtype=table.dtype)  # the one chunk of scores
     for start in range(0, len(table), chunk):
-        s = table[start : start + chunk] @ cohort_t
-        s.partition(kth, axis=1)  # in place: the top_n largest last, no second chunk-sized array
+        rows = table[start : start + chunk]
+        s = np.matmul(rows, cohort_t, out=buffer[: len(rows)])
+        s.partition(kth, axis=1)  # in place: the top_n largest last
         top = s[:, kth:].astype(np.float64)
         mean[start : start + chunk] = top.mean(axis=1)
         std[start : start + chunk] = top.std(axis=1)
