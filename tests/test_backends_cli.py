@@ -23,7 +23,7 @@ from stklia.evaluation.backends.plda import PldaBackend
 from stklia.evaluation.calibration import LinearCalibration
 from stklia.evaluation.metrics import compute_cllr
 
-from conftest import TINY_TRAINING, demo_data_overrides, results_written, run_stklia
+from conftest import TINY_TRAINING, demo_data_overrides, results_written, run_stklia, table_rows
 
 STEP = "step_00000006"
 
@@ -248,9 +248,7 @@ def test_back_ends_adapted_to_unlabelled_data(trained: Path, demo_root: Path, em
 
 def markdown_rows(text: str) -> list[list[str]]:
     """The body rows of the markdown tables in a command's output."""
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("|") and not line.startswith("|-")]
-    return [row for row in rows if row[0] != "trials"]
+    return [row for row in table_rows(text) if row[0] != "trials"]
 
 
 def test_one_test_compares_back_ends_calibrated_with_qmf_and_fused(trained: Path, demo_root: Path, embeddings,
@@ -265,7 +263,7 @@ def test_one_test_compares_back_ends_calibrated_with_qmf_and_fused(trained: Path
     cosine_summary, plda_summary, fused_summary = (json.loads(Path(path).read_text()) for path in wrote)
     assert Path(wrote[1]).name.endswith("-plda-lda4.json") and Path(wrote[2]).name.endswith(
         "-fused-cosine_plda-lda4.json")
-    kinds = ["raw", "asnorm", "calibrated", "qmf"]
+    kinds = ["raw", "asnorm", "asnorm_calibrated", "asnorm_qmf"]
     expected = [[name, system, kind] for name in ("test/trials", "test_noisy/trials")
                 for system, system_kinds in (("cosine", kinds), ("plda-lda4", kinds), ("fused", ["fused"]))
                 for kind in system_kinds]
@@ -297,25 +295,26 @@ def test_one_test_compares_back_ends_calibrated_with_qmf_and_fused(trained: Path
                              for a, b in zip(trials.enroll, trials.test) for m in ("frames", "norm", "cohort_mean")])
         measures = measures.reshape(len(trials.labels), 6)
         measures[:, :2] = np.log(measures[:, :2])
-        for name, features in (("calibrated", fit_scores), ("qmf", np.column_stack([fit_scores, measures]))):
+        for name, features in (("asnorm_calibrated", fit_scores),
+                               ("asnorm_qmf", np.column_stack([fit_scores, measures]))):
             reference = LinearCalibration.fit(features, trials.labels)
             np.testing.assert_allclose(record[name]["weights"], reference.weights, rtol=1e-3, atol=1e-3)
             assert record[name]["columns"] == ["asnorm", *(f"{m}_{side}" for m in ("duration", "norm", "cohort_mean")
                                                             for side in ("min", "max"))][:len(reference.weights)]
         for result in summary["results"]:
             scores, _ = columns(result, "asnorm")
-            calibrated, _ = columns(result, "calibrated")
-            cal = record["calibrated"]
+            calibrated, _ = columns(result, "asnorm_calibrated")
+            cal = record["asnorm_calibrated"]
             np.testing.assert_allclose(calibrated, cal["weights"][0] * scores + cal["offset"], atol=2e-5)
         fitted = summary["results"][1]
-        assert fitted["qmf_cllr"] <= fitted["calibrated_cllr"] + 1e-4  # QMF can do all that calibration does
+        assert fitted["asnorm_qmf_cllr"] <= fitted["asnorm_calibrated_cllr"] + 1e-4  # QMF does all calibration does
     stacked = np.column_stack([columns(s["results"][1], "asnorm")[0] for s in (cosine_summary, plda_summary)])
     fused = fused_summary["scoring"]["calibration"]["fused"]
     reference = LinearCalibration.fit(stacked, read_trials(demo_root / "test_noisy" / "trials", None).labels)
     np.testing.assert_allclose(fused["weights"], reference.weights, rtol=1e-3, atol=1e-3)
     fitted = fused_summary["results"][1]
-    assert fitted["fused_cllr"] <= min(s["results"][1]["calibrated_cllr"] for s in (cosine_summary, plda_summary)
-                                       ) + 1e-4
+    assert fitted["fused_cllr"] <= min(s["results"][1]["asnorm_calibrated_cllr"]
+                                       for s in (cosine_summary, plda_summary)) + 1e-4
 
 
 @pytest.fixture(scope="module")

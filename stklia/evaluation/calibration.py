@@ -235,18 +235,20 @@ def calibrate_results(systems: Sequence[Sequence[TrialResult]], fit: int, qmf: S
                       p_targets: Sequence[float], where: str) -> tuple[list[dict[str, Any]], list[TrialResult]]:
     """`stklia.test`'s calibration: for each system (its results on every trial list), the map of its scores
     (AS-normalised when it has them) fitted on list `fit` and, with `qmf`, the map of its scores and quality
-    measures, added to its results as the kinds `calibrated` and `qmf`; with several systems, their fusion, as
-    results of their own (kind `fused`). Returns the maps (a record per system, then the fusion's) and the fused
-    results ([] for one system)."""
+    measures, added to its results as the kinds `<base>_calibrated` and `<base>_qmf` (base: asnorm or raw; the
+    files `<list>.<base>_calibrated.scores` are not those stklia.calibrate writes, `<list>[.asnorm].calibrated.scores`);
+    with several systems, their fusion, as results of their own (kind `fused`). Returns the maps (a record per
+    system, then the fusion's) and the fused results ([] for one system)."""
     labels = [result.trials.labels for result in systems[0]]
     records, finals = [], []
     for results in systems:
         kind = base_kind(results[0])
         finals.append([result.scores[kind] for result in results])
-        maps = {"calibrated": ([s[:, None] for s in finals[-1]], [kind])}
+        maps = {f"{kind}_calibrated": ([s[:, None] for s in finals[-1]], [kind])}
         if qmf:
             quality = [result.quality.features(result.trials, qmf) for result in results]
-            maps["qmf"] = ([np.column_stack([s, q]) for s, (q, _) in zip(finals[-1], quality)], [kind, *quality[0][1]])
+            maps[f"{kind}_qmf"] = ([np.column_stack([s, q]) for s, (q, _) in zip(finals[-1], quality)],
+                                   [kind, *quality[0][1]])
         record = {"fit": str(results[fit].trials.path)}
         for name, (features, columns) in maps.items():
             calibration, llrs = fitted_map(features, labels, fit, columns, prior, where)
