@@ -124,6 +124,12 @@ def results_written(proc: subprocess.CompletedProcess) -> tuple[Path, Path]:
     return summary, out
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The rows (header included) of the markdown tables in a command's output, cells stripped."""
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|") and not line.startswith("|-")]
+
+
 def kaldi_trial(line: str) -> str:
     """A `<1|0> <a> <b>` trial line in Kaldi's form, `<a> <b> target|nontarget`."""
     label, a, b = line.split()

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from stklia.data.kaldi import load_data_dir
-from stklia.data.trials import read_trials
+from stklia.data.trials import read_trials, trials_name
 from stklia.evaluation.metrics import compute_eer, compute_min_dcf
 from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
@@ -28,6 +28,7 @@ from conftest import (
     poison_features,
     results_written,
     run_stklia,
+    table_rows,
     without_module,
 )
 
@@ -109,10 +110,10 @@ def test_test_command_scores_enrollment_trials_with_asnorm(trained: Path, demo_r
                 "asnorm_top_n=3"]
     proc = run_stklia("test", f"model_dir={trained}", *replaced, "extraction.batch_frames=500", "progress=false",
                       cwd=tmp_path)
-    header, *rows = proc.stdout.strip().splitlines()[-6:-1]
-    assert header.split() == ["trials", "scores", "n", "eer", "min_dcf@0.01", "min_dcf@0.001", "act_dcf@0.01",
-                              "act_dcf@0.001", "cllr", "min_cllr"]
-    assert [r.split()[:2] for r in rows] == [[str(p), kind] for p in lists for kind in ("raw", "asnorm")]
+    header, *rows = table_rows(proc.stdout)
+    assert header == ["trials", "scores", "n", "eer", "min_dcf@0.01", "min_dcf@0.001", "act_dcf@0.01",
+                      "act_dcf@0.001", "cllr", "min_cllr"]
+    assert [r[:2] for r in rows] == [[trials_name(p), kind] for p in lists for kind in ("raw", "asnorm")]
     # other lists' results go under their own name: the training's own test results are kept as they were
     summary, out = results_written(proc)
     assert summary.parent == out.parent == trained / "results" and summary.name == f"{out.name}.json"
@@ -141,8 +142,8 @@ def test_test_command_reads_kaldi_trials(trained: Path, demo_root: Path, tmp_pat
     kaldi.write_text("".join(f"{kaldi_trial(line)}\n" for line in label_first.read_text().splitlines()))
     proc = run_stklia("test", f"model_dir={trained}", f"test_trials=[{label_first},{kaldi}]", "progress=false",
                       cwd=tmp_path)
-    rows = [line.split() for line in proc.stdout.strip().splitlines()[-5:-1]]  # each list raw, then AS-norm
-    assert [row[:2] for row in rows] == [[str(path), kind] for path in (label_first, kaldi)
+    rows = table_rows(proc.stdout)[1:]  # each list raw, then AS-norm
+    assert [row[:2] for row in rows] == [[trials_name(path), kind] for path in (label_first, kaldi)
                                          for kind in ("raw", "asnorm")]
     assert [row[1:] for row in rows[:2]] == [row[1:] for row in rows[2:]]
 

@@ -5,7 +5,9 @@
 * PLDA estimates against the simulation's true covariances as the sample grows, and against
   the data likelihood (scipy) of nearby parameters (EM ends at a maximum);
 * LDA against scipy's generalised symmetric eigensolver;
-* normalisation statistics against their definitions.
+* normalisation statistics against their definitions;
+* unsupervised adaptation against Kaldi's ivector-adapt-plda formulas written out here (a hand-worked 2-D case
+  and random models), and the recipe's and the normalisers' in-domain statistics against their definitions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from stklia.core.errors import InputError
 from stklia.evaluation.backends.arrays import save_arrays
 from stklia.evaluation.backends.lda import Lda
 from stklia.evaluation.backends.normalize import EmbeddingNormalizer
-from stklia.evaluation.backends.plda import Plda, PldaBackend
+from stklia.evaluation.backends.plda import Plda, PldaBackend, normalize_length
 
 DIM = 5
 
@@ -239,3 +241,104 @@ def test_bad_backend_files_name_the_file(tmp_path: Path) -> None:
     save_arrays(tmp_path / "mean_only.npz", mean=np.zeros(3))
     with pytest.raises(InputError, match=r"mean_only\.npz: missing array\(s\) plda_mean, plda_transform, plda_psi"):
         PldaBackend.load(tmp_path / "mean_only.npz")
+
+
+# --------------------------------------------------------------------------
+# Unsupervised adaptation to unlabelled in-domain data
+# --------------------------------------------------------------------------
+
+
+def kaldi_adapted(mean, between, within, x, within_scale=0.3, between_scale=0.7):
+    """PldaUnsupervisedAdaptor::UpdatePlda (Kaldi's src/ivector/plda.cc) in covariance terms: the adaptation
+    data's variance V, plus the outer product of its mean's offset from the model's (--mean-diff-scale=1), seen
+    where the model's total covariance T = W + B is unit (here by T^-1/2, the symmetric root: any whitening of T
+    gives the same result); in each eigendirection where it exceeds 1, within_scale of the excess is added to W and
+    between_scale to B, back in the input space; the model's mean becomes the data's."""
+    m = x.mean(axis=0)
+    variance = np.cov(x.T, bias=True) + np.outer(m - mean, m - mean)
+    root = scipy.linalg.sqrtm(within + between).real
+    white = np.linalg.solve(root, np.linalg.solve(root, variance).T)  # T^-1/2 V T^-1/2
+    values, vectors = np.linalg.eigh(white)
+    excess = root @ vectors @ np.diag(np.maximum(values - 1.0, 0.0)) @ vectors.T @ root
+    return m, between + between_scale * excess, within + within_scale * excess
+
+
+def test_plda_adaptation_hand_worked() -> None:
+    # W = I, B = diag(1, 0.5): T = diag(2, 1.5). In-domain data of mean 0 and covariance diag(3, 1): seen where T is
+    # unit, diag(1.5, 2/3): an excess of 0.5 along the first axis only, which is 0.5 * 2 = 1 in the input space;
+    # W gets 0.3 of it, B 0.7: W = diag(1.3, 1), B = diag(1.7, 0.5).
+    plda = Plda.from_covariances(np.zeros(2), np.diag([1.0, 0.5]), np.eye(2))
+    x = np.array([[6**0.5, 0], [-(6**0.5), 0], [0, 2**0.5], [0, -(2**0.5)]])
+    adapted = plda.adapt(x)
+    np.testing.assert_allclose(adapted.within, np.diag([1.3, 1.0]), atol=1e-12)
+    np.testing.assert_allclose(adapted.between, np.diag([1.7, 0.5]), atol=1e-12)
+    np.testing.assert_allclose(adapted.mean, 0, atol=1e-12)
+    # The recipe's scales (0.75, 0.25): W = diag(1.75, 1), B = diag(1.25, 0.5)
+    adapted = plda.adapt(x, 0.75, 0.25)
+    np.testing.assert_allclose(adapted.within, np.diag([1.75, 1.0]), atol=1e-12)
+    np.testing.assert_allclose(adapted.between, np.diag([1.25, 0.5]), atol=1e-12)
+
+
+@pytest.mark.parametrize("scales", [(0.3, 0.7), (0.75, 0.25), (1.0, 0.0)])
+def test_plda_adaptation_as_kaldi(model, scales: tuple[float, float]) -> None:
+    x, speakers = simulate(model, 150, seed=10)
+    plda = Plda.fit(x, speakers)
+    rng = np.random.default_rng(11)
+    # in-domain data: more variance in some directions, less in others, and a shifted mean
+    shift = rng.normal(size=(DIM, DIM)) * 0.4 + np.diag([1.6, 1.3, 0.7, 1.0, 1.2])
+    in_domain = simulate(model, 80, seed=12)[0] @ shift.T + 0.5
+    adapted = plda.adapt(in_domain, *scales)
+    mean, between, within = kaldi_adapted(plda.mean, plda.between, plda.within, in_domain, *scales)
+    np.testing.assert_allclose(adapted.mean, mean, atol=1e-10)
+    np.testing.assert_allclose(adapted.between, between, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(adapted.within, within, rtol=1e-8, atol=1e-10)
+    # Its LLRs are those of the adapted covariances' Gaussian densities, as any PLDA's.
+    enroll, test = in_domain[:3], in_domain[3]
+    expected = gaussian_llr(enroll, test, mean, between, within)
+    assert plda_llrs(adapted, [enroll], test[None])[0] == pytest.approx(expected, rel=1e-6)
+    # In-domain data no wider than the model in any direction changes nothing but the mean.
+    narrow = plda.mean + (x - x.mean(axis=0)) * 0.5
+    same = plda.adapt(narrow, *scales)
+    np.testing.assert_allclose(same.within, plda.within, atol=1e-10)
+    np.testing.assert_allclose(same.between, plda.between, atol=1e-10)
+
+
+def test_backend_adaptation_as_the_sre16_recipe(model) -> None:
+    x, speakers = simulate(model, 150, seed=13)
+    backend = PldaBackend.fit(x, speakers, lda_dim=3)
+    in_domain = simulate(model, 60, seed=14)[0] * 1.5 - 2.0
+    adapted = backend.adapt(in_domain, 0.75, 0.25)
+    # The recipe by hand: the in-domain mean subtracted (not the training one), the same LDA, length
+    # normalisation, then ivector-adapt-plda on those vectors.
+    np.testing.assert_allclose(adapted.projection.mean, in_domain.mean(axis=0), atol=1e-12)
+    np.testing.assert_array_equal(adapted.projection.projection, backend.projection.projection)
+    by_hand = normalize_length((in_domain - in_domain.mean(axis=0)) @ backend.projection.projection.T)
+    mean, between, within = kaldi_adapted(backend.plda.mean, backend.plda.between, backend.plda.within, by_hand,
+                                          0.75, 0.25)
+    np.testing.assert_allclose(adapted.plda.between, between, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(adapted.plda.within, within, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(adapted.plda.mean, mean, atol=1e-12)
+
+
+def test_normaliser_adaptation_uses_the_in_domain_statistics(model) -> None:
+    x, speakers = simulate(model, 100, seed=15)
+    in_domain = simulate(model, 50, seed=16)[0] @ np.diag([2.0, 1.0, 0.5, 1.0, 3.0]) + 1.0
+    mean = EmbeddingNormalizer.fit(x, "mean").adapt(in_domain)
+    np.testing.assert_allclose(mean(in_domain), in_domain - in_domain.mean(axis=0), atol=1e-12)
+    assert mean.projection is None
+    white = EmbeddingNormalizer.fit(x, "whiten").adapt(in_domain)(in_domain)
+    np.testing.assert_allclose(np.cov(white.T, bias=True), np.eye(DIM), atol=1e-9)
+    # whitenings differ by a rotation: cosines equal those of the in-domain data's symmetric whitening
+    centred = in_domain - in_domain.mean(axis=0)
+    symmetric = centred @ np.linalg.inv(scipy.linalg.sqrtm(np.cov(in_domain.T, bias=True)).real)
+    def cosines(a: np.ndarray) -> np.ndarray:
+        unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+        return unit @ unit.T
+    np.testing.assert_allclose(cosines(white), cosines(symmetric), atol=1e-9)
+    # after LDA (fitted on the labelled data): the in-domain data whitened within the same LDA subspace
+    fitted = EmbeddingNormalizer.fit(x, "whiten", speakers, lda_dim=2)
+    lda_white = fitted.adapt(in_domain)(in_domain)
+    np.testing.assert_allclose(np.cov(lda_white.T, bias=True), np.eye(2), atol=1e-9)
+    lda = Lda.fit(x, speakers, 2)(in_domain)
+    coefficients = np.linalg.lstsq(lda - lda.mean(axis=0), lda_white, rcond=None)[0]
+    np.testing.assert_allclose((lda - lda.mean(axis=0)) @ coefficients, lda_white, atol=1e-9)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 from pathlib import Path
 
 import matplotlib.image
@@ -19,8 +20,8 @@ from scipy.special import ndtri
 from stklia.core.errors import InputError
 from stklia.data.features import subtract_mean
 from stklia.data.kaldi import load_data
-from stklia.data.trials import EvalData, Trials, read_trials
-from stklia.evaluation import metrics
+from stklia.data.trials import EvalData, Trials, read_trials, trials_name
+from stklia.evaluation import metrics, scoring
 from stklia.evaluation.backends.normalize import unit
 from stklia.evaluation.backends.scorer import Scorer
 from stklia.evaluation.det import MAX_POINTS, det_curve, det_figure
@@ -100,6 +101,26 @@ def test_asnorm_worked_example() -> None:
     np.testing.assert_allclose(asnorm_stats(table, cohort, top_n=100)[0], [0.15, 0.45], atol=1e-12)
     with pytest.raises(ValueError, match="at least 2"):
         asnorm_stats(table, cohort, top_n=1)
+
+
+def test_asnorm_memory_is_bounded_by_its_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cohort scores are computed ASNORM_CHUNK_BYTES at a time: what asnorm_stats allocates (numpy's
+    allocations, traced) stays near that bound, not the (rows x cohort) matrix, and the statistics do not change."""
+    rng = np.random.default_rng(3)
+    table = unit(rng.normal(size=(3000, 16))).astype(np.float32)
+    cohort = unit(rng.normal(size=(4000, 16))).astype(np.float32)
+    whole = asnorm_stats(table, cohort, 50, chunk=len(table))  # one chunk: the 48 MB matrix of all scores
+    monkeypatch.setattr(scoring, "ASNORM_CHUNK_BYTES", 2**20)
+    tracemalloc.start()
+    try:
+        chunked = asnorm_stats(table, cohort, 50)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    for a, b in zip(chunked, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # 1 MiB of scores, the transposed cohort (256 kB), the outputs (48 kB) and a chunk's top 50 in float64
+    assert peak < 2**20 + cohort.nbytes + 2 * 8 * len(table) + 8 * 50 * (2**20 // (4 * len(cohort))) + 2**17
 
 
 def test_asnorm_matches_an_independent_loop() -> None:
@@ -213,12 +234,13 @@ def test_evaluate_matches_one_trial_at_a_time(evaluated) -> None:
     def embed(d, utt):
         return alone(model, subtract_mean(d.load(utt)))
 
-    def models_of(d):
-        return {spk: loop_model([embed(d, u) for u in d.utts if d.utt2spk[u] == spk]) for spk in d.speakers}
+    def models_of(d, model=loop_model):
+        return {spk: model([embed(d, u) for u in d.utts if d.utt2spk[u] == spk]) for spk in d.speakers}
 
     test_emb = {u: embed(data, u) for u in data.utts}
     sides = {**test_emb, **models_of(enroll)}
-    cohort_models = list(models_of(cohort).values())
+    # a cohort speaker is one mean embedding (WeSpeaker's cohorts), an enrolled one the mean of unit embeddings
+    cohort_models = list(models_of(cohort, lambda embeddings: np.mean(embeddings, axis=0)).values())
     assert len(cohort_models) > 4  # top-4 is a real selection
     for result in results:
         trials = result.trials
@@ -260,9 +282,13 @@ def test_result_files(evaluated, tmp_path: Path) -> None:
         image = matplotlib.image.imread(tmp_path / f"{stem}.det.png")
         assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
-    header, *rows = [line.split() for line in format_results(summaries).splitlines()]
+    assert (tmp_path / "quality").is_file() and summaries[0]["files"]["quality"] == str(tmp_path / "quality")
+    header, rule, *rows = [[cell.strip() for cell in line.strip("|").split("|")]
+                           for line in format_results(summaries).splitlines()]
     columns = ["eer", "min_dcf@0.01", "min_dcf@0.05", "act_dcf@0.01", "act_dcf@0.05", "cllr", "min_cllr"]
-    assert header == ["trials", "scores", "n", *columns]
-    assert [row[:2] for row in rows] == [[s["trials"], kind] for s in summaries for kind in ("raw", "asnorm")]
-    for row, (summary, prefix) in zip(rows, [(s, p) for s in summaries for p in ("", "asnorm_")]):
+    assert header == ["trials", "scores", "n", *columns] and set("".join(rule)) == {"-"}
+    grouped = [summaries[0], summaries[2], summaries[1]]  # rows of one trial list together
+    kinds = ("raw", "asnorm")
+    assert [row[:2] for row in rows] == [[trials_name(s["trials"]), kind] for s in grouped for kind in kinds]
+    for row, (summary, prefix) in zip(rows, [(s, p) for s in grouped for p in ("", "asnorm_")]):
         assert row[3:] == [f"{summary[prefix + c]:.{2 if c == 'eer' else 4}f}" for c in columns]

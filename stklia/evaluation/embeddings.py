@@ -34,6 +34,7 @@ from stklia.core.progress import progress_bar
 from stklia.data.datasets import Utterances, stop_workers
 from stklia.data.kaldi import DataSet
 from stklia.data.splits import load_named
+from stklia.evaluation.quality import QUALITY_FILE, Quality
 from stklia.modeldir.trained import load_trained
 from stklia.models.generator import Generator
 
@@ -122,8 +123,10 @@ def extraction_model(generator: Generator, device: torch.device) -> Generator:
 
 
 @torch.inference_mode()
-def embed_utterances(generator: Generator, data: DataSet, utts: list[str], settings: Extraction) -> np.ndarray:
-    """Embeddings (len(utts), emb_size) of whole utterances, with the generator in eval mode."""
+def embed_utterances(generator: Generator, data: DataSet, utts: list[str], settings: Extraction,
+                     frames: np.ndarray | None = None) -> np.ndarray:
+    """Embeddings (len(utts), emb_size) of whole utterances, with the generator in eval mode; `frames`, when given,
+    receives each utterance's number of feature frames (its duration, a quality measure: evaluation.quality)."""
     loaded = iter(DataLoader(Utterances(data, utts, settings.cmn), batch_size=None, num_workers=settings.num_workers))
     num_chunks = np.zeros(len(utts), dtype=np.int64)  # filled as the utterances are read
 
@@ -131,6 +134,8 @@ def embed_utterances(generator: Generator, data: DataSet, utts: list[str], setti
         for i, feats in enumerate(loaded):
             chunks = split_chunks(feats, settings.max_frames)
             num_chunks[i] = len(chunks)
+            if frames is not None:
+                frames[i] = len(feats)
             yield from ((i, chunk) for chunk in chunks)
 
     sums = np.zeros((len(utts), generator.emb_size), dtype=np.float64)
@@ -161,14 +166,22 @@ class Embedder:
 
     def __init__(self, generator: Generator, settings: Extraction):
         self.generator, self.settings = generator, settings
-        self._embedded: dict[tuple[str, ...], np.ndarray] = {}
+        self._embedded: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}  # embeddings and frames
 
     def __call__(self, data: DataSet, utts: list[str] | None = None) -> np.ndarray:
         """Embeddings of `utts` of `data` (default: all of them), in that order."""
+        return self._embed(data, utts)[0]
+
+    def frames(self, data: DataSet, utts: list[str] | None = None) -> np.ndarray:
+        """The number of frames of each of `utts`, as they were embedded."""
+        return self._embed(data, utts)[1]
+
+    def _embed(self, data: DataSet, utts: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
         utts = data.utts if utts is None else utts
         key = tuple(data.source(u) for u in utts)
         if key not in self._embedded:
-            self._embedded[key] = embed_utterances(self.generator, data, utts, self.settings)
+            frames = np.zeros(len(utts), dtype=np.int64)
+            self._embedded[key] = embed_utterances(self.generator, data, utts, self.settings, frames), frames
         return self._embedded[key]
 
 
@@ -202,8 +215,12 @@ def extract(cfg: DictConfig) -> None:
     trained = load_trained(cfg.model_dir, cfg.checkpoint)
     data, name = load_named(trained.config.data, cfg.data)
     device = resolve_device(cfg.device)
+    frames = np.zeros(len(data.utts), dtype=np.int64)
     emb = embed_utterances(trained.generator.to(device), data, data.utts,
-                           Extraction.of(cfg, device, trained.config.data.cmn))
+                           Extraction.of(cfg, device, trained.config.data.cmn), frames)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model_dir) / "embeddings" / name
-    for path in write_embeddings(out_dir, data.utts, emb, cfg.format):
+    written = write_embeddings(out_dir, data.utts, emb, cfg.format)
+    quality = out_dir / QUALITY_FILE  # the durations (and norms) quality-aware calibration reads
+    Quality(data.utts, {"frames": frames, "norm": np.linalg.norm(emb, axis=1)}).write(quality)
+    for path in [*written, quality]:
         print(f"wrote {path}")

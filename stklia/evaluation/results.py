@@ -1,6 +1,7 @@
 """The results of a test, written and read in one place: `<model_dir>/results/<name>.json` (a checkpoint's
 test: its step, scoring, replaced data and each trial list's summary) and, per trial list, `<name>/<list>.json`
-(its summary: trial list, number of trials, metrics, files), its score files and its DET plot.
+(its summary: trial list, number of trials, metrics, files), its score files and its DET plot, with the quality
+measures of the trials' sides (stklia.evaluation.quality).
 
 `stklia.test` and the end of training write them; `stklia.calibrate` writes its summaries in the same form;
 the leaderboard, TensorBoard's HParams and the sweeper read them here.
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stklia.core.atomic import atomic_output, file_stem, write_json
-from stklia.data.trials import Trials
+from stklia.data.trials import Trials, trials_name
 from stklia.evaluation.metrics import METRIC_DECIMALS
+from stklia.evaluation.quality import QUALITY_FILE
 from stklia.evaluation.scores import write_scores
 
 if TYPE_CHECKING:
@@ -69,10 +71,14 @@ def scores_file_name(stem: str, kind: str) -> str:
 
 
 def write_results(out_dir: Path, results: Sequence[TrialResult]) -> list[dict[str, Any]]:
-    """Per trial list in out_dir: score files, DET plot, results JSON. Returns the summaries (with file names)."""
+    """Per trial list in out_dir: score files, DET plot, results JSON; and the quality measures of the trials'
+    sides (`quality`). Returns the summaries (with file names)."""
+    quality = results[0].quality if results else None
+    if quality is not None:
+        quality.write(out_dir / QUALITY_FILE)
     summaries = []
     for result, stem in zip(results, list_names([r.trials for r in results])):
-        files = {}
+        files = {} if quality is None else {"quality": out_dir / QUALITY_FILE}
         for kind, scores in result.scores.items():
             files[f"{kind}_scores"] = out_dir / scores_file_name(stem, kind)
             write_scores(files[f"{kind}_scores"], result.trials, scores)
@@ -109,18 +115,35 @@ def latest_test(model_dir: Path) -> tuple[int | None, list[dict[str, Any]]]:
     return step, json.loads(tested[step].read_text())["results"]
 
 
-def format_results(summaries: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text table, one row per trial list and kind of scores (raw, asnorm), one column per metric."""
-    rows, columns = [], []
-    for r in summaries:
-        prefixes = {kind: "" if kind == "raw" else f"{kind}_"
-                    for kind in (k.removesuffix("_scores") for k in r["files"] if k.endswith("_scores"))}
-        columns = [k for k in metrics_of(r) if not any(prefix and k.startswith(prefix) for prefix in prefixes.values())]
-        for kind, prefix in prefixes.items():
-            rows.append([r["trials"], kind, str(r["num_trials"]),
-                         *(f"{r[prefix + c]:.2f}" if c.endswith("eer") else f"{r[prefix + c]:.4f}" for c in columns)])
-    header = ["trials", "scores", "n", *columns]
+def kind_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """A trial list's metrics by kind of scores (raw, asnorm, calibrated, ...: the kinds of its score files), each
+    metric key going to the kind of its longest prefix (`asnorm_eer` to asnorm, `eer` to raw)."""
+    kinds = [key.removesuffix("_scores") for key in summary["files"] if key.endswith("_scores")]
+    prefixes = sorted(((kind, "" if kind == "raw" else f"{kind}_") for kind in kinds), key=lambda kp: -len(kp[1]))
+    by_kind: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    for key, value in metrics_of(summary).items():
+        kind, prefix = next(((k, p) for k, p in prefixes if key.startswith(p)), (None, ""))
+        if kind is not None:
+            by_kind[kind][key.removeprefix(prefix)] = value
+    return by_kind
+
+
+def format_results(summaries: Sequence[Mapping[str, Any]], systems: Sequence[str] | None = None) -> str:
+    """A markdown table that compares systems, as the leaderboard compares runs: a row per trial list, system (the
+    name of each summary's back-end, when given) and kind of scores (raw, asnorm, calibrated, qmf, fused, ...), grouped
+    by trial list; a column per metric."""
+    lists: dict[str, list[list[str]]] = {}
+    columns: list[str] = []
+    for i, summary in enumerate(summaries):
+        for kind, metrics in kind_metrics(summary).items():
+            columns = columns or list(metrics)
+            system = [systems[i]] if systems is not None else []
+            lists.setdefault(summary["trials"], []).append(
+                [trials_name(summary["trials"]), *system, kind, str(summary["num_trials"]),
+                 *(f"{metrics[c]:.2f}" if c.endswith("eer") else f"{metrics[c]:.4f}" for c in columns)])
+    header = ["trials", *(["system"] if systems is not None else []), "scores", "n", *columns]
+    rows = [row for group in lists.values() for row in group]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in [header, *rows]]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)

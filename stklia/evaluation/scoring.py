@@ -14,9 +14,14 @@ of the speaker's embeddings, scored with its number of utterances.
 AS-norm (adaptive symmetric score normalisation; Cumani et al. 2011, Matejka et al. 2017):
 each side x of a trial is scored against every cohort speaker model; the mean mu_x and the
 standard deviation sd_x (population, ddof=0) of its top_n highest cohort scores normalise the
-raw score s as  0.5 * ((s - mu_a) / sd_a + (s - mu_b) / sd_b).  The cohort is the speaker
-models of a data directory (e.g. the training data), and top_n is capped at its size. With PLDA
-each side is scored as the test side against the cohort speakers enrolled with their utterances.
+raw score s as  0.5 * ((s - mu_a) / sd_a + (s - mu_b) / sd_b).  The cohort is a data directory
+(e.g. the training data) reduced to one mean embedding per speaker (stklia.evaluation.backends.cohort), and
+top_n is capped at its size. With PLDA each side is scored as the test side against the cohort speakers
+enrolled with their utterances. The cohort scores are computed a chunk of rows at a time, each chunk's
+scores at most ASNORM_CHUNK_BYTES, so memory stays bounded whatever the sizes of the cohort and the lists.
+
+Each evaluation also measures the sides of its trials (stklia.evaluation.quality): frames, embedding norms and,
+with AS-norm, the mean of their top cohort scores, which quality-aware calibration reads.
 """
 
 from __future__ import annotations
@@ -28,21 +33,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stklia.data.trials import EvalData, Trials
+from stklia.evaluation.backends.cohort import Cohort
 from stklia.evaluation.backends.scorer import Scorer
 from stklia.evaluation.embeddings import Embedder
 from stklia.evaluation.metrics import SortedTrials
+from stklia.evaluation.quality import Quality
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+# The cohort scores of a chunk of table rows: 64 MiB is about 2,800 rows against 6,000 float32 cohort models,
+# enough for matrix products at full speed, and a 1M-model cohort still runs (in chunks of 16 rows).
+ASNORM_CHUNK_BYTES = 64 * 2**20
+
 
 @dataclass
 class TrialResult:
-    """Scores of one trial list, in trial order, by kind ("raw", "asnorm"), and their metrics."""
+    """Scores of one trial list, in trial order, by kind ("raw", "asnorm", "calibrated", ...), their metrics, and
+    the quality measures of the sides of the evaluation's trials."""
 
     trials: Trials
     scores: dict[str, np.ndarray]
     metrics: dict[str, float]
+    quality: Quality | None = None
 
     def figure(self) -> Figure:
         from stklia.evaluation.det import det_figure  # imported here: matplotlib is slow to import, only plots need it
@@ -65,18 +78,24 @@ def trial_scores(enroll_table: np.ndarray, test_table: np.ndarray, left: np.ndar
     return scores
 
 
-def asnorm_stats(table: np.ndarray, cohort: np.ndarray, top_n: int, chunk: int = 4096
+def asnorm_stats(table: np.ndarray, cohort: np.ndarray, top_n: int, chunk: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (ddof=0) of each table row's top_n scores against the cohort rows
-    (`table`: test-side rows, `cohort`: enrollment-side rows)."""
+    (`table`: test-side rows, `cohort`: enrollment-side rows), `chunk` table rows at a time (default: as many as
+    ASNORM_CHUNK_BYTES of scores hold)."""
     top_n = min(top_n, len(cohort))
     if top_n < 2:
         raise ValueError(f"AS-norm needs a top-N of at least 2 cohort models, got {top_n}")
     mean, std = np.empty(len(table)), np.empty(len(table))
     cohort_t = cohort.T.astype(table.dtype)
+    chunk = chunk or max(1, ASNORM_CHUNK_BYTES // (cohort_t.itemsize * len(cohort)))
+    kth = len(cohort) - top_n
+    buffer = np.empty((min(chunk, len(table)), len(cohort)), dtype=table.dtype)  # the one chunk of scores
     for start in range(0, len(table), chunk):
-        s = table[start : start + chunk] @ cohort_t
-        top = np.partition(s, len(cohort) - top_n, axis=1)[:, len(cohort) - top_n :].astype(np.float64)
+        rows = table[start : start + chunk]
+        s = np.matmul(rows, cohort_t, out=buffer[: len(rows)])
+        s.partition(kth, axis=1)  # in place: the top_n largest last
+        top = s[:, kth:].astype(np.float64)
         mean[start : start + chunk] = top.mean(axis=1)
         std[start : start + chunk] = top.std(axis=1)
     return mean, std
@@ -105,11 +124,12 @@ def trial_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[fl
 
 
 def evaluate(embed: Embedder, eval_data: EvalData, p_targets: Sequence[float] = (0.01, 0.001),
-             scorer: Scorer | None = None) -> list[TrialResult]:
+             scorer: Scorer | None = None, cohort: Cohort | None = None) -> list[TrialResult]:
     """Embed what the trial lists name (each utterance once), score every list and measure it.
 
     With a cohort (and its asnorm_top_n), the scores are also AS-normalised and measured (metrics prefixed
-    `asnorm_`). `scorer`: the normalisation and back-end (default: cosine of the raw embeddings).
+    `asnorm_`). `scorer`: the normalisation and back-end (default: cosine of the raw embeddings). `cohort`: the
+    cohort's speaker means when they are at hand (stored), else they are computed from eval_data.cohort.
     """
     scorer = scorer or Scorer()
     lists = eval_data.trial_lists
@@ -117,24 +137,33 @@ def evaluate(embed: Embedder, eval_data: EvalData, p_targets: Sequence[float] = 
     lefts = set().union(*(t.enroll for t in lists))
     models = lefts & set(enroll.utt2spk.values()) if enroll is not None else set()
     utts = sorted((lefts - models).union(*(t.test for t in lists)))
-    rows, counts = [scorer.utterances(embed(eval_data.data, utts))], [np.ones(len(utts))]
+    emb = embed(eval_data.data, utts)
+    rows, counts = [scorer.utterances(emb)], [np.ones(len(utts))]
+    frames, norms = [embed.frames(eval_data.data, utts)], [np.linalg.norm(emb, axis=1)]
     names: list[str] = []
     if models:
         enroll_utts = [u for u in enroll.utts if enroll.utt2spk[u] in models]
-        names, model_rows, model_counts = scorer.speaker_models(embed(enroll, enroll_utts),
-                                                                [enroll.utt2spk[u] for u in enroll_utts])
+        speakers = [enroll.utt2spk[u] for u in enroll_utts]
+        enroll_emb = embed(enroll, enroll_utts)
+        names, model_rows, model_counts = scorer.speaker_models(enroll_emb, speakers)
         rows.append(model_rows)
         counts.append(model_counts)
+        speaker = np.searchsorted(names, speakers)  # names are sorted
+        frames.append(np.bincount(speaker, embed.frames(enroll, enroll_utts), len(names)))
+        norms.append(np.bincount(speaker, np.linalg.norm(enroll_emb, axis=1), len(names)) / model_counts)
     enroll_table, test_table = scorer.tables(np.concatenate(rows), np.concatenate(counts))
     test_index = {u: i for i, u in enumerate(utts)}
     enroll_index = {**test_index, **{s: len(utts) + i for i, s in enumerate(names)}}  # ids are unambiguous
+    measures = {"frames": np.concatenate(frames), "norm": np.concatenate(norms)}
 
     stats = None
     if eval_data.cohort is not None and eval_data.asnorm_top_n > 0:
-        cohort = eval_data.cohort
-        _, cohort_rows, cohort_counts = scorer.speaker_models(embed(cohort, cohort.utts),
-                                                              [cohort.utt2spk[u] for u in cohort.utts])
-        stats = asnorm_stats(test_table, scorer.tables(cohort_rows, cohort_counts)[0], eval_data.asnorm_top_n)
+        if cohort is None:
+            data = eval_data.cohort
+            cohort = Cohort.of(embed(data), [data.utt2spk[u] for u in data.utts])
+        stats = asnorm_stats(test_table, scorer.cohort_table(cohort), eval_data.asnorm_top_n)
+        measures["cohort_mean"] = stats[0]
+    quality = Quality([*utts, *names], measures)
 
     results = []
     for trials in lists:
@@ -145,5 +174,5 @@ def evaluate(embed: Embedder, eval_data: EvalData, p_targets: Sequence[float] = 
         metrics: dict[str, float] = {}
         for kind, s in scores.items():
             metrics.update(trial_metrics(s, trials.labels, p_targets, "" if kind == "raw" else f"{kind}_"))
-        results.append(TrialResult(trials, scores, metrics))
+        results.append(TrialResult(trials, scores, metrics, quality))
     return results

@@ -5,7 +5,8 @@ offset, so their angles are compressed; subtracting the mean embedding of a data
 training data, say) centres them first, as WeSpeaker does before cosine scoring. Whitening also
 makes that set's covariance unit, optionally after LDA (within-speaker covariance unit, then the
 result whitened). The statistics are computed once from the embeddings of a named data set,
-stored (``save``/``load``), and applied identically to every embedding scored.
+stored (``save``/``load``), and applied identically to every embedding scored. ``adapt`` moves them to
+unlabelled in-domain embeddings: their mean, and their whitening.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class EmbeddingNormalizer:
         centred = x - x.mean(axis=0)
         whiten = normalizing_transform(centred.T @ centred / len(x))
         return cls(mean, whiten if lda is None else whiten @ lda.transform)
+
+    def adapt(self, emb: np.ndarray) -> EmbeddingNormalizer:
+        """The same normalisation with the statistics of unlabelled in-domain embeddings: their mean and, when it
+        whitens, their whitening (after the labelled data's LDA, which unlabelled data cannot refit)."""
+        x = np.asarray(emb, dtype=np.float64)
+        mean = x.mean(axis=0)
+        if self.projection is None:
+            return type(self)(mean)
+        y = (x - mean) @ self.projection.T
+        return type(self)(mean, normalizing_transform(y.T @ y / len(y)) @ self.projection)
 
     def save(self, path: str | os.PathLike) -> None:
         save_arrays(path, mean=self.mean, projection=self.projection)

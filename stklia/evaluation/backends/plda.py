@@ -21,7 +21,14 @@ per-embedding noise e ~ N(0, W). What mirrors which Kaldi step:
   (optional, ``lda_dim``), ``ivector-normalize-length`` (norm sqrt(dim)), then the PLDA trained
   on the result; an enrolled speaker is the mean of their raw embeddings (``ivector-mean``),
   processed the same way and scored with n = their number of utterances (``--num-utts``).
-  Not mirrored: ``ivector-copy-plda --smoothing`` (the recipe uses 0) and PLDA adaptation.
+  Not mirrored: ``ivector-copy-plda --smoothing`` (the recipe uses 0).
+* ``Plda.adapt``: ``ivector-adapt-plda`` (``PldaUnsupervisedAdaptor``): unsupervised adaptation to unlabelled
+  in-domain vectors. Their total covariance (plus the outer product of their mean's offset from the model's
+  mean, ``--mean-diff-scale=1``) is compared with the model's, W + B, in the space where W + B is unit; in each
+  direction where it is larger, ``within_covar_scale`` (Kaldi's default 0.3) of the excess is added to W and
+  ``between_covar_scale`` (0.7) to B; the model's mean becomes theirs. ``PldaBackend.adapt`` does it as Kaldi's
+  SRE16 recipe (``egs/sre16/v2``): the in-domain mean replaces the training mean, the LDA is kept, and the
+  PLDA is adapted to the in-domain embeddings so preprocessed (the recipe's scales are 0.75 and 0.25).
 """
 
 from __future__ import annotations
@@ -90,6 +97,19 @@ class Plda:
             within = within_stats / len(x)  # sum of n - 1 per speaker from the scatter, plus 1 per speaker
         return cls.from_covariances(mean, between, within)
 
+    def adapt(self, x: np.ndarray, within_covar_scale: float = 0.3, between_covar_scale: float = 0.7) -> Plda:
+        """ivector-adapt-plda: the model adapted to unlabelled in-domain vectors x (preprocessed as its own)."""
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        centred, offset = x - mean, mean - self.mean
+        variance = centred.T @ centred / len(x) + np.outer(offset, offset)  # Kaldi's --mean-diff-scale=1
+        to_total = self.transform / np.sqrt(1.0 + self.psi)[:, None]  # W + B = I in this space
+        eigenvalues, vectors = np.linalg.eigh(to_total @ variance @ to_total.T)
+        back = np.linalg.inv(to_total) @ vectors
+        excess = (back * np.maximum(eigenvalues - 1.0, 0.0)) @ back.T  # in-domain variance beyond W + B
+        return Plda.from_covariances(mean, self.between + between_covar_scale * excess,
+                                     self.within + within_covar_scale * excess)
+
     @property
     def within(self) -> np.ndarray:
         """The within-speaker covariance W in the input space."""
@@ -145,6 +165,15 @@ class PldaBackend:
         lda = None if lda_dim is None else Lda.fit(x - mean, speakers, lda_dim).transform
         projection = EmbeddingNormalizer(mean, lda)
         return cls(projection, Plda.fit(normalize_length(projection(x)), speakers, num_em_iters))
+
+    def adapt(self, emb: np.ndarray, within_covar_scale: float = 0.3, between_covar_scale: float = 0.7
+              ) -> PldaBackend:
+        """Kaldi's SRE16 recipe's adaptation to unlabelled in-domain embeddings: their mean subtracted instead of
+        the training one, the same LDA, the PLDA adapted (Plda.adapt) to them so preprocessed."""
+        x = np.asarray(emb, dtype=np.float64)
+        projection = EmbeddingNormalizer(x.mean(axis=0), self.projection.projection)
+        vectors = normalize_length(projection(x))
+        return type(self)(projection, self.plda.adapt(vectors, within_covar_scale, between_covar_scale))
 
     def scoring_tables(self, emb: np.ndarray, counts: np.ndarray | int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Enrollment- and test-side tables (see Plda.scoring_tables) of raw embeddings or means of counts[i]."""

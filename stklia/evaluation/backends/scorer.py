@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stklia.evaluation.backends.cohort import Cohort
 from stklia.evaluation.backends.lda import speaker_statistics
 from stklia.evaluation.backends.normalize import EmbeddingNormalizer, unit
 from stklia.evaluation.backends.plda import PldaBackend
@@ -35,6 +36,10 @@ class Scorer:
         Kaldi's ivector-mean for PLDA) and their utterance counts."""
         names, counts, means, _ = speaker_statistics(self.utterances(emb), speakers)
         return names, means, counts
+
+    def cohort_table(self, cohort: Cohort) -> np.ndarray:
+        """Enrollment-side rows of the AS-norm cohort's speakers, each the model of its mean embedding."""
+        return self.tables(self.utterances(cohort.means), cohort.counts)[0]
 
     def tables(self, rows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(enrollment-side, test-side) tables whose row dot products are the scores; rows[i] stands for
