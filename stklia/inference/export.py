@@ -1,8 +1,15 @@
-"""`python -m stklia.export model_dir=DIR format=torchscript|onnx [checkpoint=...] [out=FILE]`.
+"""`python -m stklia.export model_dir=DIR format=torchscript|onnx [convention=stklia|wespeaker] [frontend=true]
+[checkpoint=...] [out=FILE]`.
 
 Writes a standalone generator, features (batch, frames, dims) -> embeddings (batch, emb_size),
 with the number of frames (and the batch size) dynamic and the training's mean normalisation
 built in. It needs neither stklia nor Hydra to run: `torch.jit.load` or onnxruntime.
+
+ONNX graphs follow a naming convention: stklia's (input `feats`, output `embedding`) or WeSpeaker's runtime's
+(input `feats` (batch, frames, dims), output `embs`, and the metadata sherpa-onnx's speaker embedding extractor
+reads: framework, sample_rate, output_dim, normalize_samples, feature_normalize_type), so that their runtimes run a
+stklia model. With `frontend=true` the graph takes waveforms instead, `wav` (batch, samples) in [-1, 1] at the
+model's sample rate, and computes the model's own front end.
 """
 
 from __future__ import annotations
@@ -16,16 +23,33 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from stklia.core.atomic import atomic_output
 from stklia.core.errors import InputError, require_extra
-from stklia.inference.model import StandaloneGenerator, load
+from stklia.data.features import LogMelFeatures
+from stklia.inference.model import SpeakerModel, StandaloneGenerator, load
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 # Shortest input exported models are traced and checked with: the ResNet halves frames 3 times.
 MIN_FRAMES = 8
+# (input, output) names of the ONNX graph by convention
+CONVENTIONS = {"stklia": ("feats", "embedding"), "wespeaker": ("feats", "embs")}
+WAVEFORM_INPUT = "wav"
+
+
+class WaveformGenerator(nn.Module):
+    """Waveforms (batch, samples) in [-1, 1] -> embeddings: the model's front end (no dither), its mean
+    normalisation and its generator, for an ONNX graph that needs no feature code around it."""
+
+    def __init__(self, features: LogMelFeatures, standalone: StandaloneGenerator):
+        super().__init__()
+        self.features, self.standalone = features, standalone
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.standalone(self.features.batch(wav * 32768))
 
 
 def export_torchscript(embedder: StandaloneGenerator, path: Path) -> None:
@@ -49,34 +73,65 @@ def quiet_onnx_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def export_onnx(embedder: StandaloneGenerator, path: Path, features_per_frame: int) -> None:
+def export_onnx(model: SpeakerModel, path: Path, convention: str = "stklia", frontend: bool = False) -> None:
+    """The ONNX graph of `model` in a naming convention (CONVENTIONS), features in or (frontend) waveforms in."""
+    input_name, output_name = CONVENTIONS[convention]
     # a batch of 2: traced with 1, an operation that treats size 1 specially (a convolution of a channel
     # slice, in ECAPA-TDNN's Res2Net) would fix the exported batch size at 1
-    example = torch.randn(2, 100, features_per_frame)
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("frames", min=MIN_FRAMES)}
+    if frontend:
+        module, input_name = WaveformGenerator(model.features, model.network).eval(), WAVEFORM_INPUT
+        shortest = model.features.num_samples(max(MIN_FRAMES, model.min_frames))
+        example = torch.randn(2, model.features.num_samples(100)) * 0.1
+        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=shortest)}
+    else:
+        module = model.network.eval()
+        example = torch.randn(2, 100, model.features_per_frame)
+        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("frames", min=max(MIN_FRAMES, model.min_frames))}
     with quiet_onnx_exporter():
-        program = torch.onnx.export(embedder.eval(), (example,), input_names=["feats"], output_names=["embedding"],
-                                    dynamic_shapes={"feats": dims}, dynamo=True, verbose=False)
+        program = torch.onnx.export(module, (example,), input_names=[input_name], output_names=[output_name],
+                                    dynamic_shapes={"feats" if not frontend else "wav": dims}, dynamo=True,
+                                    verbose=False)
+    if convention == "wespeaker":
+        program.model.metadata_props.update(sherpa_metadata(model))
     program.save(str(path))
 
 
+def sherpa_metadata(model: SpeakerModel) -> dict[str, str]:
+    """What sherpa-onnx's speaker embedding extractor reads of a WeSpeaker-convention graph: the samples it
+    computes features of are on the int16 scale (normalize_samples 0) unless the front end reads [-1, 1]; the
+    graph subtracts the features' mean itself, which the runtime may do again (it changes nothing)."""
+    scale = getattr(model.features, "sample_scale", 1.0) if model.features is not None else 1.0
+    return {"framework": "wespeaker", "output_dim": str(model.emb_size),
+            "sample_rate": str(model.features.sample_rate if model.features is not None else 16000),
+            "normalize_samples": "0" if scale == 1.0 else "1", "feature_normalize_type": "",
+            "language": "unknown", "comment": "exported by stklia", "url": ""}
+
+
 def export(model_dir: str | os.PathLike, fmt: str, checkpoint: str | int = "last",
-           out: str | os.PathLike | None = None) -> Path:
-    """Export a checkpoint's generator; default file `<model_dir>/export/generator<.pt|.onnx>`."""
+           out: str | os.PathLike | None = None, convention: str = "stklia", frontend: bool = False) -> Path:
+    """Export a checkpoint's generator; default file `<model_dir>/export/generator[-<convention>][-frontend]<.pt|
+    .onnx>`."""
     if fmt not in SUFFIXES:
         raise InputError("format", f"'{fmt}' is not one of {', '.join(SUFFIXES)}")
+    if convention not in CONVENTIONS:
+        raise InputError("convention", f"'{convention}' is not one of {', '.join(CONVENTIONS)}")
+    if fmt != "onnx" and (convention != "stklia" or frontend):
+        raise InputError("format", "convention= and frontend= are options of format=onnx")
     if fmt == "onnx":
         require_extra("export", "format=onnx", "onnx", "onnxscript")
     model = load(model_dir, checkpoint)
-    path = Path(out) if out else Path(model_dir) / "export" / f"generator{SUFFIXES[fmt]}"
+    if frontend and model.features is None:
+        raise InputError("frontend", "the model's config has no front end (data.features) to put in the graph")
+    name = "generator" + ("" if convention == "stklia" else f"-{convention}") + ("-frontend" if frontend else "")
+    path = Path(out) if out else Path(model_dir) / "export" / f"{name}{SUFFIXES[fmt]}"
     with atomic_output(path) as tmp:
         if fmt == "torchscript":
             export_torchscript(model.network, tmp)
         else:
-            export_onnx(model.network, tmp, model.features_per_frame)
+            export_onnx(model, tmp, convention, frontend)
     return path
 
 
 def export_model(cfg: DictConfig) -> None:
     """The command (stklia/conf/commands/export.yaml)."""
-    print(f"wrote {export(cfg.model_dir, cfg.format, cfg.checkpoint, cfg.out)}")
+    print(f"wrote {export(cfg.model_dir, cfg.format, cfg.checkpoint, cfg.out, cfg.convention, cfg.frontend)}")

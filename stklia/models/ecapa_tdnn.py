@@ -117,6 +117,8 @@ class ECAPATDNN(Generator):
         if padding not in ("zeros", "reflect"):
             raise InputError("model.padding", f"'{padding}' is not 'zeros' or 'reflect'")
         self.layer1 = TDNNLayer(features_per_frame, channels, kernel_size=5, padding=padding)
+        if padding == "reflect":  # reflection needs more frames than it pads (up to 4, dilation 4)
+            self.min_frames = 1 + max([2, *dilations])
         self.blocks = nn.ModuleList(SERes2Block(channels, 3, d, scale, se_channels, padding) for d in dilations)
         self.mfa = nn.Conv1d(channels * len(dilations), mfa_channels, kernel_size=1)
         self.relu = nn.ReLU(inplace=True)

@@ -113,6 +113,8 @@ class XVector(Generator):
             for i, o, k, d in zip(inputs, channels, kernel_sizes, dilations)
         )
         self.valid = frame_padding == "valid"
+        if self.valid:
+            self.min_frames = 1 + sum(layer.context for layer in self.frame_layers)
         self.pooling = build_pooling(pooling, channels[-1], pooling_options)
         self.segment6 = nn.Linear(self.pooling.out_channels, segment_channels)
         self.relu = nn.ReLU(inplace=True)
