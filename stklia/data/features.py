@@ -178,7 +178,8 @@ class Fbank(LogMelFeatures):
         # and y[0] set apart where the window is not 0 there. Frames are cut padded_window long, the window's zeros
         # past window_size pad them for the FFT (rfft's own padding is a copy as costly as the FFT itself on a CPU).
         p = self.preemphasis
-        padding = samples.new_zeros((len(samples), self.padded_window - self.window_size))
+        padding = samples.new_zeros((samples.shape[0], self.padded_window - self.window_size))  # shape: a dynamic
+        # batch in an exported graph (len() would fix it)
         emphasised = torch.cat([samples[:, :1], samples[:, 1:] - p * samples[:, :-1], padding], dim=1)
         frames = emphasised.unfold(1, self.padded_window, self.window_shift)
         means = samples.unfold(1, self.window_size, self.window_shift).mean(dim=2, keepdim=True) \

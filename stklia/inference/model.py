@@ -129,14 +129,16 @@ class SpeakerModel:
     def embed_batch(self, inputs: Sequence[Input], sample_rate: int | None = None,
                     features: bool = False) -> np.ndarray:
         """(len(inputs), emb_size) embeddings, batched as test and extract batch: equal to embedding them one by one."""
-        prepared = [self.prepared(self.features_of(x, sample_rate, features, input_name(x, i)), input_name(x, i))
-                    for i, x in enumerate(inputs)]
-        return embed_features(self._model, prepared, self.settings)
+        return self._embed([(x, input_name(x, i)) for i, x in enumerate(inputs)], sample_rate, features)
 
     def embed(self, x: Input, sample_rate: int | None = None, features: bool = False) -> np.ndarray:
         """The (emb_size,) embedding of one input: a path, a waveform (with sample_rate=) or, with features=True,
         a (frames, dims) feature matrix."""
-        return self.embed_batch([x], sample_rate, features)[0]
+        return self._embed([(x, input_name(x, None))], sample_rate, features)[0]
+
+    def _embed(self, named: list[tuple[Input, str]], sample_rate: int | None, features: bool) -> np.ndarray:
+        prepared = [self.prepared(self.features_of(x, sample_rate, features, name), name) for x, name in named]
+        return embed_features(self._model, prepared, self.settings)
 
     def embed_windows(self, x: Input, window: float = 1.5, hop: float = 0.75, sample_rate: int | None = None,
                       features: bool = False) -> tuple[np.ndarray, np.ndarray]:
