@@ -172,6 +172,10 @@ def embed_utterances(generator: Generator, data: DataSet, utts: list[str], setti
 
     def pieces() -> Iterator[tuple[int, torch.Tensor]]:
         for i, feats in enumerate(loaded):
+            if len(feats) < generator.min_frames:
+                path, line = data.origin[utts[i]]
+                raise InputError(path, f"'{utts[i]}' has {len(feats)} frames, the model needs at least "
+                                 f"{generator.min_frames}", line)
             chunks = split_chunks(feats, settings.max_frames)
             num_chunks[i] = len(chunks)
             yield from ((i, chunk) for chunk in chunks)
@@ -235,8 +239,8 @@ def write_embeddings(out_dir: str | os.PathLike, utts: list[str], emb: np.ndarra
     raise ValueError(f"unknown format '{fmt}', choose one of: {', '.join(FORMATS)}")
 
 
-def utterance_windows(data: DataSet, utt: str, window: float, hop: float, cmn: bool, frame_shift_ms: float
-                      ) -> Iterator[tuple[str, float, float, torch.Tensor]]:
+def utterance_windows(data: DataSet, utt: str, window: float, hop: float, cmn: bool, frame_shift_ms: float,
+                      min_frames: int = 1) -> Iterator[tuple[str, float, float, torch.Tensor]]:
     """(sub-segment key, start, end in seconds, features) of each window of an utterance: an audio utterance's
     windows of samples, each featurised as an utterance of its own; a feature utterance's windows of frames."""
     if utt in data.audio:
@@ -248,9 +252,10 @@ def utterance_windows(data: DataSet, utt: str, window: float, hop: float, cmn: b
         spans = window_spans(len(feats), round(window / shift), round(hop / shift))
         pieces = ((start * shift, end * shift, feats[start:end]) for start, end in spans)
     for start, end, feats in pieces:
-        if len(feats) == 0:
+        if len(feats) < min_frames:
             path, line = data.origin[utt]
-            raise InputError(path, f"window {start:.2f}-{end:.2f} s of '{utt}' is shorter than one frame", line)
+            raise InputError(path, f"window {start:.2f}-{end:.2f} s of '{utt}' has {len(feats)} frames, the model "
+                             f"needs at least {min_frames}", line)
         yield subsegment_key(utt, start, end), start, end, feature_tensor(subtract_mean(feats) if cmn else feats)
 
 
@@ -262,7 +267,8 @@ def extract_windows(generator: Generator, data: DataSet, settings: Extraction, w
     def windows() -> Iterator[torch.Tensor]:
         with progress_bar(data.utts, desc="windows", unit="utt", enabled=settings.progress, leave=False) as utts:
             for utt in utts:
-                for key, start, end, feats in utterance_windows(data, utt, window, hop, settings.cmn, frame_shift_ms):
+                for key, start, end, feats in utterance_windows(data, utt, window, hop, settings.cmn, frame_shift_ms,
+                                                                generator.min_frames):
                     segments.append((key, utt, start, end))
                     yield feats
 
