@@ -153,7 +153,7 @@ def window_spans(total: int, window: int, hop: int) -> list[tuple[int, int]]:
     if window < 1 or hop < 1:
         raise InputError("window", f"window ({window}) and hop ({hop}) must be at least one sample or frame")
     spans = [(0, min(window, total))]
-    while spans[-1][1] < total:
+    while spans[-1][1] < total and spans[-1][0] + hop < total:  # (a hop longer than the window leaves gaps)
         start = spans[-1][0] + hop
         spans.append((start, min(start + window, total)))
     return spans
