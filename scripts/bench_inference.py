@@ -113,7 +113,8 @@ def import_times(root: Path) -> list[tuple[str, int, float, float]]:
         files = make(root / f"{len(rows)}-published")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "stklia.import_model", f"source={source}", f"path={files}",
-                        f"model_dir={root / f'{len(rows)}-command'}"], check=True, capture_output=True, cwd=root)
+                        f"model_dir={root / f'{len(rows)}-command'}"], check=True, capture_output=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's stklia
         command = time.perf_counter() - start
         start = time.perf_counter()
         imported = read_published(source, files)
@@ -131,9 +132,13 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-imports", action="store_true")
+    parser.add_argument("--only", choices=("embeddings", "imports"), help="one of the two tables")
     args = parser.parse_args()
 
+    if args.only == "imports":
+        with tempfile.TemporaryDirectory() as tmp:
+            print_import_times(Path(tmp))
+        return
     rounds = []
     for r in range(args.rounds):
         seconds = np.random.default_rng(r).uniform(args.min_seconds, args.max_seconds, args.count)
@@ -163,12 +168,16 @@ def main() -> None:
             print(f"| WeSpeaker {name} | {parameters / 1e6:.2f} M | {args.count / best['loop']:.2f} | "
                   f"{args.count / best['batch']:.2f} | {best['loop'] / best['batch']:.2f} | {difference:.1e} |",
                   flush=True)
-        if args.skip_imports:
-            return
-        print("\n| published model | parameters | `python -m stklia.import_model` (s) | in process (s) |")
-        print("|---|---|---|---|")
-        for label, parameters, command, in_process in import_times(root):
-            print(f"| {label} | {parameters / 1e6:.2f} M | {command:.1f} | {in_process:.2f} |", flush=True)
+        if args.only != "embeddings":
+            print()
+            print_import_times(root)
+
+
+def print_import_times(root: Path) -> None:
+    print("| published model | parameters | `python -m stklia.import_model` (s) | in process (s) |")
+    print("|---|---|---|---|")
+    for label, parameters, command, in_process in import_times(root):
+        print(f"| {label} | {parameters / 1e6:.2f} M | {command:.1f} | {in_process:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
