@@ -174,7 +174,7 @@ def main() -> None:
 
 
 def print_import_times(root: Path) -> None:
-    print("| published model | parameters | `python -m stklia.import_model` (s) | in process (s) |")
+    print("| published model | values in its state | `python -m stklia.import_model` (s) | in process (s) |")
     print("|---|---|---|---|")
     for label, parameters, command, in_process in import_times(root):
         print(f"| {label} | {parameters / 1e6:.2f} M | {command:.1f} | {in_process:.2f} |", flush=True)
