@@ -48,7 +48,7 @@ class WaveformGenerator(nn.Module):
         super().__init__()
         self.features, self.standalone = features, standalone
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:  # the argument's name is the ONNX input's (WAVEFORM_INPUT)
         return self.standalone(self.features.batch(wav * 32768))
 
 
@@ -73,26 +73,34 @@ def quiet_onnx_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def export_onnx(model: SpeakerModel, path: Path, convention: str = "stklia", frontend: bool = False) -> None:
-    """The ONNX graph of `model` in a naming convention (CONVENTIONS), features in or (frontend) waveforms in."""
-    input_name, output_name = CONVENTIONS[convention]
+def export_onnx(embedder: StandaloneGenerator, path: Path, features_per_frame: int, convention: str = "stklia",
+                min_frames: int = MIN_FRAMES, metadata: dict[str, str] | None = None) -> None:
+    """The ONNX graph of a features-in generator, input and output named by the convention (CONVENTIONS)."""
     # a batch of 2: traced with 1, an operation that treats size 1 specially (a convolution of a channel
     # slice, in ECAPA-TDNN's Res2Net) would fix the exported batch size at 1
-    if frontend:
-        module, input_name = WaveformGenerator(model.features, model.network).eval(), WAVEFORM_INPUT
-        shortest = model.features.num_samples(max(MIN_FRAMES, model.min_frames))
-        example = torch.randn(2, model.features.num_samples(100)) * 0.1
-        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=shortest)}
-    else:
-        module = model.network.eval()
-        example = torch.randn(2, 100, model.features_per_frame)
-        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("frames", min=max(MIN_FRAMES, model.min_frames))}
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("frames", min=max(MIN_FRAMES, min_frames))}
+    save_onnx(embedder, torch.randn(2, 100, features_per_frame), "feats", dims, CONVENTIONS[convention][1], path,
+              metadata)
+
+
+def export_waveform_onnx(embedder: WaveformGenerator, path: Path, min_frames: int, convention: str = "stklia",
+                         metadata: dict[str, str] | None = None) -> None:
+    """The ONNX graph of a waveform-in generator (`wav`: batch, samples), its output named by the convention."""
+    features = embedder.features
+    dims = {0: torch.export.Dim("batch"),
+            1: torch.export.Dim("samples", min=features.num_samples(max(MIN_FRAMES, min_frames)))}
+    save_onnx(embedder, torch.randn(2, features.num_samples(100)) * 0.1, WAVEFORM_INPUT, dims,
+              CONVENTIONS[convention][1], path, metadata)
+
+
+def save_onnx(module: nn.Module, example: torch.Tensor, input_name: str, dims: dict, output_name: str, path: Path,
+              metadata: dict[str, str] | None) -> None:
+    """`module` (whose forward's argument is named `input_name`) exported with dynamic `dims`, and `metadata`."""
     with quiet_onnx_exporter():
-        program = torch.onnx.export(module, (example,), input_names=[input_name], output_names=[output_name],
-                                    dynamic_shapes={"feats" if not frontend else "wav": dims}, dynamo=True,
-                                    verbose=False)
-    if convention == "wespeaker":
-        program.model.metadata_props.update(sherpa_metadata(model))
+        program = torch.onnx.export(module.eval(), (example,), input_names=[input_name], output_names=[output_name],
+                                    dynamic_shapes={input_name: dims}, dynamo=True, verbose=False)
+    if metadata:
+        program.model.metadata_props.update(metadata)
     program.save(str(path))
 
 
@@ -125,10 +133,14 @@ def export(model_dir: str | os.PathLike, fmt: str, checkpoint: str | int = "last
     name = "generator" + ("" if convention == "stklia" else f"-{convention}") + ("-frontend" if frontend else "")
     path = Path(out) if out else Path(model_dir) / "export" / f"{name}{SUFFIXES[fmt]}"
     with atomic_output(path) as tmp:
+        metadata = sherpa_metadata(model) if convention == "wespeaker" else None
         if fmt == "torchscript":
             export_torchscript(model.network, tmp)
+        elif frontend:
+            export_waveform_onnx(WaveformGenerator(model.features, model.network), tmp, model.min_frames, convention,
+                                 metadata)
         else:
-            export_onnx(model, tmp, convention, frontend)
+            export_onnx(model.network, tmp, model.features_per_frame, convention, model.min_frames, metadata)
     return path
 
 
