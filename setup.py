@@ -10,10 +10,17 @@ EXTRAS = {
     # urllib3 (lhotse/ais) without asking for it.
     "lhotse": ["lhotse>=1.30", "urllib3>=1.26"],
 }
+# What the peer toolkits' model and front-end code imports (their packages themselves install without
+# dependencies, which would replace torch: `pip install --no-deps -r peers.txt`, see that file and .ci/run):
+# hyperpyyaml, sentencepiece and huggingface_hub for speechbrain's EncoderClassifier, modelscope-hub and addict
+# for ModelScope's CAM++ (3D-Speaker's).
+PEER_DEPENDENCIES = ["hyperpyyaml>=1.2", "sentencepiece>=0.1.91", "huggingface_hub>=0.8", "modelscope-hub>=0.5",
+                     "addict>=2.4"]
 # Everything the test suite imports: every extra, the independent references the tests compare with
-# (scikit-learn, kaldi-native-fbank), and setuptools for the wheel it builds (tests/test_install.py).
+# (scikit-learn, kaldi-native-fbank, the peers' code), and setuptools for the wheel it builds (tests/test_install.py).
 DEV = ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.4", "setuptools>=70.1", "scikit-learn>=1.3",
-       "kaldi-native-fbank>=1.18", *(package for packages in EXTRAS.values() for package in packages)]
+       "kaldi-native-fbank>=1.18", *PEER_DEPENDENCIES,
+       *(package for packages in EXTRAS.values() for package in packages)]
 
 setup(
     name="stklia",
@@ -35,6 +42,7 @@ setup(
         "matplotlib>=3.5",
         "soundfile>=0.12",
         "threadpoolctl>=3.1",
+        "pyyaml>=5.1",  # published models' YAML files, read with its safe loader (stklia.interop)
     ],
     extras_require={**EXTRAS, "dev": DEV},
 )

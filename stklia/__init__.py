@@ -1,7 +1,8 @@
 """Speaker embeddings (x-vectors) with PyTorch and Hydra on Kaldi data; `stklia.load(model_dir)` for Python use.
 
 The package is in layers, each importing only those below it (tests/test_layers.py; docs/architecture.md):
-core -> data, models -> modeldir -> evaluation -> demo, training, inference -> the commands (`stklia/<command>.py`).
+core -> data, models -> modeldir -> evaluation -> demo, training, inference; interop above modeldir -> the commands
+(`stklia/<command>.py`).
 """
 
 __all__ = ["SpeakerModel", "load"]

@@ -168,7 +168,7 @@ def test_launcher_presets_instantiate(launcher: str) -> None:
 # what each command's config leaves to the command line (`???`)
 MANDATORY = {"test": {"model_dir"}, "extract": {"model_dir"}, "average": {"model_dir"}, "export": {"model_dir"},
              "calibrate": {"fit.scores", "fit.trials"}, "report": {"dirs"}, "check_data": {"dirs"}, "demo": {"root"},
-             "pack": {"src", "out"}}
+             "pack": {"src", "out"}, "import_model": {"source", "path", "model_dir"}}
 
 
 def test_every_command_config_is_tested() -> None:

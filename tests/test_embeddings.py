@@ -107,3 +107,14 @@ def test_no_warning_on_features_read_from_feats_scp(demo_root: Path) -> None:
             "from stklia.data.datasets import TrainingCrops, Utterances; data = load_data_dir(sys.argv[1]); "
             "Utterances(data, data.utts[:1], cmn=False)[0]; TrainingCrops(data, 20, cmn=False)[0, 1]")
     subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code, str(demo_root / "test")], check=True)
+
+
+def test_windows_start_every_hop_until_one_reaches_the_end() -> None:
+    from stklia.evaluation.embeddings import subsegment_key, window_spans
+
+    assert window_spans(10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert window_spans(11, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10), (8, 11)]
+    assert window_spans(3, 4, 2) == [(0, 3)]  # shorter than one window: all of it
+    assert window_spans(10, 3, 4) == [(0, 3), (4, 7), (8, 10)]  # a hop longer than the window leaves gaps
+    assert window_spans(8, 3, 4) == [(0, 3), (4, 7)]
+    assert subsegment_key("spk1-utt3", 0.75, 2.25) == "spk1-utt3-00000075-00000225"  # Kaldi's centiseconds

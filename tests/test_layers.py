@@ -24,6 +24,7 @@ MAY_IMPORT = {
     "demo": {"core", "data", "evaluation"},
     "training": {"core", "data", "models", "modeldir", "evaluation"},
     "inference": {"core", "data", "models", "modeldir", "evaluation"},
+    "interop": {"core", "data", "models", "modeldir"},
 }
 # modules that read Kaldi tables and audio for tools that never touch a model: no torch
 WITHOUT_TORCH = ["stklia.data.tables", "stklia.data.rxfilename", "stklia.data.audio", "stklia.data.kaldi",

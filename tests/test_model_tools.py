@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from stklia.core.errors import InputError
 from stklia.modeldir.checkpoints import load_checkpoint
 from stklia.models.pooling import POOLINGS
 from stklia.models.resnet import ResNet
@@ -80,7 +81,7 @@ def test_exported_generator_matches_pytorch_for_any_length(trained: Path, tmp_pa
     rng = np.random.default_rng(0)
     for frames in (37, 200, 513):
         feats = rng.normal(size=(frames, 40)).astype(np.float32) * 3 + 5
-        expected = model.embed(feats)
+        expected = model.embed(feats, features=True)
         if fmt == "torchscript":
             got = torch.jit.load(str(out))(torch.from_numpy(feats)[None]).detach().numpy()[0]
         else:
@@ -111,12 +112,12 @@ def test_python_api_embeds_audio_and_features_and_scores(trained: Path, demo_roo
     a, b = data.utts[:2]
     reference = embed_utterances(model.network.generator, data, [a, b],
                                  Extraction(torch.device("cpu"), True, progress=False))
-    assert_close(model.embed(data.load(a)), reference[0], 1e-5)
+    assert_close(model.embed(data.load(a), features=True), reference[0], 1e-5)
     assert_close(model.embed(wavs[a]), reference[0], 1e-4)
     cosine = reference[0].astype(np.float64) @ reference[1] / np.linalg.norm(reference, axis=1).prod()
-    assert model.score(wavs[a], data.load(b)) == pytest.approx(cosine, abs=1e-5)
-    with pytest.raises(ValueError, match=r"expected \(frames, 40\)"):
-        model.embed(np.zeros((50, 80), dtype=np.float32))
+    assert model.score(wavs[a], wavs[b]) == pytest.approx(cosine, abs=1e-4)
+    with pytest.raises(InputError, match=r"expected \(frames, 40\)"):
+        model.embed(np.zeros((50, 80), dtype=np.float32), features=True)
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)

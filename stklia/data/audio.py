@@ -67,7 +67,7 @@ class Segment:
         return f"{self.recording} {self.start} {self.end}{channel}"
 
 
-def _int16_scale(samples: np.ndarray, channel: int = 0) -> np.ndarray:
+def int16_scale(samples: np.ndarray, channel: int = 0) -> np.ndarray:
     """One channel, as float32 on the int16 scale."""
     if samples.ndim == 2:
         samples = samples[:, _checked_channel(channel, samples.shape[1])]
@@ -91,7 +91,7 @@ def _decode_pipe(command: str, channel: int = 0) -> tuple[np.ndarray, int]:
         stderr = proc.stderr.decode(errors="replace").strip().splitlines()
         raise RuntimeError(f"command exited with status {proc.returncode}: {stderr[-1] if stderr else ''}")
     samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="int16")
-    return _int16_scale(samples, channel), rate
+    return int16_scale(samples, channel), rate
 
 
 def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
@@ -101,7 +101,7 @@ def read_audio(rxfilename: str) -> tuple[np.ndarray, int]:
         return _decode_pipe(rx.command)
     file = _open_file(rx)
     try:
-        return _int16_scale(file.read(0, file.frames)), file.samplerate
+        return int16_scale(file.read(0, file.frames)), file.samplerate
     finally:
         file.close()
 
@@ -262,7 +262,7 @@ class Recording:
                 raise self._error(err) from err
             if samples.dtype == np.int16:  # integers: nothing to check
                 return samples
-            samples = _int16_scale(samples)
+            samples = int16_scale(samples)
         bad = first_non_finite(samples)
         if bad is not None:
             raise InputError(self.where, f"{self.what} holds non-finite samples (NaN or Inf), first at sample "

@@ -9,6 +9,11 @@ utterance gets alone, up to float rounding (tested to 1e-5). Utterances longer t
 `max_frames` (if set) are cut into near-equal chunks of at most `max_frames` frames whose
 embeddings are averaged: that bounds memory on very long recordings, but the result is then
 not the whole-utterance embedding.
+
+Windowed extraction (`window=` and `hop=` seconds, for diarization) embeds each utterance's windows as
+utterances of their own (`window_spans`: the one windowing of extract and of `stklia.load(...).embed_windows`),
+keyed as Kaldi's sub-segments are: `<utt>-<start>-<end>`, in centiseconds from the utterance's start, zero-padded
+to 8 digits (utils/data/get_uniform_subsegments.py).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from stklia.core.atomic import atomic_output
 from stklia.core.devices import resolve_device
 from stklia.core.errors import InputError
 from stklia.core.progress import progress_bar
-from stklia.data.datasets import Utterances, stop_workers
+from stklia.data.datasets import Utterances, feature_tensor, stop_workers
+from stklia.data.features import subtract_mean
 from stklia.data.kaldi import DataSet
 from stklia.data.splits import load_named
 from stklia.evaluation.quality import QUALITY_FILE, Quality
@@ -122,6 +128,43 @@ def extraction_model(generator: Generator, device: torch.device) -> Generator:
     return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
 
+def forward_batch(model: Generator, batch: list[tuple[int, torch.Tensor]], device: torch.device
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, embeddings) of one batch of (index, feats) pieces, padded, with their lengths."""
+    index = np.array([i for i, _ in batch])
+    lengths = torch.tensor([len(feats) for _, feats in batch])
+    feats = pad_sequence([feats for _, feats in batch], batch_first=True)
+    return index, model(feats.to(device), lengths.to(device)).float().cpu().numpy()
+
+
+@torch.inference_mode()
+def embed_features(model: Generator, feats: Iterable[torch.Tensor], settings: Extraction) -> np.ndarray:
+    """Embeddings (n, emb_size) of feature matrices (mean-normalised already, when settings.cmn), in order, by
+    length-sorted padded batches of `model` (an extraction_model)."""
+    rows: dict[int, np.ndarray] = {}
+    for batch in length_batches(enumerate(feats), settings.frames_per_batch):
+        index, emb = forward_batch(model, batch, settings.device)
+        rows.update(zip(index.tolist(), emb))
+    return np.stack([rows[i] for i in range(len(rows))]) if rows else np.zeros((0, model.emb_size), np.float32)
+
+
+def window_spans(total: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """(start, end) of the windows of `window` units every `hop` units over `total` units (samples or frames):
+    from 0 until one reaches the end, the last one cut there; one window of everything when total <= window."""
+    if window < 1 or hop < 1:
+        raise InputError("window", f"window ({window}) and hop ({hop}) must be at least one sample or frame")
+    spans = [(0, min(window, total))]
+    while spans[-1][1] < total and spans[-1][0] + hop < total:  # (a hop longer than the window leaves gaps)
+        start = spans[-1][0] + hop
+        spans.append((start, min(start + window, total)))
+    return spans
+
+
+def subsegment_key(utt: str, start: float, end: float) -> str:
+    """Kaldi's name of the sub-segment start..end (seconds from the utterance's start) of `utt`."""
+    return f"{utt}-{round(100 * start):08d}-{round(100 * end):08d}"
+
+
 @torch.inference_mode()
 def embed_utterances(generator: Generator, data: DataSet, utts: list[str], settings: Extraction,
                      frames: np.ndarray | None = None) -> np.ndarray:
@@ -132,6 +175,10 @@ def embed_utterances(generator: Generator, data: DataSet, utts: list[str], setti
 
     def pieces() -> Iterator[tuple[int, torch.Tensor]]:
         for i, feats in enumerate(loaded):
+            if len(feats) < generator.min_frames:
+                path, line = data.origin[utts[i]]
+                raise InputError(path, f"'{utts[i]}' has {len(feats)} frames, the model needs at least "
+                                 f"{generator.min_frames}", line)
             chunks = split_chunks(feats, settings.max_frames)
             num_chunks[i] = len(chunks)
             if frames is not None:
@@ -146,10 +193,7 @@ def embed_utterances(generator: Generator, data: DataSet, utts: list[str], setti
         with progress_bar(total=len(utts), desc="embeddings", unit="utt", enabled=settings.progress,
                           leave=False) as bar:
             for batch in length_batches(pieces(), settings.frames_per_batch):
-                index = np.array([i for i, _ in batch])
-                lengths = torch.tensor([len(feats) for _, feats in batch])
-                feats = pad_sequence([feats for _, feats in batch], batch_first=True)
-                emb = model(feats.to(device), lengths.to(device)).float().cpu().numpy()
+                index, emb = forward_batch(model, batch, device)
                 np.add.at(sums, index, emb)
                 np.add.at(counts, index, 1)
                 touched = np.unique(index)
@@ -208,19 +252,81 @@ def write_embeddings(out_dir: str | os.PathLike, utts: list[str], emb: np.ndarra
     raise ValueError(f"unknown format '{fmt}', choose one of: {', '.join(FORMATS)}")
 
 
+def utterance_windows(data: DataSet, utt: str, window: float, hop: float, cmn: bool, frame_shift_ms: float,
+                      min_frames: int = 1) -> Iterator[tuple[str, float, float, torch.Tensor]]:
+    """(sub-segment key, start, end in seconds, features) of each window of an utterance: an audio utterance's
+    windows of samples, each featurised as an utterance of its own; a feature utterance's windows of frames."""
+    if utt in data.audio:
+        samples, rate = data.read_audio(utt), data.features.sample_rate
+        spans = window_spans(len(samples), round(window * rate), round(hop * rate))
+        pieces = ((start / rate, end / rate, data.features(samples[start:end])) for start, end in spans)
+    else:
+        feats, shift = data.load(utt), frame_shift_ms / 1000
+        spans = window_spans(len(feats), round(window / shift), round(hop / shift))
+        pieces = ((start * shift, end * shift, feats[start:end]) for start, end in spans)
+    for start, end, feats in pieces:
+        if len(feats) < min_frames:
+            path, line = data.origin[utt]
+            raise InputError(path, f"window {start:.2f}-{end:.2f} s of '{utt}' has {len(feats)} frames, the model "
+                             f"needs at least {min_frames}", line)
+        yield subsegment_key(utt, start, end), start, end, feature_tensor(subtract_mean(feats) if cmn else feats)
+
+
+def extract_windows(generator: Generator, data: DataSet, settings: Extraction, window: float, hop: float,
+                    frame_shift_ms: float) -> tuple[list[tuple[str, str, float, float]], np.ndarray, np.ndarray]:
+    """The sub-segments (key, utterance, start, end) of every utterance's windows, their embeddings and their
+    numbers of frames."""
+    segments: list[tuple[str, str, float, float]] = []
+    frames: list[int] = []
+
+    def windows() -> Iterator[torch.Tensor]:
+        with progress_bar(data.utts, desc="windows", unit="utt", enabled=settings.progress, leave=False) as utts:
+            for utt in utts:
+                for key, start, end, feats in utterance_windows(data, utt, window, hop, settings.cmn, frame_shift_ms,
+                                                                generator.min_frames):
+                    segments.append((key, utt, start, end))
+                    frames.append(len(feats))
+                    yield feats
+
+    emb = embed_features(extraction_model(generator, settings.device), windows(), settings)
+    return segments, emb, np.array(frames, dtype=np.int64)
+
+
+def write_subsegments(out_dir: Path, segments: list[tuple[str, str, float, float]]) -> Path:
+    """Kaldi's sub-segments table `<key> <utterance> <start> <end>` (seconds), as get_uniform_subsegments.py
+    prints it."""
+    path = out_dir / "subsegments"
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(f"{key} {utt} {start:.3f} {end:.3f}\n" for key, utt, start, end in segments))
+    return path
+
+
 def extract(cfg: DictConfig) -> None:
-    """The command (stklia/conf/commands/extract.yaml): the embeddings of a data set, written as cfg.format."""
+    """The command (stklia/conf/commands/extract.yaml): the embeddings of a data set, written as cfg.format; with
+    `window` (and `hop`) seconds, those of every utterance's windows, keyed as Kaldi's sub-segments."""
     if cfg.format not in FORMATS:
         raise InputError("format", f"'{cfg.format}' is not one of {', '.join(FORMATS)}")
+    if (cfg.window is None) != (cfg.hop is None) or (cfg.window is not None and min(cfg.window, cfg.hop) <= 0):
+        raise InputError("window", f"give both window and hop, in seconds above 0 (window={cfg.window}, "
+                         f"hop={cfg.hop})")
     trained = load_trained(cfg.model_dir, cfg.checkpoint)
     data, name = load_named(trained.config.data, cfg.data)
     device = resolve_device(cfg.device)
-    frames = np.zeros(len(data.utts), dtype=np.int64)
-    emb = embed_utterances(trained.generator.to(device), data, data.utts,
-                           Extraction.of(cfg, device, trained.config.data.cmn), frames)
+    settings = Extraction.of(cfg, device, trained.config.data.cmn)
+    generator = trained.generator.to(device)
+    if cfg.window is None:
+        keys, frames = data.utts, np.zeros(len(data.utts), dtype=np.int64)
+        emb = embed_utterances(generator, data, keys, settings, frames)
+    else:
+        name = f"{name}-window{cfg.window:g}-hop{cfg.hop:g}"
+        frame_shift_ms = (trained.config.data.get("features") or {}).get("frame_shift_ms", 10.0)
+        segments, emb, frames = extract_windows(generator, data, settings, cfg.window, cfg.hop, frame_shift_ms)
+        keys = [key for key, *_ in segments]
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model_dir) / "embeddings" / name
-    written = write_embeddings(out_dir, data.utts, emb, cfg.format)
+    written = write_embeddings(out_dir, keys, emb, cfg.format)
+    if cfg.window is not None:
+        written.append(write_subsegments(out_dir, segments))
     quality = out_dir / QUALITY_FILE  # the durations (and norms) quality-aware calibration reads
-    Quality(data.utts, {"frames": frames, "norm": np.linalg.norm(emb, axis=1)}).write(quality)
+    Quality(keys, {"frames": frames, "norm": np.linalg.norm(emb, axis=1)}).write(quality)
     for path in [*written, quality]:
         print(f"wrote {path}")

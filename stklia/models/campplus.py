@@ -133,6 +133,7 @@ class CAMPPlus(Generator):
         segment_frames: int = 100,
         emb_size: int = 512,
         pooling: str = "statistical",
+        pooling_options: dict | None = None,
     ):
         super().__init__()
         if len(block_layers) != len(dilations) or not block_layers:
@@ -153,7 +154,7 @@ class CAMPPlus(Generator):
             channels = blocks[-1].out_channels
         self.blocks = nn.ModuleList(blocks)
         self.out = bn_relu(channels)
-        self.pooling = build_pooling(pooling, channels)
+        self.pooling = build_pooling(pooling, channels, pooling_options)  # models/pooling.py
         self.fc = nn.Linear(self.pooling.out_channels, emb_size, bias=False)
         self.bn = nn.BatchNorm1d(emb_size, affine=False)
 

@@ -13,6 +13,12 @@ each other group is convolved after adding the previous group's output. Padded b
 (`forward(feats, lengths)`) embed each utterance as alone (stklia.models.masking): the frames
 beyond each length are zeroed before every convolution wider than one frame, and the squeeze-
 excitation means and the pooling see only the valid frames.
+
+Options reproduce the ECAPA-TDNNs of other toolkits (their imported models, docs/pretrained.md): `padding`
+"reflect" (SpeechBrain's convolutions pad by reflection, each utterance of a padded batch at its own end),
+`mfa_bn` (a batch norm after the aggregation's ReLU, SpeechBrain's), `emb_bn` (WeSpeaker's and SpeechBrain's
+have no batch norm after the embedding layer), `emb_mean` (an embedding mean subtracted at the end: SpeechBrain's
+mean_var_norm_emb, a buffer the import fills) and `pooling_options` (models/pooling.py).
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from stklia.models.tdnn import TDNNLayer
 class Res2Conv(nn.Module):
     """Res2Net's hierarchical convolution: `scale` channel groups, group i convolved with group i-1's output."""
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int):
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, padding: str = "zeros"):
         super().__init__()
         self.width = channels // scale
-        self.convs = nn.ModuleList(TDNNLayer(self.width, self.width, kernel_size, dilation) for _ in range(scale - 1))
+        self.convs = nn.ModuleList(TDNNLayer(self.width, self.width, kernel_size, dilation, padding=padding)
+                                   for _ in range(scale - 1))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         groups = torch.split(x, self.width, dim=1)
@@ -62,10 +69,11 @@ class SqueezeExcitation(nn.Module):
 class SERes2Block(nn.Module):
     """1x1 TDNN layer, dilated Res2Net convolution, 1x1 TDNN layer, squeeze-excitation, residual connection."""
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, se_channels: int):
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, se_channels: int,
+                 padding: str = "zeros"):
         super().__init__()
         self.tdnn1 = TDNNLayer(channels, channels)
-        self.res2conv = Res2Conv(channels, kernel_size, dilation, scale)
+        self.res2conv = Res2Conv(channels, kernel_size, dilation, scale, padding)
         self.tdnn2 = TDNNLayer(channels, channels)
         self.se = SqueezeExcitation(channels, se_channels)
 
@@ -91,6 +99,11 @@ class ECAPATDNN(Generator):
         mfa_channels: int = 1536,
         emb_size: int = 192,
         pooling: str = "channel_context_attentive",
+        padding: str = "zeros",
+        mfa_bn: bool = False,
+        emb_bn: bool = True,
+        emb_mean: bool = False,
+        pooling_options: dict | None = None,
     ):
         super().__init__()
         if scale < 2:
@@ -101,14 +114,20 @@ class ECAPATDNN(Generator):
             raise InputError("model.dilations", "give one dilation per SE-Res2Block (at least one)")
         self.features_per_frame = features_per_frame
         self.emb_size = emb_size
-        self.layer1 = TDNNLayer(features_per_frame, channels, kernel_size=5)
-        self.blocks = nn.ModuleList(SERes2Block(channels, 3, d, scale, se_channels) for d in dilations)
+        if padding not in ("zeros", "reflect"):
+            raise InputError("model.padding", f"'{padding}' is not 'zeros' or 'reflect'")
+        self.layer1 = TDNNLayer(features_per_frame, channels, kernel_size=5, padding=padding)
+        if padding == "reflect":  # reflection needs more frames than it pads (up to 4, dilation 4)
+            self.min_frames = 1 + max([2, *dilations])
+        self.blocks = nn.ModuleList(SERes2Block(channels, 3, d, scale, se_channels, padding) for d in dilations)
         self.mfa = nn.Conv1d(channels * len(dilations), mfa_channels, kernel_size=1)
         self.relu = nn.ReLU(inplace=True)
-        self.pooling = build_pooling(pooling, mfa_channels)
+        self.mfa_bn = nn.BatchNorm1d(mfa_channels) if mfa_bn else nn.Identity()
+        self.pooling = build_pooling(pooling, mfa_channels, pooling_options)
         self.pooling_bn = nn.BatchNorm1d(self.pooling.out_channels)
         self.fc = nn.Linear(self.pooling.out_channels, emb_size)
-        self.bn = nn.BatchNorm1d(emb_size)
+        self.bn = nn.BatchNorm1d(emb_size) if emb_bn else nn.Identity()
+        self.register_buffer("emb_mean", torch.zeros(emb_size) if emb_mean else None)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, T, F) -> (B, emb_size); `lengths` (B,): valid frames of each padded utterance."""
@@ -117,7 +136,10 @@ class ECAPATDNN(Generator):
         for block in self.blocks:
             x = block(x, lengths)
             outputs.append(x)
-        x = self.relu(self.mfa(torch.cat(outputs, dim=1)))
+        x = self.mfa_bn(self.relu(self.mfa(torch.cat(outputs, dim=1))))
         pooled = self.pooling(x, frame_mask(lengths, x.shape[-1]))
-        return self.bn(self.fc(self.pooling_bn(pooled)))
+        emb = self.bn(self.fc(self.pooling_bn(pooled)))
+        if self.emb_mean is not None:
+            emb = emb - self.emb_mean
+        return emb
 

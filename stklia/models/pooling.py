@@ -5,6 +5,12 @@ Each layer exposes `out_channels` so that a model can size its embedding layer f
 padded batches of utterances of different lengths pool exactly like one utterance at a time.
 Moments are computed in at least float32 (half-precision x**4 overflows), on x's device.
 Register new modes in POOLINGS; docs/heads.md describes them.
+
+The keyword options of `build_pooling` (a model's `pooling_options`) reproduce how other toolkits compute the
+same statistics, for the models stklia imports from them (docs/pretrained.md): the standard deviation biased or
+unbiased, its variance floored (`std_floor`) and offset (`std_offset`: WeSpeaker's sqrt(var + 1e-7)); the
+attention of attentive pooling through a ReLU and a batch norm (`attention_bn`, SpeechBrain's), its weighted
+variance as E[x^2] - mean^2 (`raw_moments`, WeSpeaker's) floored at `weighted_floor`. The defaults are stklia's.
 """
 
 from __future__ import annotations
@@ -62,11 +68,13 @@ def central_moments(x: torch.Tensor, mask: torch.Tensor | None,
     return n, [(centred**k).sum(dim=-1) / n for k in orders]
 
 
-def masked_std(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Unbiased standard deviation over valid frames (as torch.std)."""
+def masked_std(x: torch.Tensor, mask: torch.Tensor | None, unbiased: bool = True, floor: float = 1e-10,
+               offset: float = 0.0) -> torch.Tensor:
+    """Standard deviation over valid frames, unbiased (as torch.std) or not, sqrt(max(variance, floor) + offset)."""
     n, moments = central_moments(x, mask, [2])
-    m2 = moments[0]
-    return floored(m2 * n / (n - 1).clamp(min=1)).sqrt()
+    variance = moments[0] * n / (n - 1).clamp(min=1) if unbiased else moments[0]
+    variance = variance.clamp(min=floor)
+    return (variance + offset if offset != 0.0 else variance).sqrt()
 
 
 def masked_skewness(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -84,13 +92,18 @@ def masked_kurtosis(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 class Pooling(nn.Module):
-    """Base class: `expansion` statistics of `channels` channels each."""
+    """Base class: `expansion` statistics of `channels` channels each; how the standard deviation is computed
+    (masked_std's `unbiased`, `floor` and `offset`, for the modes that use it)."""
 
     expansion = 1
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, std_unbiased: bool = True, std_floor: float = 1e-10, std_offset: float = 0.0):
         super().__init__()
         self.out_channels = channels * self.expansion
+        self.std_unbiased, self.std_floor, self.std_offset = bool(std_unbiased), float(std_floor), float(std_offset)
+
+    def std(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return masked_std(x, mask, self.std_unbiased, self.std_floor, self.std_offset)
 
 
 class MinPooling(Pooling):
@@ -110,7 +123,7 @@ class MeanPooling(Pooling):
 
 class StdPooling(Pooling):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_std(x, mask)
+        return self.std(x, mask)
 
 
 class StatisticalPooling(Pooling):
@@ -119,7 +132,7 @@ class StatisticalPooling(Pooling):
     expansion = 2
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.cat([masked_mean(x, mask), masked_std(x, mask)], dim=1)
+        return torch.cat([masked_mean(x, mask), self.std(x, mask)], dim=1)
 
 
 class StdSkewPooling(Pooling):
@@ -128,7 +141,7 @@ class StdSkewPooling(Pooling):
     expansion = 2
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.cat([masked_std(x, mask), masked_skewness(x, mask)], dim=1)
+        return torch.cat([self.std(x, mask), masked_skewness(x, mask)], dim=1)
 
 
 class StdKurtosisPooling(Pooling):
@@ -137,7 +150,7 @@ class StdKurtosisPooling(Pooling):
     expansion = 2
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.cat([masked_std(x, mask), masked_kurtosis(x, mask)], dim=1)
+        return torch.cat([self.std(x, mask), masked_kurtosis(x, mask)], dim=1)
 
 
 class AttentiveStatisticsPooling(Pooling):
@@ -150,24 +163,28 @@ class AttentiveStatisticsPooling(Pooling):
     `channel_dependent`: one score per channel and frame (v_c, k_c: a last convolution of `channels`
     units); `global_context`: the attention also sees the utterance's mean and standard deviation
     over its valid frames, [h_t; mean; std] (ECAPA-TDNN, Desplanques et al., 2020, section 3.3).
+    `attention_bn`: W h_t + b goes through a ReLU and a batch norm before tanh (SpeechBrain's ECAPA-TDNN);
+    `raw_moments`: the variance is sum_t alpha_t h_t**2 - mu**2 (WeSpeaker's); it is floored at `weighted_floor`.
     """
 
     expansion = 2
 
     def __init__(self, channels: int, attention_channels: int = 128, channel_dependent: bool = False,
-                 global_context: bool = False):
-        super().__init__(channels)
-        self.global_context = global_context
+                 global_context: bool = False, attention_bn: bool = False, raw_moments: bool = False,
+                 weighted_floor: float = 1e-10, **std_options: float | bool):
+        super().__init__(channels, **std_options)
+        self.global_context, self.raw_moments, self.weighted_floor = global_context, raw_moments, float(weighted_floor)
+        first = nn.Conv1d(channels * 3 if global_context else channels, attention_channels, kernel_size=1)
+        squash = [nn.ReLU(), nn.BatchNorm1d(attention_channels), nn.Tanh()] if attention_bn else [nn.Tanh()]
         self.attention = nn.Sequential(
-            nn.Conv1d(channels * 3 if global_context else channels, attention_channels, kernel_size=1), nn.Tanh(),
-            nn.Conv1d(attention_channels, channels if channel_dependent else 1, kernel_size=1),
+            first, *squash, nn.Conv1d(attention_channels, channels if channel_dependent else 1, kernel_size=1),
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         context = x
         if self.global_context:
             frames = x.shape[-1]
-            stats = [masked_mean(x, mask), masked_std(x, mask)]
+            stats = [masked_mean(x, mask), self.std(x, mask)]
             context = torch.cat([x] + [s.to(x.dtype)[..., None].expand(-1, -1, frames) for s in stats], dim=1)
         scores = self.attention(context)  # (batch, 1 or channels, frames)
         x, _ = _valid(x, mask)
@@ -176,15 +193,18 @@ class AttentiveStatisticsPooling(Pooling):
             scores = scores.masked_fill(~mask[:, None, :], -torch.inf)
         alpha = scores.softmax(dim=-1)
         mean = (alpha * x).sum(dim=-1)
-        var = (alpha * (x - mean[..., None]) ** 2).sum(dim=-1)
-        return torch.cat([mean, floored(var).sqrt()], dim=1)
+        if self.raw_moments:
+            var = (alpha * x**2).sum(dim=-1) - mean**2
+        else:
+            var = (alpha * (x - mean[..., None]) ** 2).sum(dim=-1)
+        return torch.cat([mean, var.clamp(min=self.weighted_floor).sqrt()], dim=1)
 
 
 class ChannelContextAttentivePooling(AttentiveStatisticsPooling):
     """ECAPA-TDNN's channel- and context-dependent attentive statistics pooling (bottleneck of 128)."""
 
-    def __init__(self, channels: int, attention_channels: int = 128):
-        super().__init__(channels, attention_channels, channel_dependent=True, global_context=True)
+    def __init__(self, channels: int, attention_channels: int = 128, **options: float | bool):
+        super().__init__(channels, attention_channels, channel_dependent=True, global_context=True, **options)
 
 
 POOLINGS: dict[str, type[Pooling]] = {
@@ -200,8 +220,12 @@ POOLINGS: dict[str, type[Pooling]] = {
 }
 
 
-def build_pooling(mode: str, channels: int) -> Pooling:
-    """The pooling layer called `mode` for inputs of `channels` channels."""
+def build_pooling(mode: str, channels: int, options: dict | None = None) -> Pooling:
+    """The pooling layer called `mode` for inputs of `channels` channels, with its keyword `options` (see the
+    module's docstring)."""
     if mode not in POOLINGS:
         raise InputError("model.pooling", f"unknown pooling '{mode}', choose one of: {', '.join(POOLINGS)}")
-    return POOLINGS[mode](channels)
+    try:
+        return POOLINGS[mode](channels, **(options or {}))
+    except TypeError as err:
+        raise InputError("model.pooling_options", f"{dict(options or {})} for pooling '{mode}': {err}") from None

@@ -112,7 +112,8 @@ class ResNet(Generator):
     """ResNet generator: features -> embedding of size `emb_size`.
 
     `block` is "basic" (BasicBlock) or "bottleneck" (Bottleneck); `layers` the number of blocks of each
-    stage and `num_filters` their widths (a bottleneck stage outputs 4x its width).
+    stage and `num_filters` their widths (a bottleneck stage outputs 4x its width). `emb_bn`: a batch norm
+    after the embedding layer (WeSpeaker's ResNets have none); `pooling_options`: models/pooling.py.
     """
 
     def __init__(
@@ -124,6 +125,8 @@ class ResNet(Generator):
         pooling: str = "statistical",
         zero_init_residual: bool = False,
         block: str = "basic",
+        emb_bn: bool = True,
+        pooling_options: dict | None = None,
     ):
         super().__init__()
         if len(layers) != len(num_filters) or not layers:
@@ -145,9 +148,9 @@ class ResNet(Generator):
             inplanes = planes * block_type.expansion
         self.stages = nn.Sequential(*stages)
         out_freq = math.ceil(features_per_frame / 2 ** (len(layers) - 1))
-        self.pooling = build_pooling(pooling, num_filters[-1] * block_type.expansion * out_freq)
+        self.pooling = build_pooling(pooling, num_filters[-1] * block_type.expansion * out_freq, pooling_options)
         self.fc = nn.Linear(self.pooling.out_channels, emb_size)
-        self.bn2 = nn.BatchNorm1d(emb_size)
+        self.bn2 = nn.BatchNorm1d(emb_size) if emb_bn else nn.Identity()
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -32,7 +32,7 @@ from typing import NoReturn
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -61,7 +61,7 @@ from stklia.modeldir.checkpoints import (
     save_checkpoint,
     write_best,
 )
-from stklia.modeldir.config import save_config
+from stklia.modeldir.config import load_saved_config, save_config
 from stklia.training.checkpointing import BestValidation, checkpoint_to_resume, restore, snapshot
 from stklia.training.distributed import RandomStates, World, seed_everything
 from stklia.training.heads import MarginHead
@@ -249,13 +249,30 @@ def load_trained_on(path: Path, speakers: list[str]) -> dict:
     return state
 
 
+def inherit_from_init(cfg: DictConfig) -> None:
+    """A run that starts from another model dir's weights (`init_from`) takes its model and front end (the
+    generator those weights fit, the features they were trained on): config.yaml's `model`, `data.features`,
+    `data.features_per_frame` and `data.cmn`, which the run's own config.yaml then records."""
+    saved = load_saved_config(cfg.init_from)
+    with open_dict(cfg):
+        cfg.model = saved.model
+        for key in ("features", "features_per_frame", "cmn"):
+            cfg.data[key] = saved.data.get(key)
+    log.info("model and front end from %s (%s)", cfg.init_from, cfg.model._target_)
+
+
 def initialise_from(parts: Parts, model_dir: str, checkpoint: str | int, speakers: list[str]) -> None:
-    """A fine-tuning stage starts from another run's weights only, with a fresh optimizer and schedule."""
+    """A fine-tuning stage starts from another run's weights only, with a fresh optimizer and schedule: the
+    generator's, and the head's when it was trained on the same speakers; otherwise (another domain's speakers,
+    or an imported model, which has no head) the head starts afresh."""
     path = resolve_checkpoint(model_dir, checkpoint)
-    state = load_trained_on(path, speakers)
+    state = load_checkpoint(path)
     parts.generator.load_state_dict(state["generator"])
-    parts.head.load_state_dict(state["head"])
-    log.info("initialised from %s", path)
+    if "head" in state and state.get("speakers") == speakers:
+        parts.head.load_state_dict(state["head"])
+        log.info("initialised from %s", path)
+    else:
+        log.info("initialised the generator from %s; the head (%d speakers) starts afresh", path, len(speakers))
 
 
 def restore_run(parts: Parts, model_dir: Path, checkpoint: str | int | None, speakers: list[str]) -> int:
@@ -513,6 +530,8 @@ def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | No
     config, the data, the model dir and what it resumes from); then `record` (.hydra/, train.log) is."""
     started = time.perf_counter()
     check_config(cfg, world)
+    if cfg.init_from is not None:
+        inherit_from_init(cfg)
     preemption = Preemption(cfg.preempt_signals, interrupt=True)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
