@@ -46,6 +46,11 @@ SIZES = {
     "resnet50": (11_131_872, None, None, None),
     "resnet101": (15_892_960, None, None, None),
     "resnet_small": (635_312, None, None, None),
+    # the demo's scale of each family (docs/models.md: 0.3-0.6 M parameters at the demo's 40 dims)
+    "resnet34_small": (498_584, None, None, None),
+    "ecapa_tdnn_small": (639_568, None, None, None),
+    "campplus_small": (619_816, None, None, None),
+    "xvector_small": (330_880, None, None, None),
 }
 
 # Each family at a size that runs in milliseconds. The ResNet is a Bottleneck one (tests/test_embeddings.py and
