@@ -97,6 +97,7 @@ def main() -> None:
     demo = (args.demo or demo_root()).resolve()
     lists = [demo / "test" / "trials", demo / "test_noisy" / "trials", args.heldout.resolve() / "test" / "trials",
              args.heldout.resolve() / "test_noisy" / "trials"]
+    args.out = args.out.resolve()  # the runs' model_dir, whatever their working directory
     args.out.mkdir(parents=True, exist_ok=True)
     for search in args.searches:
         model, found = recipes(search, args.top)

@@ -16,7 +16,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import objective_value
+from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JOB_ATTR, consecutive_jobs, objective_value
 from stklia.core.errors import InputError
 from stklia.training.checkpointing import BestValidation
 from stklia.training.distributed import World
@@ -254,6 +254,26 @@ def test_an_interrupted_recipe_search_continues_where_it_stopped(demo_root: Path
         assert bool(margin) == (params["head"] in ("arcface", "amsoftmax"))
         assert "optim=sgd" in overrides and any(o.startswith("optim.momentum=") for o in overrides)
         assert not any("[" in name for name in params if name.startswith(("optim", "max_seq_len")))
+
+
+def test_trials_left_running_run_again_in_batches_of_consecutive_jobs() -> None:
+    """A launch numbers its jobs from its first: stale trials of jobs 4, 5, 6, 9 with n_jobs=2 run as [4, 5], [6],
+    [9]; with n_jobs=1 one at a time."""
+    import optuna
+
+    study = optuna.create_study()
+    trials = [study.ask() for _ in range(4)]
+    for trial, job in zip(trials, (9, 5, 4, 6)):
+        trial.set_user_attr(JOB_ATTR, job)
+    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    def jobs(size: int) -> list[list[int]]:
+        return [[t.user_attrs[JOB_ATTR] for t in batch] for batch in consecutive_jobs(stale, size)]
+
+    assert jobs(2) == [[4, 5], [6], [9]]
+    assert jobs(3) == [[4, 5, 6], [9]]
+    assert jobs(1) == [[4], [5], [6], [9]]
+    assert consecutive_jobs([], 2) == []
 
 
 def test_parallel_trials_share_the_cores(demo_root: Path, tmp_path: Path) -> None:

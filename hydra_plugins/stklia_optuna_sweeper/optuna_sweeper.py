@@ -103,6 +103,20 @@ def objective_value(job_return: Any) -> float:
     return float(value)
 
 
+def consecutive_jobs(trials: Sequence[Any], size: int) -> list[list[Any]]:
+    """Trials in batches of at most `size` whose job numbers follow one another: a launch numbers its jobs from
+    its first one, and the trials an interrupted sweep left running (its last batch, usually) run together again,
+    sharing the cores as they did."""
+    batches: list[list[Any]] = []
+    for trial in sorted(trials, key=lambda t: t.user_attrs[JOB_ATTR]):
+        follows = bool(batches) and trial.user_attrs[JOB_ATTR] == batches[-1][-1].user_attrs[JOB_ATTR] + 1
+        if follows and len(batches[-1]) < size:
+            batches[-1].append(trial)
+        else:
+            batches.append([trial])
+    return batches
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, direction: str, study_name: str | None, storage: str | None, n_trials: int,
                  n_jobs: int, params: Mapping[str, str] | None) -> None:
@@ -173,10 +187,11 @@ class OptunaSweeper(Sweeper):
         stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
         log.info("Optuna study %s (%s, %s): %d trials, %d at a time (%d done before, %d to run again), searching %s",
                  study.study_name, type(study.sampler).__name__, self.direction, self.n_trials, self.n_jobs,
-                 ended(), len(stale), " ".join(p.override.input_line for p in parameters) or "nothing")
+                 ended(), len(stale), " ".join(f"{p.name}={p.override.input_line.split('=', 1)[1]}"
+                                               for p in parameters) or "nothing")
         next_job = 1 + max((t.user_attrs.get(JOB_ATTR, -1) for t in study.trials), default=-1)
-        for trial in stale:  # left running by an interrupted sweep: run again in its own job dir
-            self.run_batch(study, [trial], trial.user_attrs[JOB_ATTR], fixed, parameters)
+        for batch in consecutive_jobs(stale, self.n_jobs):  # left running: run again, each in its own job dir
+            self.run_batch(study, batch, batch[0].user_attrs[JOB_ATTR], fixed, parameters)
         while ended() < self.n_trials:
             batch = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - ended()))]
             for job, trial in enumerate(batch, next_job):
