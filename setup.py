@@ -39,7 +39,7 @@ setup(
         "kaldiio>=2.18",
         "tensorboard>=2.14",
         "tqdm>=4.60",
-        "matplotlib>=3.5",
+        "matplotlib>=3.7",  # a legend outside the axes (loc="outside ...")
         "soundfile>=0.12",
         "threadpoolctl>=3.1",
         "pyyaml>=5.1",  # published models' YAML files, read with its safe loader (stklia.interop)

@@ -168,6 +168,25 @@ def test_det_figure_of_many_trials_is_thinned_and_marks_the_eer() -> None:
     np.testing.assert_allclose([p.get_ydata()[0] for p in points], expected)
 
 
+def test_det_figure_keeps_long_run_names_readable_under_the_plot() -> None:
+    """A sweep's runs are named by all their overrides: each name is wrapped, the legend sits under the axes (it
+    covers no curve) and every line of it lies inside the figure."""
+    from stklia.evaluation.det import LEGEND_WIDTH
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random(2000) < 0.1).astype(int)
+    names = [f"{job}: " + " ".join(f"key{k}.setting={rng.random():.4f}" for k in range(12)) for job in range(3)]
+    figure = det_figure({name: rng.normal(size=2000) + 2 * labels for name in names}, labels, "title")
+    figure.canvas.draw()
+    (legend,) = figure.legends
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert [" ".join(text.replace("\n    ", " ").split(" (EER")[:1]) for text in texts] == names
+    assert all(len(line) <= LEGEND_WIDTH for text in texts for line in text.split("\n"))
+    renderer = figure.canvas.get_renderer()
+    box, axes = legend.get_window_extent(renderer), figure.axes[0].get_window_extent(renderer)
+    assert box.y1 <= axes.y0 and box.x0 >= 0 and box.x1 <= figure.bbox.x1 and box.y0 >= 0
+
+
 # --------------------------------------------------------------------------
 # Trial lists with enrollment speakers
 # --------------------------------------------------------------------------

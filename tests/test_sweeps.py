@@ -150,7 +150,7 @@ def test_det_overlay_of_the_best_runs(sweep: dict, tmp_path: Path) -> None:
     columns = metric_columns(runs, ["eer"])
     table = ranked(rows(runs, differing, columns), "test_noisy/trials:asnorm_eer")
     figure, notes = det_overlay(runs, table, "test_noisy/trials:asnorm_eer", 3, differing)
-    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
     # only the finished runs have scores; named by their differing overrides, best first, with the EER of the curve
     expected = [f"{row['run']}: optim.action=none head={row['head']} (EER {row['test_noisy/trials:asnorm_eer']:.2f}%)"
                 for row in table[:2]]

@@ -7,6 +7,7 @@ alarms) readable on one plot.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +20,7 @@ from stklia.evaluation.metrics import SortedTrials
 
 TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95)
 MAX_POINTS = 2000  # points drawn per curve: enough for the eye, small PNGs for a million trials
+LEGEND_WIDTH = 90  # characters per legend line: a sweep's run is named by all its differing overrides
 
 
 def det_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +47,11 @@ def det_figure(systems: Mapping[str, ArrayLike], labels: ArrayLike, title: str) 
     eers = {name: trials.eer()[0] for name, trials in sorted_trials.items()}
     highest = 0.6 if max(eers.values()) <= 0.4 else 0.98  # the usual NIST range, unless the system is poor
     low, high = ndtri(lowest), ndtri(highest)
-    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+    names = {name: textwrap.fill(f"{name} (EER {100 * eer:.2f}%)", LEGEND_WIDTH, subsequent_indent="    ")
+             for name, eer in eers.items()}
+    legend_lines = sum(text.count("\n") + 1 for text in names.values())
+    # the legend goes under the plot, the figure growing with it, so that long names never cover the curves
+    fig = Figure(figsize=(6.5, 5.5 + 0.16 * legend_lines), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot([low, high], [low, high], color="0.8", linewidth=0.8, zorder=0)  # where miss = false alarm
@@ -53,7 +59,7 @@ def det_figure(systems: Mapping[str, ArrayLike], labels: ArrayLike, title: str) 
         false_alarm, miss = trials.det_curve()
         x, y = _thin(*ndtri(np.clip([false_alarm, miss], lowest / 2, 1 - lowest / 2)), MAX_POINTS)
         eer = eers[name]
-        (line,) = ax.plot(x, y, linewidth=1.5, label=f"{name} (EER {100 * eer:.2f}%)")
+        (line,) = ax.plot(x, y, linewidth=1.5, label=names[name])
         point = ndtri(np.clip(eer, lowest / 2, 1 - lowest / 2))
         ax.plot(point, point, "o", color=line.get_color(), markersize=6)
     ticks = [t for t in TICKS if lowest <= t <= highest]
@@ -66,5 +72,5 @@ def det_figure(systems: Mapping[str, ArrayLike], labels: ArrayLike, title: str) 
     ax.set_ylabel("Miss rate (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, color="0.9")
-    ax.legend(loc="upper right", fontsize=8)
+    fig.legend(loc="outside lower center", fontsize=8)
     return fig
