@@ -36,7 +36,7 @@ def options(group: str) -> list[str]:
 
 def test_every_group_is_tested() -> None:
     groups = {p.name for p in CONF.iterdir() if p.is_dir()} - {"experiment", "stage", "hydra", "commands"}
-    assert groups == {*GROUPS, "hparams_search"}  # hparams_search: test_hparams_search_presets_compose
+    assert groups == {*GROUPS, "hparams_search", "recipe"}  # tested by their own tests below
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,34 @@ def train_a_step(cfg: DictConfig) -> float:
     loss, _ = training_step(parts, parts.model, feats, labels, 0, torch.autocast("cpu", enabled=False),
                             label_smoothing=cfg.label_smoothing)
     return loss.item()
+
+
+def leaves(node: DictConfig, prefix: str = "") -> dict[str, object]:
+    """Every value of `node` by its dotted key."""
+    found: dict[str, object] = {}
+    for key, value in node.items():
+        found.update(leaves(value, f"{prefix}{key}.") if isinstance(value, DictConfig) else {f"{prefix}{key}": value})
+    return found
+
+
+@pytest.mark.parametrize("recipe", options("recipe"))
+def test_recipes_apply_to_their_combination_only_and_train_a_step(recipe: str, demo_root: Path, audio_test: Path,
+                                                                  tmp_path: Path) -> None:
+    """conf/recipe/<model>-<head>-<optim>-<augment>.yaml: train.yaml takes it for that combination (every value of
+    the file in the composed config), not when one of the four is chosen otherwise nor with `~recipe`; it trains a
+    step."""
+    model, head, optim, augment = recipe.split("-")
+    chosen = [f"model={model}", f"head={head}", f"optim={optim}"]
+    chosen += [] if augment == "None" else [f"augment={augment}"]  # None: no augment group chosen (null)
+    cfg = compose_train(chosen, demo_root, audio_test, tmp_path)
+    values = {k: v for k, v in leaves(OmegaConf.load(CONF / "recipe" / f"{recipe}.yaml")).items()
+              if not k.startswith("defaults")}
+    assert values and all(OmegaConf.select(cfg, key) == value for key, value in values.items())
+    assert math.isfinite(train_a_step(cfg))
+    other_head = next(h for h in HEADS if h != head)
+    for others in ([*chosen[:1], f"head={other_head}", *chosen[2:]], [*chosen, "~recipe"]):  # ~recipe: none
+        other = compose_train(others, demo_root, audio_test, tmp_path)
+        assert any(OmegaConf.select(other, key) != value for key, value in values.items()), others
 
 
 @pytest.mark.parametrize("search", options("hparams_search"))
