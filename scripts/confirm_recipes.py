@@ -1,9 +1,9 @@
 """Confirm the recipes a search found, on a corpus it never saw (docs/recipes.md, "Recipes found by search").
 
 For each search dir (`python -m stklia.train -m hparams_search=demo_budget model=M hydra.sweep.dir=DIR`), the
-best --top trials by their value (the lowest validation EER) and the current default recipe of its model
-(`model=M` alone) are trained again with each of --seeds, through `python -m stklia.train`, tested on the demo's
-two test lists and on the heldout corpus's two (`python -m stklia.demo DIR variant=heldout`, which the search never
+best --top trials by their value (the lowest validation EER) and the defaults the search started from
+(`model=M ~recipe`: without a recipe found before, conf/recipe/) are trained again with each of --seeds, through
+`python -m stklia.train`, tested on the demo's two test lists and on the heldout corpus's two (`python -m stklia.demo DIR variant=heldout`, which the search never
 saw: other speakers, recording conditions and noises), all four at the end of each run. Then prints, per model, a
 Markdown table of the EER mean and standard deviation over the seeds on the four lists and the training samples/s,
 the rule's verdict (a recipe beats the default where its mean EER on each heldout list is lower by more than the
@@ -39,7 +39,7 @@ def recipes(search: Path, top: int) -> tuple[str, dict[str, list[str]]]:
     model = next(o.split("=", 1)[1] for o in overrides if o.startswith("model="))
     results = yaml.safe_load((search / "optimization_results.yaml").read_text())
     done = sorted((t for t in results["trials"] if "value" in t), key=lambda t: t["value"])[:top]
-    found = {"default": [f"model={model}"]}
+    found = {"default": [f"model={model}", "~recipe"]}  # the defaults the search started from (conf/recipe/: none)
     for rank, trial in enumerate(done, 1):
         job = yaml.safe_load((search / str(trial["job"]) / ".hydra" / "overrides.yaml").read_text())
         keep = [o for o in job if not o.startswith(("hparams_search=", "num_threads=", "num_workers=",
