@@ -3,8 +3,9 @@
 For each search dir (`python -m stklia.train -m hparams_search=demo_budget model=M hydra.sweep.dir=DIR`), the
 best --top trials by their value (the lowest validation EER) and the defaults the search started from
 (`model=M ~recipe`: without a recipe found before, conf/recipe/) are trained again with each of --seeds, through
-`python -m stklia.train`, tested on the demo's two test lists and on the heldout corpus's two (`python -m stklia.demo DIR variant=heldout`, which the search never
-saw: other speakers, recording conditions and noises), all four at the end of each run. Then prints, per model, a
+`python -m stklia.train`, tested on the demo's two test lists and on the heldout corpus's two (`python -m
+stklia.demo DIR variant=heldout`, which the search never saw: other speakers, recording conditions and noises), all
+four at the end of each run. Then prints, per model, a
 Markdown table of the EER mean and standard deviation over the seeds on the four lists and the training samples/s,
 the rule's verdict (a recipe beats the default where its mean EER on each heldout list is lower by more than the
 larger of the two standard deviations), the commands, and the search's parameter importances (Optuna's fANOVA, over
