@@ -69,7 +69,9 @@ TINY = {
 
 def model_config(preset: str, *overrides: str, features: int = FEATURES) -> DictConfig:
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"model={preset}", f"data.features_per_frame={features}", *overrides]).model
+        # ~recipe: the preset as it is (a recipe found for a combination may set its pooling or embedding size)
+        return compose("train", overrides=[f"model={preset}", f"data.features_per_frame={features}", "~recipe",
+                                           *overrides]).model
 
 
 def tiny_model(preset: str, *overrides: str, seed: int = 0) -> torch.nn.Module:
