@@ -8,6 +8,8 @@ the kernel like any other signal; `dump` saves this rank's parameters to <out_di
 `nan_weights` makes a weight NaN; `fill_disk` lowers the process's RLIMIT_FSIZE to half the size of the
 checkpoints in <out_dir>/checkpoints, so that the next one cannot be written, as on a full disk.
 `nan_grad` instead makes a gradient NaN in the backward pass of step `at_step` (the loss stays finite).
+`wait` holds the run after that step until the file <out_dir>/go exists (at most 5 minutes), so that a signal a
+test sends from outside arrives mid-run however loaded the machine is (a requeued run finds the file there).
 `rank` limits the action to one rank of a distributed run.
 """
 
@@ -17,6 +19,7 @@ import math
 import os
 import resource
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +55,10 @@ def sgd_then(params, at_step: int, action: str, out_dir: str | None = None, rank
         elif action == "nan_weights":
             with torch.no_grad():
                 opt.param_groups[0]["params"][0].fill_(math.nan)
+        elif action == "wait":
+            deadline = time.monotonic() + 300
+            while not (Path(out_dir) / "go").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         elif action == "fill_disk":
             size = max(p.stat().st_size for p in (Path(out_dir) / "checkpoints").glob("*.pt"))
             resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, resource.RLIM_INFINITY))

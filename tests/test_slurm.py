@@ -38,7 +38,7 @@ from conftest import (
 pytestmark = pytest.mark.slurm
 
 SLURM_SCRIPTS = Path(os.environ.get("STKLIA_SHARED", REPO.parent / "shared")) / "slurm"
-STEPS, INTERVAL = 600, 50  # long enough for the pre-emption signal to arrive mid-run
+STEPS, INTERVAL = 600, 50  # job 0 is signalled after its first checkpoint, while it waits at step INTERVAL + 1
 
 
 def training(demo_root: Path) -> list[str]:
@@ -109,8 +109,11 @@ def sweep(partition: str, demo_root: Path, tmp_path_factory: pytest.TempPathFact
     `stklia.report` has read the sweep dir while it runs."""
     out = tmp_path_factory.mktemp("slurm") / "sweep"
     start = time.monotonic()
+    # the jobs wait after step INTERVAL + 1 until `go` exists (tests/optim_hooks.py): the signal comes mid-run
+    hold = ["optim._target_=optim_hooks.sgd_then", f"+optim.at_step={INTERVAL + 1}", "+optim.action=wait",
+            f"+optim.out_dir={out.parent}"]
     hydra = slurm_sweep(partition, out, "hydra.launcher.max_num_timeout=1",  # submitit: a short job timed out
-                        "head=softmax,adacos", *training(demo_root))
+                        "head=softmax,adacos", *training(demo_root), *hold)
     try:
         first = checkpoint_path(out / "0", INTERVAL)
         while not first.exists():
@@ -120,6 +123,7 @@ def sweep(partition: str, demo_root: Path, tmp_path_factory: pytest.TempPathFact
         job0 = next(p.name for p in (out / ".submitit").iterdir() if p.name.endswith("_0"))
         during = json.loads(run_stklia("report", str(out), "format=json", "top=0", cwd=out.parent).stdout)
         subprocess.run(["scancel", "--signal=USR2", job0], check=True)
+        (out.parent / "go").touch()
         output, _ = hydra.communicate(timeout=400)
     finally:
         hydra.kill()

@@ -190,7 +190,8 @@ def test_each_run_logs_its_hyperparameters_and_final_metrics_to_tensorboard(swee
         hparams = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
                    for key, value in start.hparams.items()}
         assert hparams["head"] == HEADS[int(job)] and hparams["optim.action"] == "none"
-        assert hparams["model"] == "resnet_small" and hparams["optim.lr"] == pytest.approx(0.2)
+        lr = OmegaConf.load(model_dir / "config.yaml").optim.lr  # (AdaCos with SGD: the found recipe's)
+        assert hparams["model"] == "resnet_small" and hparams["optim.lr"] == pytest.approx(lr)
         assert (hparams["batch_size"], hparams["max_seq_len"], hparams["num_iterations"],
                 hparams["model.emb_size"]) == (8, 40, 6, 16)
         experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
