@@ -5,12 +5,12 @@ best --top trials by their value (the lowest validation EER) and the defaults th
 (`model=M ~recipe`: without a recipe found before, conf/recipe/) are trained again with each of --seeds, through
 `python -m stklia.train`, tested on the demo's two test lists and on the heldout corpus's two (`python -m
 stklia.demo DIR variant=heldout`, which the search never saw: other speakers, recording conditions and noises), all
-four at the end of each run. Then prints, per model, a
-Markdown table of the EER mean and standard deviation over the seeds on the four lists and the training samples/s,
-the rule's verdict (a recipe beats the default where its mean EER on each heldout list is lower by more than the
-larger of the two standard deviations), the commands, and the search's parameter importances (Optuna's fANOVA, over
-the parameters every trial has). All runs go under --out (one model dir each), so that
-`python -m stklia.report OUT` is their leaderboard. A finished run is not trained again; a stopped one resumes.
+four at the end of each run. Then prints, per model, a Markdown table of the EER mean and standard deviation over
+the seeds on the four lists and the training samples/s, the rule's verdict (a recipe beats the default where its
+mean EER on each heldout list is lower by more than the larger of the two standard deviations), the commands, and
+the search's parameter importances (Optuna's fANOVA, over the parameters every trial has). All runs go under --out
+(one model dir each), so that `python -m stklia.report OUT` is their leaderboard. A finished run is not trained
+again; a stopped one resumes.
 
 Example:
     python scripts/confirm_recipes.py --searches multirun/search-resnet_small --heldout data/heldout --out exp/confirm

@@ -196,6 +196,13 @@ def checkpoint_path(model_dir: Path, step: int) -> Path:
     return model_dir / "checkpoints" / f"step_{step:08d}.pt"
 
 
+def hooked(action: str, at_step: int, **options: object) -> list[str]:
+    """Overrides for tests/optim_hooks.py: right after step `at_step` the run does `action` (a sweep's comma list
+    works too); `options` are its other arguments (rank, out_dir, times)."""
+    return ["optim._target_=optim_hooks.sgd_then", f"+optim.at_step={at_step}", f"+optim.action={action}",
+            *(f"+optim.{key}={value}" for key, value in options.items())]
+
+
 def torchrun(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=2 -m stklia.train overrides...` (gloo on CPU)."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -209,8 +216,8 @@ def ddp_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model_dir = tmp_path_factory.mktemp("ddp") / "model"
     model_dir.mkdir()
     start = time.perf_counter()
-    proc = torchrun(*short_run(demo_root), f"model_dir={model_dir}", "optim._target_=optim_hooks.sgd_then",
-                    f"+optim.at_step={2 * N}", "+optim.action=dump", f"+optim.out_dir={model_dir}", cwd=model_dir)
+    proc = torchrun(*short_run(demo_root), f"model_dir={model_dir}", *hooked("dump", 2 * N, out_dir=model_dir),
+                    cwd=model_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"\n2-process gloo run of {2 * N} steps (torchrun): {time.perf_counter() - start:.1f} s")
     return model_dir

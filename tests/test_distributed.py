@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from stklia.data.datasets import BatchSchedule
 from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
-from conftest import ONE_THREAD, N, assert_same_run, checkpoint_path, run_stklia, short_run, torchrun
+from conftest import ONE_THREAD, N, assert_same_run, checkpoint_path, hooked, run_stklia, short_run, torchrun
 
 
 def test_both_ranks_hold_identical_weights(ddp_run: Path) -> None:
@@ -37,9 +37,8 @@ def test_preempted_rank_stops_all_and_multi_gpu_resumes_exactly(demo_root: Path,
                                                                  ddp_run: Path) -> None:
     model_dir = tmp_path / "model"
     # the processes agree on a signal every preempt_check_interval steps (and at checkpoints), not at every step
-    stopped = torchrun(*short_run(demo_root), f"model_dir={model_dir}", "optim._target_=optim_hooks.sgd_then",
-                       f"+optim.at_step={N + 1}", "+optim.action=SIGTERM", "+optim.rank=1", "preempt_check_interval=2",
-                       cwd=tmp_path)
+    stopped = torchrun(*short_run(demo_root), f"model_dir={model_dir}", *hooked("SIGTERM", N + 1, rank=1),
+                       "preempt_check_interval=2", cwd=tmp_path)
     assert stopped.returncode != 0  # torchrun reports the workers' status 143 as a failure
     assert list(list_checkpoints(model_dir)) == [N, N + 2]  # the signal reached rank 1 only: both stopped at the check
     run_stklia("train", *short_run(demo_root), f"model_dir={model_dir}", "checkpoint=last", "multi_gpu=2", cwd=tmp_path,

@@ -13,7 +13,7 @@ import pytest
 from stklia.demo.corpus import SMALL_DEMO, baseline_eer, make_demo
 from stklia.modeldir.checkpoints import list_checkpoints
 
-from conftest import ONE_THREAD, run_stklia, torchrun
+from conftest import ONE_THREAD, hooked, run_stklia, torchrun
 
 # Enough training speakers for what is learnt to carry over to unseen ones (SMALL_DEMO's 6 are too few), and
 # short recordings, on which the baseline's per-utterance statistics are noisy.
@@ -55,8 +55,8 @@ def test_training_beats_the_feature_statistics_baseline(corpus: Path, tmp_path: 
 
 def test_preempted_ddp_run_resumed_beats_it_too(corpus: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
-    stopped = torchrun(*training(corpus, model_dir, processes=2), "optim._target_=optim_hooks.sgd_then",
-                       f"+optim.at_step={PREEMPTED_AT}", "+optim.action=SIGTERM", "+optim.rank=1", cwd=tmp_path)
+    stopped = torchrun(*training(corpus, model_dir, processes=2), *hooked("SIGTERM", PREEMPTED_AT, rank=1),
+                       cwd=tmp_path)
     assert stopped.returncode != 0 and list(list_checkpoints(model_dir)) == [PREEMPTED_AT]
     run_stklia("train", *training(corpus, model_dir, processes=2), "checkpoint=last", "multi_gpu=2", cwd=tmp_path,
                env=ONE_THREAD)

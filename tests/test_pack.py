@@ -30,6 +30,7 @@ from conftest import (
     assert_same_run,
     checkpoint_path,
     demo_augment,
+    hooked,
     packed_demo,
     run_stklia,
     short_run,
@@ -221,8 +222,8 @@ def test_training_from_archives_is_training_from_the_loose_files_and_resumes_exa
     last = checkpoint_path(tmp_path / "packed", 2 * N)
     assert_same_run(load_checkpoint(last), augmented_run)
 
-    killed = run_stklia("train", *run, "optim._target_=optim_hooks.sgd_then", f"+optim.at_step={N + 1}",
-                        "+optim.action=SIGKILL", f"model_dir={tmp_path / 'resumed'}", cwd=tmp_path, check=False)
+    killed = run_stklia("train", *run, *hooked("SIGKILL", N + 1), f"model_dir={tmp_path / 'resumed'}", cwd=tmp_path,
+                        check=False)
     assert killed.returncode == -signal.SIGKILL
     run_stklia("train", *run, f"model_dir={tmp_path / 'resumed'}", "checkpoint=last", cwd=tmp_path)
     assert_same_run(load_checkpoint(checkpoint_path(tmp_path / "resumed", 2 * N)), load_checkpoint(last))

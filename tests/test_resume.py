@@ -16,11 +16,7 @@ import torch
 
 from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
-from conftest import N, assert_same_run, checkpoint_path, run_stklia, short_run
-
-
-def interrupted_at(step: int, action: str) -> list[str]:
-    return ["optim._target_=optim_hooks.sgd_then", f"+optim.at_step={step}", f"+optim.action={action}"]
+from conftest import N, assert_same_run, checkpoint_path, hooked, run_stklia, short_run
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +30,7 @@ def straight(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_sigkill_then_resume_is_bitwise_identical(demo_root: Path, tmp_path: Path, straight: dict) -> None:
     model_dir = tmp_path / "model"
     with_worker = [*short_run(demo_root), "num_workers=1"]  # the batches do not depend on the workers
-    killed = run_stklia("train", *with_worker, *interrupted_at(N + 1, "SIGKILL"), f"model_dir={model_dir}",
+    killed = run_stklia("train", *with_worker, *hooked("SIGKILL", N + 1), f"model_dir={model_dir}",
                         cwd=tmp_path, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert list(list_checkpoints(model_dir)) == [N]
@@ -59,7 +55,7 @@ def test_device_path_resumes_bitwise(demo_root: Path, tmp_path: Path) -> None:
     run = [*short_run(demo_root), "experiment=demo_aug", "features_on_device=true", "num_workers=1"]
     run_stklia("train", *run, f"model_dir={tmp_path / 'straight'}", cwd=tmp_path)
     model_dir = tmp_path / "model"
-    killed = run_stklia("train", *run, *interrupted_at(N + 1, "SIGKILL"), f"model_dir={model_dir}", cwd=tmp_path,
+    killed = run_stklia("train", *run, *hooked("SIGKILL", N + 1), f"model_dir={model_dir}", cwd=tmp_path,
                         check=False)
     assert killed.returncode == -signal.SIGKILL
     run_stklia("train", *run, f"model_dir={model_dir}", "checkpoint=last", cwd=tmp_path)
@@ -71,7 +67,7 @@ def test_device_path_resumes_bitwise(demo_root: Path, tmp_path: Path) -> None:
 def test_preemption_signal_checkpoints_stops_and_a_requeue_resumes(demo_root: Path, tmp_path: Path,
                                                                     straight: dict) -> None:
     model_dir = tmp_path / "model"
-    stopped = run_stklia("train", *short_run(demo_root), *interrupted_at(N + 1, "SIGTERM"), f"model_dir={model_dir}",
+    stopped = run_stklia("train", *short_run(demo_root), *hooked("SIGTERM", N + 1), f"model_dir={model_dir}",
                          cwd=tmp_path, check=False)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
     assert "stopped by SIGTERM" in (model_dir / "train.log").read_text()
@@ -142,7 +138,7 @@ NON_FINITE = {
 def test_non_finite_training_stops_before_any_bad_checkpoint(demo_root: Path, tmp_path: Path, case: str) -> None:
     action, at_step, words = NON_FINITE[case]
     model_dir = tmp_path / "model"
-    proc = run_stklia("train", *short_run(demo_root), *interrupted_at(at_step, action), f"model_dir={model_dir}",
+    proc = run_stklia("train", *short_run(demo_root), *hooked(action, at_step), f"model_dir={model_dir}",
                       cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     # nan_weights after step N + 1 makes the loss of step N + 2 NaN; the flag is read at the next log line
@@ -164,7 +160,7 @@ def test_non_finite_training_stops_before_any_bad_checkpoint(demo_root: Path, tm
 
 def test_fp16_skipped_steps_are_not_errors(demo_root: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
-    run_stklia("train", *short_run(demo_root), "amp=fp16", *interrupted_at(N + 1, "nan_grad"),
+    run_stklia("train", *short_run(demo_root), "amp=fp16", *hooked("nan_grad", N + 1),
                f"model_dir={model_dir}", cwd=tmp_path)  # the grad scaler skips that step
     state = load_checkpoint(checkpoint_path(model_dir, 2 * N))
     assert state["scaler"]["scale"] < load_checkpoint(checkpoint_path(model_dir, N))["scaler"]["scale"]
@@ -174,8 +170,8 @@ def test_fp16_skipped_steps_are_not_errors(demo_root: Path, tmp_path: Path) -> N
 def test_a_full_disk_keeps_the_last_checkpoint_and_stops_in_one_line(demo_root: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     # after step N + 1 no file may be larger than half a checkpoint (no validation: no DET plots in TensorBoard)
-    proc = run_stklia("train", *short_run(demo_root), "data.eval=null", *interrupted_at(N + 1, "fill_disk"),
-                      f"+optim.out_dir={model_dir}", f"model_dir={model_dir}", cwd=tmp_path, check=False)
+    proc = run_stklia("train", *short_run(demo_root), "data.eval=null", *hooked("fill_disk", N + 1, out_dir=model_dir),
+                      f"model_dir={model_dir}", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert last_line(proc) == (f"stklia: error: {checkpoint_path(model_dir, 2 * N)}: could not be written ([Errno 27] "
                                f"File too large): is the disk full? the last checkpoint is still "
@@ -185,13 +181,13 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_stops_in_one_line(demo_root: 
 
 
 def test_ctrl_c_checkpoints_and_says_how_to_resume_a_second_stops_at_once(demo_root: Path, tmp_path: Path) -> None:
-    stopped = run_stklia("train", *short_run(demo_root), *interrupted_at(N + 1, "SIGINT"),
+    stopped = run_stklia("train", *short_run(demo_root), *hooked("SIGINT", N + 1),
                          f"model_dir={tmp_path / 'once'}", cwd=tmp_path, check=False)
     assert stopped.returncode == 130, stopped.stderr
     assert list(list_checkpoints(tmp_path / "once")) == [N, N + 1]  # the step that was running, finished
     assert f"step {N + 1}: checkpoint written, stopping; to resume, run the same command with checkpoint=last" \
         in stopped.stdout
-    twice = run_stklia("train", *short_run(demo_root), *interrupted_at(N + 1, "SIGINT"), "+optim.times=2",
+    twice = run_stklia("train", *short_run(demo_root), *hooked("SIGINT", N + 1, times=2),
                        f"model_dir={tmp_path / 'twice'}", cwd=tmp_path, check=False)
     assert twice.returncode == 130 and last_line(twice) == "stklia: interrupted" and "Traceback" not in twice.stderr
     assert list(list_checkpoints(tmp_path / "twice")) == [N]

@@ -29,6 +29,7 @@ from conftest import (
     assert_same_run,
     checkpoint_path,
     demo_data_overrides,
+    hooked,
     require_system,
     run_stklia,
     short_run,
@@ -110,10 +111,8 @@ def sweep(partition: str, demo_root: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("slurm") / "sweep"
     start = time.monotonic()
     # the jobs wait after step INTERVAL + 1 until `go` exists (tests/optim_hooks.py): the signal comes mid-run
-    hold = ["optim._target_=optim_hooks.sgd_then", f"+optim.at_step={INTERVAL + 1}", "+optim.action=wait",
-            f"+optim.out_dir={out.parent}"]
     hydra = slurm_sweep(partition, out, "hydra.launcher.max_num_timeout=1",  # submitit: a short job timed out
-                        "head=softmax,adacos", *training(demo_root), *hold)
+                        "head=softmax,adacos", *training(demo_root), *hooked("wait", INTERVAL + 1, out_dir=out.parent))
     try:
         first = checkpoint_path(out / "0", INTERVAL)
         while not first.exists():

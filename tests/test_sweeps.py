@@ -32,15 +32,10 @@ from stklia.training.leaderboard import (
 )
 from stklia.training.loop import check_config, optimized_value
 
-from conftest import REPO, TINY_TRAINING, demo_data_overrides, kaldi_trial, run_stklia
+from conftest import REPO, TINY_TRAINING, demo_data_overrides, hooked, kaldi_trial, run_stklia
 
 HEADS = ("softmax", "adacos")
 PREEMPTED = 4  # job 4 (SIGTERM, softmax) is stopped by its signal, which ends the local sweep
-
-
-def hooked(actions: str, at_step: int = 4) -> list[str]:
-    """tests/optim_hooks.py: after step `at_step` each job does its action (none; fail: raise; SIGTERM)."""
-    return ["optim._target_=optim_hooks.sgd_then", f"+optim.at_step={at_step}", f"+optim.action={actions}"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,7 @@ def sweep(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A local sweep of actions x heads: jobs 0, 1 finish, 2, 3 fail after step 4, 4 gets SIGTERM after step 4
     (pre-empted: checkpoint, exit 143, which ends the sweep before job 5). Plus a dir that is not a model dir."""
     out = tmp_path_factory.mktemp("sweep") / "sweep"
-    proc = run_stklia("train", "-m", *demo_data_overrides(demo_root), *TINY_TRAINING, *hooked("none,fail,SIGTERM"),
+    proc = run_stklia("train", "-m", *demo_data_overrides(demo_root), *TINY_TRAINING, *hooked("none,fail,SIGTERM", 4),
                       f"head={','.join(HEADS)}", f"hydra.sweep.dir={out}", cwd=out.parent, check=False)
     assert proc.returncode == 143, proc.stdout + proc.stderr
     (out / "notes").mkdir()
@@ -239,10 +234,10 @@ def test_an_interrupted_recipe_search_continues_where_it_stopped(demo_root: Path
     out = tmp_path / "search"
     command = ["train", "-m", "hparams_search=demo_budget", "hydra.sweeper.n_trials=3", "optim=sgd",
                *demo_data_overrides(demo_root), *TINY_TRAINING, f"hydra.sweep.dir={out}"]
-    first = run_stklia(*command, *hooked("SIGTERM"), cwd=tmp_path, check=False)
+    first = run_stklia(*command, *hooked("SIGTERM", 4), cwd=tmp_path, check=False)
     assert first.returncode == 143, first.stdout + first.stderr
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["0"]
-    run_stklia(*command, *hooked("none"), cwd=tmp_path)
+    run_stklia(*command, *hooked("none", 4), cwd=tmp_path)
     results = OmegaConf.to_container(OmegaConf.load(out / "optimization_results.yaml"))
     assert [(trial["trial"], trial["job"]) for trial in results["trials"]] == [(0, 0), (1, 1), (2, 2)]
     assert all("value" in trial for trial in results["trials"])
@@ -295,7 +290,7 @@ def test_parallel_trials_share_the_cores(demo_root: Path, tmp_path: Path) -> Non
 def test_a_study_whose_trials_fail_ends_with_their_errors(demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "study"
     proc = run_stklia("train", "-m", "hparams_search=demo_optuna", "hydra.sweeper.n_trials=1",
-                      *demo_data_overrides(demo_root), *TINY_TRAINING, *hooked("fail", at_step=2),
+                      *demo_data_overrides(demo_root), *TINY_TRAINING, *hooked("fail", 2),
                       f"hydra.sweep.dir={out}", cwd=tmp_path, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1
