@@ -16,7 +16,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JOB_ATTR, consecutive_jobs, objective_value
+from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JOB_ATTR, PRUNED_ATTR, consecutive_jobs, objective_value
 from stklia.core.errors import InputError
 from stklia.training.checkpointing import BestValidation
 from stklia.training.distributed import World
@@ -32,7 +32,7 @@ from stklia.training.leaderboard import (
 )
 from stklia.training.loop import check_config, optimized_value
 
-from conftest import REPO, TINY_TRAINING, demo_data_overrides, hooked, kaldi_trial, run_stklia
+from conftest import ONE_THREAD, REPO, TINY_TRAINING, demo_data_overrides, hooked, kaldi_trial, run_stklia
 
 HEADS = ("softmax", "adacos")
 PREEMPTED = 4  # job 4 (SIGTERM, softmax) is stopped by its signal, which ends the local sweep
@@ -250,6 +250,99 @@ def test_an_interrupted_recipe_search_continues_where_it_stopped(demo_root: Path
         assert bool(margin) == (params["head"] in ("arcface", "amsoftmax"))
         assert "optim=sgd" in overrides and any(o.startswith("optim.momentum=") for o in overrides)
         assert not any("[" in name for name in params if name.startswith(("optim", "max_seq_len")))
+
+
+def pruned_study(out: Path, *overrides: str) -> list[str]:
+    """A study of checkpoint_interval 2 or 6 (6 steps; brute force tries each once) whose pruner stops any trial
+    it is asked about from step 3 on: the trial validating at 2, 4 is pruned at 4; the other validates only at
+    its last step, where nothing is asked."""
+    return ["train", "-m", "hydra/sweeper=stklia_optuna", "optimized_metric=eval_eer", *TINY_TRAINING,
+            "checkpoint_interval=choice(2,6)", "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
+            f"hydra.sweeper.storage=sqlite:///{out}/optuna.db", "hydra.sweeper.study_name=pruned",
+            "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,upper:-1,n_warmup_steps:3}",
+            f"hydra.sweep.dir={out}", *overrides]
+
+
+def validation_eers(model_dir: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(model_dir / "tensorboard"))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars("eval/eer/eval_trials")}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_pruner_stops_the_trials_it_is_asked_to_with_their_checkpoint_untested(demo_root: Path, tmp_path: Path,
+                                                                                    processes: int) -> None:
+    """In a run of 2 processes (gloo), rank 0 asks the study and both ranks stop."""
+    import optuna
+
+    out = tmp_path / "study"
+    proc = run_stklia(*pruned_study(out, "hydra.sweeper.n_trials=3", f"multi_gpu={processes}",
+                                    *demo_data_overrides(demo_root)), cwd=tmp_path, env=ONE_THREAD)
+    output = proc.stdout + proc.stderr
+    results = OmegaConf.to_container(OmegaConf.load(out / "optimization_results.yaml"))
+    by_interval = {trial["params"]["checkpoint_interval"]: trial for trial in results["trials"]}
+    pruned, finished = by_interval[2], by_interval[6]
+    # each reported value is the lowest validation EER so far, as the run logged it
+    eers = validation_eers(out / str(pruned["job"]))
+    assert sorted(eers) == [2, 4]
+    study = optuna.load_study(study_name="pruned", storage=f"sqlite:///{out}/optuna.db")
+    trial = study.trials[pruned["trial"]]
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs[PRUNED_ATTR] == 4
+    assert trial.intermediate_values == pytest.approx({2: eers[2], 4: min(eers.values())})
+    assert pruned["pruned"] == pytest.approx({"step": 4, "value": min(eers.values())})
+    assert f"trial {pruned['trial']} (job {pruned['job']}) pruned at step 4" in output
+    # the pruned run stopped with its checkpoint, untested; the other ran to the end and was tested
+    pruned_dir, finished_dir = out / str(pruned["job"]), out / str(finished["job"])
+    status = json.loads((pruned_dir / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("pruned", 4)
+    assert sorted(p.name for p in (pruned_dir / "checkpoints").glob("step_*")) == ["step_00000002.pt",
+                                                                                    "step_00000004.pt"]
+    assert not (pruned_dir / "results").exists()
+    assert json.loads((finished_dir / "status.json").read_text())["state"] == "finished"
+    assert finished["value"] == pytest.approx(min(validation_eers(finished_dir).values()))
+    assert results["best_job"] == finished["job"]  # a pruned trial is never the best
+    # brute force covered its two values: the study ends there, not at n_trials=3
+    assert "BruteForceSampler has covered its search space: the study ends after 2 trials" in output
+    assert len(results["trials"]) == 2
+    board = report({"dir": out}, "format=csv").stdout
+    states = {row["run"]: row["status"] for row in csv.DictReader(io.StringIO(board))}
+    assert states == {str(pruned["job"]): "pruned", str(finished["job"]): "finished"}
+
+
+def test_a_trial_pruned_before_an_interruption_is_not_run_again(demo_root: Path, tmp_path: Path) -> None:
+    """The study as an interrupted sweep left it: trial 0 (job 0) still running, its job pruned at step 4. The
+    sweep started again tells it PRUNED without running job 0, then runs the other value as job 1."""
+    import optuna
+
+    out = tmp_path / "study"
+    out.mkdir()
+    study = optuna.create_study(study_name="pruned", storage=f"sqlite:///{out}/optuna.db")
+    study.enqueue_trial({"checkpoint_interval": 2})
+    trial = study.ask({"checkpoint_interval": optuna.distributions.CategoricalDistribution([2, 6])})
+    trial.set_user_attr(JOB_ATTR, 0)
+    trial.set_user_attr(PRUNED_ATTR, 4)
+    proc = run_stklia(*pruned_study(out, "hydra.sweeper.n_trials=2", *demo_data_overrides(demo_root)), cwd=tmp_path)
+    assert "trial 0 (job 0) pruned at step 4" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["1"]
+    results = OmegaConf.to_container(OmegaConf.load(out / "optimization_results.yaml"))
+    assert [(t["job"], t["params"]["checkpoint_interval"], "pruned" in t) for t in results["trials"]] == [
+        (0, 2, True), (1, 6, False)]
+
+
+def test_a_pruner_needs_a_stored_study_and_the_validation_eer(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    proc = run_stklia(*pruned_study(out, "hydra.sweeper.storage=null", *demo_data_overrides(demo_root)),
+                      cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "hydra.sweeper.pruner needs a storage and a study_name" in proc.stderr
+    proc = run_stklia(*pruned_study(out, "optimized_metric=test_eer", "hydra.sweeper.n_trials=1",
+                                    *demo_data_overrides(demo_root)), cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert ("hydra.sweeper.pruner stops trials on their validation EER so far: it needs optimized_metric=eval_eer "
+            "(not test_eer) and data.eval_trials") in proc.stdout + proc.stderr
+    assert not (out / "0").exists()  # refused before anything was written
 
 
 def test_trials_left_running_run_again_in_batches_of_consecutive_jobs() -> None:

@@ -17,6 +17,13 @@ With a `storage` (e.g. `sqlite:///<sweep dir>/optuna.db`) and a `study_name`, a 
 started again with the same command (and the same `hydra.sweep.dir`) continues its study: the trials it finished
 count towards `n_trials`, a trial it left running is run again in its own job dir (its training resumes from the
 job's last checkpoint), and new trials get the job numbers after the last one.
+
+With a `pruner` too (e.g. `hydra/sweeper/pruner=median`), each trial's job reports its objective so far (the lowest
+validation EER of `optimized_trials`) at every validation before its last step, and stops training when the pruner
+says so: the job ends `pruned` with its checkpoint, untested, and its trial is told PRUNED (Optuna then counts its last
+reported value). Trials the pruner stops early leave their cores to the next ones: at a budget of 1000 steps, most
+of a search's time goes to trials that are already behind by the first validations. A trial whose job was pruned
+before an interruption is not run again.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _CONDITIONAL = re.compile(r"^(?P<key>[^\[\]=]+)\[(?P<parent>[^\[\]=]+)=(?P<values>[^\[\]]+)\]$")
 JOB_ATTR = "job"  # a trial's user attribute: the number of its job (its dir under the sweep dir)
+PRUNED_ATTR = "pruned_at"  # a trial's user attribute, set by its job: the step at which the pruner stopped it
 
 
 def distribution(override: Override) -> Any:
@@ -117,10 +125,59 @@ def consecutive_jobs(trials: Sequence[Any], size: int) -> list[list[Any]]:
     return batches
 
 
+class JobTrial:
+    """A job's side of its trial in a study with a pruner: it reports the objective so far and learns whether to
+    stop. It finds its trial through the sweeper's storage, by job number, when it first reports (it holds only
+    plain data until then, so that it can go to the processes of a distributed run)."""
+
+    def __init__(self, storage: str, study_name: str, job: int, pruner: Mapping[str, Any]) -> None:
+        self.storage, self.study_name, self.job, self.pruner = storage, study_name, job, dict(pruner)
+        self.trial: Any = None
+
+    @classmethod
+    def of_current_job(cls) -> JobTrial | None:
+        """The trial of the running Hydra job, when it is a job of a study with a pruner; else None."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        sweeper = hydra_cfg.sweeper
+        if hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != SWEEPER_TARGET \
+                or sweeper.get("pruner") is None:
+            return None
+        return cls(sweeper.storage, sweeper.study_name, hydra_cfg.job.num,
+                   OmegaConf.to_container(sweeper.pruner, resolve=True))
+
+    def open(self) -> Any:
+        import optuna
+        from hydra.utils import instantiate
+
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage, pruner=instantiate(self.pruner))
+        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if t.user_attrs.get(JOB_ATTR) == self.job]
+        if len(running) != 1:
+            raise RuntimeError(f"study {self.study_name} in {self.storage}: {len(running)} running trials of job "
+                               f"{self.job}, not one")
+        # A FrozenTrial has no public way to its live Trial (Optuna's own integrations use _trial_id too).
+        return optuna.trial.Trial(study, running[0]._trial_id)
+
+    def report(self, step: int, value: float) -> bool:
+        """Report the objective so far at training step `step`; whether the pruner stops the trial (then the
+        study records the step)."""
+        if self.trial is None:
+            self.trial = self.open()
+        self.trial.report(value, step)
+        if not self.trial.should_prune():
+            return False
+        self.trial.set_user_attr(PRUNED_ATTR, step)
+        return True
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, direction: str, study_name: str | None, storage: str | None, n_trials: int,
-                 n_jobs: int, params: Mapping[str, str] | None) -> None:
+                 n_jobs: int, params: Mapping[str, str] | None, pruner: Any = None) -> None:
         self.sampler, self.direction, self.study_name, self.storage = sampler, direction, study_name, storage
+        self.pruner = pruner
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.params = {str(key): str(value) for key, value in (params or {}).items()}
 
@@ -173,13 +230,18 @@ class OptunaSweeper(Sweeper):
 
         if self.n_trials < 1 or self.n_jobs < 1:
             raise ValueError(f"hydra.sweeper: n_trials ({self.n_trials}) and n_jobs ({self.n_jobs}) must be >= 1")
+        if self.pruner is not None and (self.storage is None or self.study_name is None):
+            raise ValueError("hydra.sweeper.pruner needs a storage and a study_name: the trials' jobs report to the "
+                             "study there (e.g. storage=sqlite:///${hydra.sweep.dir}/optuna.db)")
         parameters, fixed = self.search_space(arguments)
         self.sweep_dir = Path(self.config.hydra.sweep.dir)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)  # (a storage may be a file in it)
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
-                                    direction=self.direction, load_if_exists=self.study_name is not None)
+                                    pruner=self.pruner, direction=self.direction,
+                                    load_if_exists=self.study_name is not None)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self.errors: dict[int, str] = {}
+        self.covered = False  # the sampler has covered its whole space (a grid, brute force)
 
         def ended() -> int:
             return sum(t.state.is_finished() for t in study.trials)
@@ -190,9 +252,12 @@ class OptunaSweeper(Sweeper):
                  ended(), len(stale), " ".join(f"{p.name}={p.override.input_line.split('=', 1)[1]}"
                                                for p in parameters) or "nothing")
         next_job = 1 + max((t.user_attrs.get(JOB_ATTR, -1) for t in study.trials), default=-1)
+        for trial in [t for t in stale if PRUNED_ATTR in t.user_attrs]:  # its job was pruned: nothing to run
+            self.tell_pruned(study, trial)
+            stale.remove(trial)
         for batch in consecutive_jobs(stale, self.n_jobs):  # left running: run again, each in its own job dir
             self.run_batch(study, batch, batch[0].user_attrs[JOB_ATTR], fixed, parameters)
-        while ended() < self.n_trials:
+        while ended() < self.n_trials and not self.covered:
             batch = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - ended()))]
             for job, trial in enumerate(batch, next_job):
                 trial.set_user_attr(JOB_ATTR, job)
@@ -222,12 +287,39 @@ class OptunaSweeper(Sweeper):
         self.validate_batch_is_legal(overrides)
         returns = self.launcher.launch(overrides, initial_job_idx=first_job)
         for job, trial, job_return in zip(range(first_job, first_job + len(batch)), batch, returns):
+            frozen = study.get_trials(deepcopy=False)[trial.number]  # as the job left it
+            if PRUNED_ATTR in frozen.user_attrs:
+                self.tell_pruned(study, frozen)
+                continue
             try:
-                study.tell(trial.number, objective_value(job_return))
+                value = objective_value(job_return)
             except Exception as err:  # the study goes on without this trial
                 self.errors[trial.number] = f"{type(err).__name__}: {err}"
                 log.warning("trial %d (job %d) failed: %s", trial.number, job, self.errors[trial.number])
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                self.tell(study, trial.number, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.tell(study, trial.number, value)
+
+    def tell(self, study: Any, number: int, value: float | None = None, state: Any = None) -> None:
+        """Tell the study a trial's end. A sampler that has covered its space (GridSampler, BruteForceSampler)
+        calls Study.stop then, which Optuna allows only inside Study.optimize: the trial is told all the same
+        (Optuna stores it first), and the sweep ends after this batch."""
+        try:
+            study.tell(number, value, state=state)
+        except RuntimeError as err:
+            if "Study.stop" not in str(err):
+                raise
+            if not self.covered:
+                log.info("%s has covered its search space: the study ends after %d trials",
+                         type(study.sampler).__name__, len(study.trials))
+            self.covered = True
+
+    def tell_pruned(self, study: Any, trial: Any) -> None:
+        import optuna
+
+        self.tell(study, trial.number, state=optuna.trial.TrialState.PRUNED)
+        log.info("trial %d (job %s) pruned at step %d", trial.number, trial.user_attrs.get(JOB_ATTR),
+                 trial.user_attrs[PRUNED_ATTR])
 
     def results(self, study: Any) -> dict[str, Any]:
         """Write optimization_results.yaml (every trial of the study, the errors of this sweep's) and return it."""
@@ -238,6 +330,8 @@ class OptunaSweeper(Sweeper):
             job = {"trial": trial.number, "job": trial.user_attrs.get(JOB_ATTR), "params": trial.params}
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 job["value"] = trial.value
+            elif trial.state == optuna.trial.TrialState.PRUNED:
+                job["pruned"] = {"step": trial.user_attrs.get(PRUNED_ATTR), "value": trial.value}
             elif trial.number in self.errors:
                 job["error"] = self.errors[trial.number]
             trials.append(job)
@@ -250,3 +344,6 @@ class OptunaSweeper(Sweeper):
         log.info("Best trial %d (job %s): value %s, parameters %s", best.number, results["best_job"], best.value,
                  best.params)
         return results
+
+
+SWEEPER_TARGET = f"{OptunaSweeper.__module__}.{OptunaSweeper.__name__}"

@@ -47,7 +47,12 @@ def train_job(cfg: DictConfig) -> float | None:
         cfg.model_dir = str(model_dir)
     try:
         logging_config = OmegaConf.to_container(hydra_cfg.job_logging, resolve=True) if hydra_cfg.job_logging else None
-        return launch(cfg, partial(train, cfg, model_dir, record=record), logging_config)
+        # (imported here: Hydra's plugin scan imports the module again, and a JobTrial goes to the processes of
+        # a multi_gpu run by pickle, which wants the class of the module now in sys.modules)
+        from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JobTrial
+
+        trial = JobTrial.of_current_job() if sweep else None
+        return launch(cfg, partial(train, cfg, model_dir, record=record, trial=trial), logging_config)
     finally:
         if sweep and model_dir.is_dir() and not any(model_dir.iterdir()):
             model_dir.rmdir()  # the job failed before it started: no empty dir left behind

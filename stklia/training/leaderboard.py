@@ -2,7 +2,7 @@
 
 A DIR is a sweep dir (`multirun/<date>/<time>`), an `exp/` dir or a model dir; every model dir under it
 (one with a status.json, a config.yaml or Hydra's .hydra/) is one row, whatever its state: finished,
-running, failed, pre-empted, or not started (no status.json yet: still preparing its data, or failed
+running, failed, pre-empted, pruned (by an Optuna study's pruner), or not started (no status.json yet: still preparing its data, or failed
 before training; see its train.log). Other dirs are skipped with a note on stderr. Columns: the
 command-line overrides that differ between the runs (only those), steps done, the best validation
 EER, the test metrics of the latest step tested for each trial list (raw and AS-norm), the training

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,9 @@ from stklia.training.distributed import RandomStates, World, seed_everything
 from stklia.training.heads import MarginHead
 from stklia.training.preemption import Preemption, hand_over
 from stklia.training.records import RunRecord, RunStatus, log_hparams
+
+if TYPE_CHECKING:  # the Optuna sweeper's, an extra
+    from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JobTrial
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +383,8 @@ class Run:
     preemption: Preemption
     writer: SummaryWriter | None = None
     status: RunStatus | None = None
+    trial: JobTrial | None = None  # (rank 0) the run's trial in a study with a pruner
+    pruned: bool = False
 
     def validate(self, step: int) -> bool:
         """Score the validation lists (rank 0); whether this step is the best so far."""
@@ -401,6 +406,11 @@ class Run:
                 write_best(self.model_dir, BestCheckpoint(step, round(self.parts.best.eer, METRIC_DECIMALS)))
             prune_checkpoints(self.model_dir, self.cfg.keep_last)
             self.status.checkpoint(step, meter.logged_samples, meter.logged_seconds)
+            if self.trial is not None and validate and step < self.cfg.num_iterations:  # at the end: nothing to save
+                so_far = self.parts.best.lowest_eers[self.cfg.optimized_trials]
+                self.pruned = self.trial.report(step, so_far)
+                if self.pruned:
+                    log.info("step %d: pruned by the study (lowest validation EER so far %.2f%%)", step, so_far)
 
 
 def make_loader(cfg: DictConfig, crops: TrainingCrops, start_step: int, world: World) -> DataLoader:
@@ -452,8 +462,9 @@ def log_progress(meter: TrainingMeter, parts: Parts, world: World, step: int, wr
 
 
 def fit(run: Run, step: int) -> tuple[int, int]:
-    """Train from `step` to the last step, or until a pre-emption signal; return the step reached and the
-    signal (0: none). Checkpoints are written at their interval, at the end and on a signal."""
+    """Train from `step` to the last step, or until a pre-emption signal or the study's pruner stops it
+    (`run.pruned`); return the step reached and the signal (0: none). Checkpoints are written at their interval, at
+    the end and on a signal."""
     cfg, parts, world, crops = run.cfg, run.parts, run.world, run.data.crops
     model = DistributedDataParallel(parts.model, device_ids=[world.device] if world.device.type == "cuda" else None) \
         if world.size > 1 else parts.model
@@ -488,8 +499,12 @@ def fit(run: Run, step: int) -> tuple[int, int]:
                 paused = time.perf_counter()
                 run.checkpoint(step, meter, validate=periodic or last)
                 meter.exclude(time.perf_counter() - paused)  # samples/s measures training, not validation
+                if world.size > 1 and periodic:  # rank 0 decides, every rank stops
+                    run.pruned = bool(world.max(int(run.pruned)))
             if stop:
                 return step, stop
+            if run.pruned:
+                return step, 0
     finally:
         progress.close()
         stop_workers(batches)
@@ -524,12 +539,17 @@ def test_after_training(run: Run, step: int) -> list[dict] | None:
     return test_model(Embedder(run.parts.generator, extraction), request, run.model_dir, step, run.writer)
 
 
-def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | None = None) -> float | None:
+def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | None = None,
+          trial: JobTrial | None = None) -> float | None:
     """Train as configured, writing into model_dir; return the `optimized_metric` (None when it is null,
     and on processes other than rank 0). Nothing is written before the start-up checks have passed (the
-    config, the data, the model dir and what it resumes from); then `record` (.hydra/, train.log) is."""
+    config, the data, the model dir and what it resumes from); then `record` (.hydra/, train.log) is.
+    A job of a study with a pruner reports to its `trial` and may stop early, untested (state `pruned`)."""
     started = time.perf_counter()
     check_config(cfg, world)
+    if trial is not None and (cfg.optimized_metric != "eval_eer" or not cfg.data.eval_trials):
+        raise InputError("config", "hydra.sweeper.pruner stops trials on their validation EER so far: it needs "
+                                   f"optimized_metric=eval_eer (not {cfg.optimized_metric}) and data.eval_trials")
     if cfg.init_from is not None:
         inherit_from_init(cfg)
     preemption = Preemption(cfg.preempt_signals, interrupt=True)
@@ -542,7 +562,7 @@ def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | No
     if cfg.init_from is not None:
         initialise_from(parts, cfg.init_from, cfg.init_checkpoint, data.speakers)
     start = restore_run(parts, model_dir, cfg.checkpoint, data.speakers)
-    run = Run(cfg, model_dir, world, data, parts, preemption)
+    run = Run(cfg, model_dir, world, data, parts, preemption, trial=trial if world.main else None)
     if record is not None:
         record.commit(model_dir, write_hydra=world.main)
     if world.main:
@@ -554,7 +574,9 @@ def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | No
     run.preemption.install()
     try:
         step, stop = fit(run, start)
-        if world.main and not stop:
+        if world.main and run.pruned:
+            value = optimized_value(cfg, parts.best, None, model_dir)
+        elif world.main and not stop:
             tested = test_after_training(run, step)
             log_hparams(run.writer, cfg, model_dir, step, parts.best.eer if parts.best.step is not None else None,
                         tested)
@@ -574,5 +596,5 @@ def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | No
             run.status.end("pre-empted")
         hand_over(stop)
     if run.status is not None:
-        run.status.end("finished")
+        run.status.end("pruned" if run.pruned else "finished")
     return value

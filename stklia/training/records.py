@@ -10,7 +10,8 @@ checks have passed, `RunRecord.commit` writes `.hydra/` as Hydra would and the l
 
 `<model_dir>/status.json` is written atomically by rank 0 when training starts or resumes, at every
 checkpoint, at the end, on a pre-emption signal and on a failure. It says how far the run got
-(`step` of `num_iterations`), in which `state` (running, finished, failed, pre-empted), how fast it
+(`step` of `num_iterations`), in which `state` (running, finished, failed, pre-empted, or pruned: stopped by
+the pruner of an Optuna study), how fast it
 trained (`samples` over `train_seconds`: the logged training intervals, validation excluded), its
 `wall_seconds` and its `preemptions` and `resumes`, all summed over the segments of a resumed run,
 and for a failed run the `error`. A run killed without notice (SIGKILL, a lost node) stays
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # stklia.report reads status files without importing torch
 
 STATUS_FILE = "status.json"
 HYDRA_DIR = ".hydra"
-STATES = ("running", "finished", "failed", "pre-empted")
+STATES = ("running", "finished", "failed", "pre-empted", "pruned")
 # overrides that say where a run is or how it was started, not what it is
 NOT_HYPERPARAMETERS = ("model_dir", "checkpoint", "progress", "num_workers")
 
@@ -103,7 +104,8 @@ class RunStatus:
         self.write()
 
     def end(self, state: str, error: str | None = None) -> None:
-        """finished, pre-empted (stopped by a signal, with a checkpoint) or failed (with the error)."""
+        """finished, pre-empted (stopped by a signal, with a checkpoint), pruned (stopped by a study's pruner, with
+        a checkpoint) or failed (with the error)."""
         self.status.update(state=state, error=error)
         self.status["preemptions"] += state == "pre-empted"
         self.write()
