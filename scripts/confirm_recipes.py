@@ -2,7 +2,8 @@
 
 For each search dir (`python -m stklia.train -m hparams_search=demo_budget model=M hydra.sweep.dir=DIR`), the
 best --top trials by their value (the lowest validation EER) and the defaults the search started from
-(`model=M ~recipe`: without a recipe found before, conf/recipe/) are trained again with each of --seeds, through
+(the search's model and budget, e.g. `model=M num_iterations=1000`, with `~recipe`: without a recipe found before,
+conf/recipe/) are trained again with each of --seeds, through
 `python -m stklia.train`, tested on the demo's two test lists and on the heldout corpus's two (`python -m
 stklia.demo DIR variant=heldout`, which the search never saw: other speakers, recording conditions and noises), all
 four at the end of each run. Then prints, per model, a Markdown table of the EER mean and standard deviation over
@@ -32,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's stklia, even where another one is installed
 
 LISTS = ("demo test", "demo test_noisy", "heldout test", "heldout test_noisy")
+# overrides of a search or its trials that are not the recipe: the search itself, where and how it ran
+NOT_RECIPE = ("hparams_search=", "hydra", "num_threads=", "num_workers=", "checkpoint=")
 
 
 def recipes(search: Path, top: int) -> tuple[str, dict[str, list[str]]]:
@@ -39,12 +42,12 @@ def recipes(search: Path, top: int) -> tuple[str, dict[str, list[str]]]:
     overrides = yaml.safe_load((search / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
     model = next(o.split("=", 1)[1] for o in overrides if o.startswith("model="))
     results = yaml.safe_load((search / "optimization_results.yaml").read_text())
-    done = sorted((t for t in results["trials"] if "value" in t), key=lambda t: t["value"])[:top]
-    found = {"default": [f"model={model}", "~recipe"]}  # the defaults the search started from (conf/recipe/: none)
+    done = sorted((t for t in results["trials"] if "value" in t), key=lambda t: t["value"])[:top]  # not pruned
+    # the defaults the search started from: its model and budget (num_iterations=...), no recipe of conf/recipe/
+    found = {"default": [*(o for o in overrides if not o.startswith(NOT_RECIPE)), "~recipe"]}
     for rank, trial in enumerate(done, 1):
         job = yaml.safe_load((search / str(trial["job"]) / ".hydra" / "overrides.yaml").read_text())
-        keep = [o for o in job if not o.startswith(("hparams_search=", "num_threads=", "num_workers=",
-                                                       "checkpoint="))]
+        keep = [o for o in job if not o.startswith(NOT_RECIPE)]
         found[f"best{rank}"] = [*keep, "augment=specaugment"] if any(o.startswith("augment.") for o in keep) \
             else keep
     return model, found

@@ -425,3 +425,36 @@ def test_optimized_metric_is_checked_before_training() -> None:
         check("optimized_metric=test_asnorm_eer", "data.asnorm_top_n=0")
     with pytest.raises(InputError, match="optimized_metric=eval_eer on optimized_trials=0 needs that trial list"):
         check("optimized_metric=eval_eer", "data.eval=null")
+
+
+def test_confirmation_trains_a_searchs_best_trials_and_defaults_at_its_budget(tmp_path: Path) -> None:
+    """scripts/confirm_recipes.py: the default row is the search's model at the search's budget without a recipe;
+    the best rows are the best completed trials' overrides (pruned and failed trials are not candidates), without
+    what says how the search ran."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("confirm_recipes", REPO / "scripts" / "confirm_recipes.py")
+    confirm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(confirm)
+    search = tmp_path / "search"
+    search.mkdir()
+    task = ["hparams_search=demo_budget", "hydra/sweeper/pruner=median", "model=ecapa_tdnn_small",
+            "num_iterations=1000", "num_threads=1", "num_workers=1"]
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": task}}}), search / "multirun.yaml")
+    trials = [{"trial": 0, "job": 0, "params": {}, "value": 5.0},
+              {"trial": 1, "job": 1, "params": {}, "pruned": {"step": 300, "value": 1.0}},
+              {"trial": 2, "job": 2, "params": {}, "error": "RuntimeError: diverged"},
+              {"trial": 3, "job": 3, "params": {}, "value": 2.0}]
+    OmegaConf.save(OmegaConf.create({"trials": trials}), search / "optimization_results.yaml")
+    for job in range(4):
+        (search / str(job) / ".hydra").mkdir(parents=True)
+        overrides = [*task, f"optim.lr=0.{job + 1}", "augment.specaugment.prob=0.3", "checkpoint=last"]
+        (search / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    model, found = confirm.recipes(search, top=3)
+    assert model == "ecapa_tdnn_small"
+    assert found == {
+        "default": ["model=ecapa_tdnn_small", "num_iterations=1000", "~recipe"],
+        "best1": ["model=ecapa_tdnn_small", "num_iterations=1000", "optim.lr=0.4", "augment.specaugment.prob=0.3",
+                  "augment=specaugment"],
+        "best2": ["model=ecapa_tdnn_small", "num_iterations=1000", "optim.lr=0.1", "augment.specaugment.prob=0.3",
+                  "augment=specaugment"]}
