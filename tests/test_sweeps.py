@@ -237,10 +237,13 @@ def test_an_interrupted_recipe_search_continues_where_it_stopped(demo_root: Path
     first = run_stklia(*command, *hooked("SIGTERM", 4), cwd=tmp_path, check=False)
     assert first.returncode == 143, first.stdout + first.stderr
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["0"]
-    run_stklia(*command, *hooked("none", 4), cwd=tmp_path)
+    second = run_stklia(*command, *hooked("none", 4), cwd=tmp_path)
     results = OmegaConf.to_container(OmegaConf.load(out / "optimization_results.yaml"))
     assert [(trial["trial"], trial["job"]) for trial in results["trials"]] == [(0, 0), (1, 1), (2, 2)]
     assert all("value" in trial for trial in results["trials"])
+    # the seeded sampler went on from the trial it had proposed: it did not propose it again
+    assert results["trials"][1]["params"] != results["trials"][0]["params"]
+    assert "the study goes on from 1 trials: sampler seed 0 + 1" in second.stdout + second.stderr
     status = json.loads((out / "0" / "status.json").read_text())
     assert (status["state"], status["step"], status["preemptions"], status["resumes"]) == ("finished", 6, 1, 1)
     for trial in results["trials"]:

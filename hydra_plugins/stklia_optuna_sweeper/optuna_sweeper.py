@@ -16,7 +16,8 @@ is logged) and the study goes on. At the end the best trial is logged and writte
 With a `storage` (e.g. `sqlite:///<sweep dir>/optuna.db`) and a `study_name`, a sweep that was interrupted and is
 started again with the same command (and the same `hydra.sweep.dir`) continues its study: the trials it finished
 count towards `n_trials`, a trial it left running is run again in its own job dir (its training resumes from the
-job's last checkpoint), and new trials get the job numbers after the last one.
+job's last checkpoint), and new trials get the job numbers after the last one. A seeded sampler is seeded again
+with its seed + the number of trials the study holds, so that it does not propose its first trials once more.
 
 With a `pruner` too (e.g. `hydra/sweeper/pruner=median`), each trial's job reports its objective so far (the lowest
 validation EER of `optimized_trials`) at every validation before its last step, and stops training when the pruner
@@ -239,6 +240,8 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                                     pruner=self.pruner, direction=self.direction,
                                     load_if_exists=self.study_name is not None)
+        if study.trials:
+            study.sampler = self.continued_sampler(len(study.trials))
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self.errors: dict[int, str] = {}
         self.covered = False  # the sampler has covered its whole space (a grid, brute force)
@@ -268,6 +271,18 @@ class OptunaSweeper(Sweeper):
             self.run_batch(study, batch, next_job, fixed, parameters)
             next_job += len(batch)
         return self.results(study)
+
+    def continued_sampler(self, trials: int) -> Any:
+        """The sampler of a study that goes on from `trials` trials. A seeded one starts again from its seed, and
+        would propose the trials it proposed first (every one, while it samples at random: TPE's first
+        n_startup_trials); seeded with seed + `trials` instead, it goes on with others, as deterministically."""
+        from hydra.utils import instantiate
+
+        cfg = self.config.hydra.sweeper.sampler
+        if cfg.get("seed") is None:
+            return self.sampler
+        log.info("the study goes on from %d trials: sampler seed %d + %d", trials, cfg.seed, trials)
+        return instantiate(cfg, seed=cfg.seed + trials)
 
     def run_batch(self, study: Any, batch: list[Any], first_job: int, fixed: list[str],
                   parameters: list[Parameter]) -> None:

@@ -2,10 +2,10 @@
 
 A DIR is a sweep dir (`multirun/<date>/<time>`), an `exp/` dir or a model dir; every model dir under it
 (one with a status.json, a config.yaml or Hydra's .hydra/) is one row, whatever its state: finished,
-running, failed, pre-empted, pruned (by an Optuna study's pruner), or not started (no status.json yet: still preparing its data, or failed
-before training; see its train.log). Other dirs are skipped with a note on stderr. Columns: the
-command-line overrides that differ between the runs (only those), steps done, the best validation
-EER, the test metrics of the latest step tested for each trial list (raw and AS-norm), the training
+running, failed, pre-empted, pruned (by an Optuna study's pruner), or not started (no status.json yet: still
+preparing its data, or failed before training; see its train.log). Other dirs are skipped with a note on
+stderr. Columns: the command-line overrides that differ between the runs (only those), steps done, the best
+validation EER, the test metrics of the latest step tested for each trial list (raw and AS-norm), the training
 samples/s, the wall time and the status (stklia.training.records). Rows are sorted by `sort`, best first.
 Each file is read by the module that owns it (status and overrides: stklia.training.records; best.json:
 stklia.modeldir.checkpoints; results and score files: stklia.evaluation.results and .scores).
