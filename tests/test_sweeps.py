@@ -266,12 +266,13 @@ def pruned_study(out: Path, *overrides: str) -> list[str]:
             f"hydra.sweep.dir={out}", *overrides]
 
 
-def validation_eers(model_dir: Path) -> dict[int, float]:
+def validation_eers(model_dir: Path, tag: str = "eval/eer/eval_trials") -> dict[int, float]:
+    """The run's TensorBoard scalars `tag` by step: its validation EERs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(model_dir / "tensorboard"))
     events.Reload()
-    return {event.step: event.value for event in events.Scalars("eval/eer/eval_trials")}
+    return {event.step: event.value for event in events.Scalars(tag)}
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -303,6 +304,8 @@ def test_a_pruner_stops_the_trials_it_is_asked_to_with_their_checkpoint_untested
     assert sorted(p.name for p in (pruned_dir / "checkpoints").glob("step_*")) == ["step_00000002.pt",
                                                                                     "step_00000004.pt"]
     assert not (pruned_dir / "results").exists()
+    hparams = validation_eers(pruned_dir, "hparams/eval_eer")  # in TensorBoard's HParams with the sweep's others
+    assert hparams == {4: pytest.approx(json.loads((pruned_dir / "checkpoints" / "best.json").read_text())["eer"])}
     assert json.loads((finished_dir / "status.json").read_text())["state"] == "finished"
     assert finished["value"] == pytest.approx(min(validation_eers(finished_dir).values()))
     assert results["best_job"] == finished["job"]  # a pruned trial is never the best

@@ -574,10 +574,8 @@ def train(cfg: DictConfig, model_dir: Path, world: World, record: RunRecord | No
     run.preemption.install()
     try:
         step, stop = fit(run, start)
-        if world.main and run.pruned:
-            value = optimized_value(cfg, parts.best, None, model_dir)
-        elif world.main and not stop:
-            tested = test_after_training(run, step)
+        if world.main and not stop:
+            tested = None if run.pruned else test_after_training(run, step)  # (a pruned run's HParams too)
             log_hparams(run.writer, cfg, model_dir, step, parts.best.eer if parts.best.step is not None else None,
                         tested)
             value = optimized_value(cfg, parts.best, tested, model_dir)
