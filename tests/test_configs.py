@@ -211,3 +211,23 @@ def test_command_configs_compose(command: str, tmp_path: Path) -> None:
         assert OmegaConf.missing_keys(cfg) == MANDATORY[command]
         cfg = compose(command, [f"{key}={tmp_path}" for key in MANDATORY[command]])
     check_complete(cfg)
+
+
+@pytest.mark.parametrize("pruner", options("hydra/sweeper/pruner"))
+def test_pruner_presets_give_the_sweeper_and_its_jobs_a_pruner(pruner: str) -> None:
+    """hydra/sweeper/pruner=<preset> on a search: the sweeper gets the Optuna pruner it names, and so does a job,
+    which builds it from its own copy of the sweeper's config (JobTrial)."""
+    import optuna
+
+    from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JobTrial, OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)  # as stklia.train does
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        hydra_cfg = compose("train", ["hparams_search=demo_budget", f"hydra/sweeper/pruner={pruner}"],
+                            return_hydra_config=True).hydra
+        plain = compose("train", ["hparams_search=demo_budget"], return_hydra_config=True).hydra
+    assert plain.sweeper.pruner is None  # no pruner unless one is chosen
+    sweeper = instantiate(hydra_cfg.sweeper)
+    assert isinstance(sweeper.pruner, optuna.pruners.BasePruner)
+    job = JobTrial("sqlite:///unused.db", "demo_budget", 0, OmegaConf.to_container(hydra_cfg.sweeper.pruner))
+    assert type(instantiate(job.pruner)) is type(sweeper.pruner)
