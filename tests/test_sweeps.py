@@ -55,13 +55,18 @@ def report(sweep: dict, *settings: str, check: bool = True):
     return run_stklia("report", str(sweep["dir"]), *settings, cwd=sweep["dir"].parent, check=check)
 
 
-def lowest_validation_eer(model_dir: Path) -> float:
-    """The lowest of the validation EERs the run logged to TensorBoard (not what the report reads)."""
+def validation_eers(model_dir: Path, tag: str = "eval/eer/eval_trials") -> dict[int, float]:
+    """The run's TensorBoard scalars `tag` by step: its validation EERs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(model_dir / "tensorboard"))
     events.Reload()
-    return min(event.value for event in events.Scalars("eval/eer/eval_trials"))
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def lowest_validation_eer(model_dir: Path) -> float:
+    """The lowest of the validation EERs the run logged to TensorBoard (not what the report reads)."""
+    return min(validation_eers(model_dir).values())
 
 
 def test_a_sweep_says_where_it_writes_and_prints_its_table_at_the_end(sweep: dict) -> None:
@@ -264,15 +269,6 @@ def pruned_study(out: Path, *overrides: str) -> list[str]:
             f"hydra.sweeper.storage=sqlite:///{out}/optuna.db", "hydra.sweeper.study_name=pruned",
             "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,upper:-1,n_warmup_steps:3}",
             f"hydra.sweep.dir={out}", *overrides]
-
-
-def validation_eers(model_dir: Path, tag: str = "eval/eer/eval_trials") -> dict[int, float]:
-    """The run's TensorBoard scalars `tag` by step: its validation EERs."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(model_dir / "tensorboard"))
-    events.Reload()
-    return {event.step: event.value for event in events.Scalars(tag)}
 
 
 @pytest.mark.parametrize("processes", [1, 2])
