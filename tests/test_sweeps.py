@@ -8,6 +8,9 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JOB_ATTR, PRUNED_ATTR, consecutive_jobs, objective_value
+from hydra_plugins.stklia_optuna_sweeper.optuna_sweeper import JOB_ATTR, PRUNED_ATTR, objective_value
 from stklia.core.errors import InputError
 from stklia.training.checkpointing import BestValidation
 from stklia.training.distributed import World
@@ -32,7 +35,16 @@ from stklia.training.leaderboard import (
 )
 from stklia.training.loop import check_config, optimized_value
 
-from conftest import ONE_THREAD, REPO, TINY_TRAINING, demo_data_overrides, hooked, kaldi_trial, run_stklia
+from conftest import (
+    ONE_THREAD,
+    REPO,
+    TINY_TRAINING,
+    demo_data_overrides,
+    hooked,
+    kaldi_trial,
+    run_stklia,
+    stklia_env,
+)
 
 HEADS = ("softmax", "adacos")
 PREEMPTED = 4  # job 4 (SIGTERM, softmax) is stopped by its signal, which ends the local sweep
@@ -347,24 +359,40 @@ def test_a_pruner_needs_a_stored_study_and_the_validation_eer(demo_root: Path, t
     assert not (out / "0").exists()  # refused before anything was written
 
 
-def test_trials_left_running_run_again_in_batches_of_consecutive_jobs() -> None:
-    """A launch numbers its jobs from its first: stale trials of jobs 4, 5, 6, 9 with n_jobs=2 run as [4, 5], [6],
-    [9]; with n_jobs=1 one at a time."""
-    import optuna
+def test_a_trial_that_ends_frees_its_slot_for_the_next_at_once(demo_root: Path, tmp_path: Path) -> None:
+    """Two trials at a time (submitit_local): job 0 is held after its step 2 until the test lets it go, job 1
+    runs through, and job 2 must then start and end while job 0 is still held: the sweeper asks the next trial
+    when any running one ends, not when a batch's slowest does."""
+    out, gates = tmp_path / "study", tmp_path / "gates"
+    for job in ("1", "2"):
+        (gates / job).mkdir(parents=True)
+        (gates / job / "go").touch()
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "stklia.train", "-m", "hparams_search=demo_optuna", "hydra/launcher=submitit_local",
+         "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "num_threads=1", "num_workers=0",
+         *demo_data_overrides(demo_root), *TINY_TRAINING, *hooked("wait", 2, out_dir=f"{gates}/${{hydra:job.num}}"),
+         f"hydra.sweep.dir={out}"], cwd=tmp_path, env=stklia_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
 
-    study = optuna.create_study()
-    trials = [study.ask() for _ in range(4)]
-    for trial, job in zip(trials, (9, 5, 4, 6)):
-        trial.set_user_attr(JOB_ATTR, job)
-    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    def state(job: str) -> str | None:
+        status = out / job / "status.json"
+        return json.loads(status.read_text())["state"] if status.exists() else None
 
-    def jobs(size: int) -> list[list[int]]:
-        return [[t.user_attrs[JOB_ATTR] for t in batch] for batch in consecutive_jobs(stale, size)]
-
-    assert jobs(2) == [[4, 5], [6], [9]]
-    assert jobs(3) == [[4, 5, 6], [9]]
-    assert jobs(1) == [[4], [5], [6], [9]]
-    assert consecutive_jobs([], 2) == []
+    try:
+        deadline = time.monotonic() + 300
+        while state("2") != "finished" and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        states = {job: state(job) for job in ("0", "1", "2")}
+    finally:
+        (gates / "0").mkdir(exist_ok=True)
+        (gates / "0" / "go").touch()
+        output = sweep.communicate(timeout=600)[0]
+    assert sweep.returncode == 0, output
+    assert states == {"0": "running", "1": "finished", "2": "finished"}, (states, output)
+    assert state("0") == "finished"
+    results = OmegaConf.to_container(OmegaConf.load(out / "optimization_results.yaml"))
+    assert [(trial["trial"], trial["job"]) for trial in results["trials"]] == [(0, 0), (1, 1), (2, 2)]
+    assert all("value" in trial for trial in results["trials"])
 
 
 def test_parallel_trials_share_the_cores(demo_root: Path, tmp_path: Path) -> None:

@@ -7,9 +7,12 @@ step distribution, `interval(a, b)` continuous (integer when both ends are, `tag
 scale). A key may be conditional, `key[parent=a|b]`: it is searched (and set) only in trials whose `parent`
 took one of those values (a margin for the margin heads, a learning rate range per optimiser); two conditional
 entries of one key with disjoint conditions give it a range per parent value. Plain overrides are passed to
-every trial, and fix a key of `params`. Trials are asked in batches of `n_jobs`, launched together (in parallel
-only with a launcher that runs jobs in parallel, such as submitit_local or a cluster's), and told their job's
-return value. A job that raises, or returns something that is not a finite number, is a failed trial (its error
+every trial, and fix a key of `params`. Up to `n_jobs` trials run at once, each launched as its own job (in
+parallel with a launcher that runs jobs out of this process, such as submitit_local or a cluster's; one at a time
+with Hydra's basic launcher, which runs them in this one), and each is told its job's return value when it ends,
+when the next trial is asked at once: trials of one search differ in length (a crop length, a pruned trial), and
+a batch that waited for its slowest left the other slots idle (a fifth to a quarter of the 4x-budget searches of
+docs/recipes.md). A job that raises, or returns something that is not a finite number, is a failed trial (its error
 is logged) and the study goes on. At the end the best trial is logged and written, with every trial, to
 <sweep dir>/optimization_results.yaml.
 
@@ -32,10 +35,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
@@ -112,18 +117,21 @@ def objective_value(job_return: Any) -> float:
     return float(value)
 
 
-def consecutive_jobs(trials: Sequence[Any], size: int) -> list[list[Any]]:
-    """Trials in batches of at most `size` whose job numbers follow one another: a launch numbers its jobs from
-    its first one, and the trials an interrupted sweep left running (its last batch, usually) run together again,
-    sharing the cores as they did."""
-    batches: list[list[Any]] = []
-    for trial in sorted(trials, key=lambda t: t.user_attrs[JOB_ATTR]):
-        follows = bool(batches) and trial.user_attrs[JOB_ATTR] == batches[-1][-1].user_attrs[JOB_ATTR] + 1
-        if follows and len(batches[-1]) < size:
-            batches[-1].append(trial)
-        else:
-            batches.append([trial])
-    return batches
+class InlineLaunches:
+    """Launches run at once in this thread, one at a time. Hydra's basic launcher runs a job in the sweeper's own
+    process (changing its working dir and Hydra's global state), where the job's pre-emption handlers need the
+    main thread; an error reaches the sweeper as raised."""
+
+    def submit(self, launch: Callable[..., Any], *args: Any) -> Future:
+        done: Future = Future()
+        done.set_result(launch(*args))
+        return done
+
+    def __enter__(self) -> InlineLaunches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class JobTrial:
@@ -250,27 +258,43 @@ class OptunaSweeper(Sweeper):
             return sum(t.state.is_finished() for t in study.trials)
 
         stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+        slots = 1 if isinstance(self.launcher, BasicLauncher) else self.n_jobs  # (InlineLaunches says why)
         log.info("Optuna study %s (%s, %s): %d trials, %d at a time (%d done before, %d to run again), searching %s",
-                 study.study_name, type(study.sampler).__name__, self.direction, self.n_trials, self.n_jobs,
+                 study.study_name, type(study.sampler).__name__, self.direction, self.n_trials, slots,
                  ended(), len(stale), " ".join(f"{p.name}={p.override.input_line.split('=', 1)[1]}"
                                                for p in parameters) or "nothing")
         next_job = 1 + max((t.user_attrs.get(JOB_ATTR, -1) for t in study.trials), default=-1)
         for trial in [t for t in stale if PRUNED_ATTR in t.user_attrs]:  # its job was pruned: nothing to run
             self.tell_pruned(study, trial)
             stale.remove(trial)
-        for batch in consecutive_jobs(stale, self.n_jobs):  # left running: run again, each in its own job dir
-            self.run_batch(study, batch, batch[0].user_attrs[JOB_ATTR], fixed, parameters)
-        while ended() < self.n_trials and not self.covered:
-            batch = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - ended()))]
-            for job, trial in enumerate(batch, next_job):
-                trial.set_user_attr(JOB_ATTR, job)
-                chosen: dict[str, Any] = {}
-                for parameter in parameters:
-                    if parameter.applies(chosen):
-                        chosen[parameter.name] = suggest(trial, parameter.name, parameter.dist)
-            self.run_batch(study, batch, next_job, fixed, parameters)
-            next_job += len(batch)
+        launches = InlineLaunches() if slots == 1 else ThreadPoolExecutor(slots, thread_name_prefix="launch")
+        with launches:
+            running: dict[Future, Any] = {}
+            while True:
+                while len(running) < slots and (stale or (ended() + len(running) < self.n_trials
+                                                          and not self.covered)):
+                    if stale:  # left running: run again in its own job dir (its training resumes)
+                        trial = stale.pop(0)
+                    else:
+                        trial = self.ask(study, next_job, parameters)
+                        next_job += 1
+                    running[launches.submit(self.launch, trial, fixed, parameters)] = trial
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for launch in finished:
+                    self.told(study, running.pop(launch), launch.result())
         return self.results(study)
+
+    def ask(self, study: Any, job: int, parameters: list[Parameter]) -> Any:
+        """A new trial of the study, as job `job`, with a value for each parameter that applies to it."""
+        trial = study.ask()
+        trial.set_user_attr(JOB_ATTR, job)
+        chosen: dict[str, Any] = {}
+        for parameter in parameters:
+            if parameter.applies(chosen):
+                chosen[parameter.name] = suggest(trial, parameter.name, parameter.dist)
+        return trial
 
     def continued_sampler(self, trials: int) -> Any:
         """The sampler of a study that goes on from `trials` trials. A seeded one starts again from its seed, and
@@ -284,41 +308,42 @@ class OptunaSweeper(Sweeper):
         log.info("the study goes on from %d trials: sampler seed %d + %d", trials, cfg.seed, trials)
         return instantiate(cfg, seed=cfg.seed + trials)
 
-    def run_batch(self, study: Any, batch: list[Any], first_job: int, fixed: list[str],
-                  parameters: list[Parameter]) -> None:
-        """Launch the trials of `batch` as the jobs first_job, first_job + 1, ... and tell the study their values
-        (a failure: FAIL). A job whose dir holds checkpoints (an interrupted trial's) resumes from the last one."""
-        import optuna
-
+    def launch(self, trial: Any, fixed: list[str], parameters: list[Parameter]) -> Any:
+        """Run a trial as its job (one launch each, so that the study goes on as soon as any one ends) and return
+        its JobReturn. A job whose dir holds checkpoints (an interrupted trial's) resumes from the last one."""
         from stklia.modeldir.checkpoints import list_checkpoints
 
+        job = trial.user_attrs[JOB_ATTR]
         by_name = {p.name: p for p in parameters}
-        overrides = []
-        for job, trial in enumerate(batch, first_job):
-            trial_overrides = [f"{by_name[name].override.get_key_element()}={override_value(value)}"
-                               for name, value in trial.params.items() if name in by_name]
-            resume = ["checkpoint=last"] if list_checkpoints(self.sweep_dir / str(job)) else []
-            overrides.append((*fixed, *trial_overrides, *resume))
+        trial_overrides = [f"{by_name[name].override.get_key_element()}={override_value(value)}"
+                           for name, value in trial.params.items() if name in by_name]
+        resume = ["checkpoint=last"] if list_checkpoints(self.sweep_dir / str(job)) else []
+        overrides = [(*fixed, *trial_overrides, *resume)]
         self.validate_batch_is_legal(overrides)
-        returns = self.launcher.launch(overrides, initial_job_idx=first_job)
-        for job, trial, job_return in zip(range(first_job, first_job + len(batch)), batch, returns):
-            frozen = study.get_trials(deepcopy=False)[trial.number]  # as the job left it
-            if PRUNED_ATTR in frozen.user_attrs:
-                self.tell_pruned(study, frozen)
-                continue
-            try:
-                value = objective_value(job_return)
-            except Exception as err:  # the study goes on without this trial
-                self.errors[trial.number] = f"{type(err).__name__}: {err}"
-                log.warning("trial %d (job %d) failed: %s", trial.number, job, self.errors[trial.number])
-                self.tell(study, trial.number, state=optuna.trial.TrialState.FAIL)
-            else:
-                self.tell(study, trial.number, value)
+        return self.launcher.launch(overrides, initial_job_idx=job)[0]
+
+    def told(self, study: Any, trial: Any, job_return: Any) -> None:
+        """Tell the study how a trial's job ended: pruned, its value, or (a failure) FAIL."""
+        import optuna
+
+        frozen = study.get_trials(deepcopy=False)[trial.number]  # as the job left it
+        if PRUNED_ATTR in frozen.user_attrs:
+            self.tell_pruned(study, frozen)
+            return
+        try:
+            value = objective_value(job_return)
+        except Exception as err:  # the study goes on without this trial
+            self.errors[trial.number] = f"{type(err).__name__}: {err}"
+            log.warning("trial %d (job %d) failed: %s", trial.number, trial.user_attrs[JOB_ATTR],
+                        self.errors[trial.number])
+            self.tell(study, trial.number, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.tell(study, trial.number, value)
 
     def tell(self, study: Any, number: int, value: float | None = None, state: Any = None) -> None:
         """Tell the study a trial's end. A sampler that has covered its space (GridSampler, BruteForceSampler)
         calls Study.stop then, which Optuna allows only inside Study.optimize: the trial is told all the same
-        (Optuna stores it first), and the sweep ends after this batch."""
+        (Optuna stores it first), and the sweep asks no more trials (those running end)."""
         try:
             study.tell(number, value, state=state)
         except RuntimeError as err:
