@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -457,15 +458,44 @@ def test_optimized_metric_is_checked_before_training() -> None:
         check("optimized_metric=eval_eer", "data.eval=null")
 
 
+def script(name: str) -> Any:
+    """A module of scripts/, imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_occupancy_reads_job_spans_and_estimates_batches(tmp_path: Path) -> None:
+    """scripts/sweep_occupancy.py: 4 jobs on 2 slots, as they ran (each job started when a slot freed) and in
+    batches of consecutive jobs: [0, 1] waits for job 0 (600 s), [2, 3] for job 3 (400 s)."""
+    from datetime import datetime, timezone
+
+    occupancy = script("sweep_occupancy")
+    spans = {0: (0, 600), 1: (0, 100), 2: (100, 300), 3: (300, 700), 4: (700, 760)}
+    for job, (start, end) in spans.items():
+        (tmp_path / str(job)).mkdir()
+        updated = datetime.fromtimestamp(1_800_000_000 + end, timezone.utc).isoformat(timespec="seconds")
+        state = "running" if job == 4 else "finished"  # a job that has not ended does not count
+        (tmp_path / str(job) / "status.json").write_text(json.dumps({"state": state, "wall_seconds": end - start,
+                                                                    "updated": updated}))
+    (tmp_path / ".submitit").mkdir()
+    found = occupancy.job_spans(tmp_path)
+    assert {job: (end - start) for job, (start, end) in found.items()} == {0: 600, 1: 100, 2: 200, 3: 400}
+    assert occupancy.batched_span(found, 2) == 1000
+    assert occupancy.batched_span(found, 1) == 1300 and occupancy.batched_span(found, 4) == 600
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep_occupancy.py"), str(tmp_path), "--slots", "2"],
+                          capture_output=True, text=True, env=stklia_env(), check=True)
+    assert f"| {tmp_path.name} | 4 | 22 | 12 | 93% | 17 | 1.43 |" in proc.stdout  # 1300 s busy of 2 x 700
+
+
 def test_confirmation_trains_a_searchs_best_trials_and_defaults_at_its_budget(tmp_path: Path) -> None:
     """scripts/confirm_recipes.py: the default row is the search's model at the search's budget without a recipe;
     the best rows are the best completed trials' overrides (pruned and failed trials are not candidates), without
     what says how the search ran."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("confirm_recipes", REPO / "scripts" / "confirm_recipes.py")
-    confirm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(confirm)
+    confirm = script("confirm_recipes")
     search = tmp_path / "search"
     search.mkdir()
     task = ["hparams_search=demo_budget", "hydra/sweeper/pruner=median", "model=ecapa_tdnn_small",
