@@ -10,6 +10,7 @@ of the estimate. It ignores that a job alone on a machine may run faster than be
 
 Example:
     python scripts/sweep_occupancy.py multirun/search4x-ecapa_tdnn_small multirun/search4x-resnet_small --slots 2
+    python scripts/sweep_occupancy.py multirun/search4x-resnet_small --first-job 8   # its jobs from 8 on
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweeps", nargs="+", type=Path, help="sweep dirs (hydra.sweep.dir)")
     parser.add_argument("--slots", type=int, default=2, help="jobs at a time (hydra.sweeper.n_jobs)")
+    parser.add_argument("--first-job", type=int, default=0,
+                        help="count jobs from this one on (a sweep continued with other settings)")
     args = parser.parse_args()
     print("| sweep | jobs | busy (job-min) | span (min) | occupancy | in batches (min) | batches / span |")
     print("|---|---|---|---|---|---|---|")
     for sweep in args.sweeps:
-        spans = job_spans(sweep)
+        spans = {job: span for job, span in job_spans(sweep).items() if job >= args.first_job}
         if not spans:
             raise SystemExit(f"{sweep}: no job with a status.json that ended")
         busy = sum(end - start for start, end in spans.values())

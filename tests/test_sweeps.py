@@ -489,6 +489,9 @@ def test_sweep_occupancy_reads_job_spans_and_estimates_batches(tmp_path: Path) -
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep_occupancy.py"), str(tmp_path), "--slots", "2"],
                           capture_output=True, text=True, env=stklia_env(), check=True)
     assert f"| {tmp_path.name} | 4 | 22 | 12 | 93% | 17 | 1.43 |" in proc.stdout  # 1300 s busy of 2 x 700
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep_occupancy.py"), str(tmp_path),
+                           "--first-job", "2"], capture_output=True, text=True, env=stklia_env(), check=True)
+    assert f"| {tmp_path.name} | 2 | 10 | 10 | 50% | 7 | 0.67 |" in proc.stdout  # jobs 2-3: 600 s of 2 x 600
 
 
 def test_confirmation_trains_a_searchs_best_trials_and_defaults_at_its_budget(tmp_path: Path) -> None:
