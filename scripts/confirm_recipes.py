@@ -2,8 +2,8 @@
 
 For each search dir (`python -m stklia.train -m hparams_search=demo_budget model=M hydra.sweep.dir=DIR`), the
 best --top trials by their value (the lowest validation EER) and the defaults the search started from
-(the search's model and budget, e.g. `model=M num_iterations=1000`, with `~recipe`: without a recipe found before,
-conf/recipe/) are trained again with each of --seeds, through
+(the current defaults: the search's model and budget, e.g. `model=M num_iterations=1000`, with the recipe of
+conf/recipe/ that applies to them, if one was found before) are trained again with each of --seeds, through
 `python -m stklia.train`, tested on the demo's two test lists and on the heldout corpus's two (`python -m
 stklia.demo DIR variant=heldout`, which the search never saw: other speakers, recording conditions and noises), all
 four at the end of each run. Then prints, per model, a Markdown table of the EER mean and standard deviation over
@@ -43,8 +43,9 @@ def recipes(search: Path, top: int) -> tuple[str, dict[str, list[str]]]:
     model = next(o.split("=", 1)[1] for o in overrides if o.startswith("model="))
     results = yaml.safe_load((search / "optimization_results.yaml").read_text())
     done = sorted((t for t in results["trials"] if "value" in t), key=lambda t: t["value"])[:top]  # not pruned
-    # the defaults the search started from: its model and budget (num_iterations=...), no recipe of conf/recipe/
-    found = {"default": [*(o for o in overrides if not o.startswith(NOT_RECIPE)), "~recipe"]}
+    # the current defaults, which a recipe must beat: the search's model and budget (num_iterations=...), with the
+    # recipe of conf/recipe/ that train.yaml applies to them, if any (resnet_small's, found at 250 steps)
+    found = {"default": [o for o in overrides if not o.startswith(NOT_RECIPE)]}
     for rank, trial in enumerate(done, 1):
         job = yaml.safe_load((search / str(trial["job"]) / ".hydra" / "overrides.yaml").read_text())
         keep = [o for o in job if not o.startswith(NOT_RECIPE)]
