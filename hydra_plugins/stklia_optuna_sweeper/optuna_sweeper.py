@@ -278,7 +278,9 @@ class OptunaSweeper(Sweeper):
                     else:
                         trial = self.ask(study, next_job, parameters)
                         next_job += 1
-                    running[launches.submit(self.launch, trial, fixed, parameters)] = trial
+                    job = trial.user_attrs[JOB_ATTR]
+                    overrides = self.job_overrides(job, trial, fixed, parameters)
+                    running[launches.submit(self.launch, job, overrides)] = trial
                 if not running:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -308,19 +310,21 @@ class OptunaSweeper(Sweeper):
         log.info("the study goes on from %d trials: sampler seed %d + %d", trials, cfg.seed, trials)
         return instantiate(cfg, seed=cfg.seed + trials)
 
-    def launch(self, trial: Any, fixed: list[str], parameters: list[Parameter]) -> Any:
-        """Run a trial as its job (one launch each, so that the study goes on as soon as any one ends) and return
-        its JobReturn. A job whose dir holds checkpoints (an interrupted trial's) resumes from the last one."""
+    def job_overrides(self, job: int, trial: Any, fixed: list[str], parameters: list[Parameter]) -> list[str]:
+        """The overrides of a trial's job (asked here, in the sweeper's thread, where the study lives). A job whose
+        dir holds checkpoints (an interrupted trial's) resumes from the last one."""
         from stklia.modeldir.checkpoints import list_checkpoints
 
-        job = trial.user_attrs[JOB_ATTR]
         by_name = {p.name: p for p in parameters}
         trial_overrides = [f"{by_name[name].override.get_key_element()}={override_value(value)}"
                            for name, value in trial.params.items() if name in by_name]
         resume = ["checkpoint=last"] if list_checkpoints(self.sweep_dir / str(job)) else []
-        overrides = [(*fixed, *trial_overrides, *resume)]
-        self.validate_batch_is_legal(overrides)
-        return self.launcher.launch(overrides, initial_job_idx=job)[0]
+        return [*fixed, *trial_overrides, *resume]
+
+    def launch(self, job: int, overrides: list[str]) -> Any:
+        """Run one job (one launch each, so that the study goes on as soon as any one ends); its JobReturn."""
+        self.validate_batch_is_legal([overrides])
+        return self.launcher.launch([overrides], initial_job_idx=job)[0]
 
     def told(self, study: Any, trial: Any, job_return: Any) -> None:
         """Tell the study how a trial's job ended: pruned, its value, or (a failure) FAIL."""
