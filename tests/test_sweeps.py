@@ -35,6 +35,7 @@ from stklia.training.leaderboard import (
     rows,
 )
 from stklia.training.loop import check_config, optimized_value
+from stklia.training.records import read_status
 
 from conftest import (
     ONE_THREAD,
@@ -376,8 +377,8 @@ def test_a_trial_that_ends_frees_its_slot_for_the_next_at_once(demo_root: Path, 
         text=True)
 
     def state(job: str) -> str | None:
-        status = out / job / "status.json"
-        return json.loads(status.read_text())["state"] if status.exists() else None
+        status = read_status(out / job)
+        return status and status["state"]
 
     try:
         deadline = time.monotonic() + 300
