@@ -14,9 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from stklia.modeldir.checkpoints import list_checkpoints, load_checkpoint
 
@@ -84,7 +86,7 @@ def partition() -> str:
 
 def sacct(job: str) -> list[dict[str, str]]:
     """Accounting records of a job, every requeued run included (-D), once the last one has ended."""
-    fields = ["JobID", "State", "Elapsed", "Start", "End"]
+    fields = ["JobID", "State", "Elapsed", "Submit", "Start", "End"]
     for _ in range(100):  # records reach slurmdbd asynchronously
         out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", ",".join(fields)], capture_output=True,
                              text=True, check=True).stdout
@@ -189,3 +191,36 @@ def test_ddp_over_the_tasks_of_a_slurm_job(partition: str, demo_root: Path, tmp_
     assert "distributed run: 2 processes (gloo)" in (out / "0" / "train.log").read_text()
     assert_same_run(load_checkpoint(checkpoint_path(out / "0", 2 * N)),
                     load_checkpoint(checkpoint_path(ddp_run, 2 * N)))
+
+
+def test_optuna_study_runs_each_trial_as_its_own_slurm_job(partition: str, demo_root: Path, tmp_path: Path) -> None:
+    """The Optuna sweeper on a cluster: 4 trials, 2 at a time, with the median pruner. Each trial is one Slurm job
+    (its own submission, launched from one of the sweeper's threads), never more than 2 run at once, each job
+    reports its validation EER to the study's storage from its node, and each trial is told its job's objective."""
+    import optuna
+
+    out = tmp_path / "study"
+    hydra = slurm_sweep(partition, out, "hparams_search=demo_optuna", "hydra.sweeper.n_trials=4",
+                        "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=median", "hydra.sweeper.study_name=study",
+                        f"hydra.sweeper.storage=sqlite:///{out}/optuna.db", "num_threads=1",
+                        *demo_data_overrides(demo_root), *TINY_TRAINING)
+    output, _ = hydra.communicate(timeout=400)
+    assert hydra.returncode == 0, output
+    slurm_job = {job: OmegaConf.load(out / str(job) / ".hydra" / "hydra.yaml").hydra.job.id for job in range(4)}
+    assert len(set(slurm_job.values())) == 4, slurm_job
+    runs = {job: sacct(slurm_id) for job, slurm_id in slurm_job.items()}
+    assert all([run["State"] for run in job_runs] == ["COMPLETED"] for job_runs in runs.values()), runs
+    # from submission (not start: the cluster's 2 CPUs would hold back a surplus job) to end
+    spans = [(datetime.fromisoformat(run["Submit"]), datetime.fromisoformat(run["End"]))
+             for job_runs in runs.values() for run in job_runs]
+    at_once = max(sum(submitted <= moment < end for submitted, end in spans) for moment, _ in spans)
+    assert at_once <= 2, runs
+
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{out}/optuna.db")
+    table = {row["run"]: row for row in json.loads(run_stklia("report", str(out), "format=json", "top=0",
+                                                              cwd=out.parent).stdout)}
+    assert sorted(trial.user_attrs["job"] for trial in study.trials) == [0, 1, 2, 3]
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.intermediate_values, f"trial {trial.number}: its job reported nothing to the study"
+        assert trial.value == pytest.approx(table[str(trial.user_attrs["job"])]["eval_eer"], abs=1e-4)  # (rounded)
