@@ -195,8 +195,8 @@ def test_ddp_over_the_tasks_of_a_slurm_job(partition: str, demo_root: Path, tmp_
 def test_optuna_study_runs_each_trial_as_its_own_slurm_job(partition: str, demo_root: Path, tmp_path: Path) -> None:
     """The Optuna sweeper on a cluster: 4 trials, 2 at a time, with the median pruner. Each trial is one Slurm job
     (its own submission, launched from one of the sweeper's threads), never more than 2 submitted and unfinished at
-    once, each job
-    reports its validation EER to the study's storage from its node, and each trial is told its job's objective."""
+    once, each job reports its validation EER to the study's storage from its node, and each trial is told its job's
+    objective."""
     import optuna
 
     out = tmp_path / "study"
